@@ -1,0 +1,158 @@
+//! Client-chosen identifiers: 1 to 64 characters from `[A-Za-z0-9._:-]`.
+//!
+//! Owns validation and compact storage of ids (up to 23 bytes inline, no allocation).
+//! Never accepts an id that failed validation: every constructor checks.
+
+use std::fmt;
+use std::str::FromStr;
+
+use compact_str::CompactString;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Longest id accepted, in bytes.
+pub const ID_BYTES_MAX: usize = 64;
+
+/// Why a string is not a valid id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    #[error("id is empty")]
+    Empty,
+    #[error("id is {len} bytes long; at most {ID_BYTES_MAX} are allowed")]
+    TooLong { len: usize },
+    #[error("id contains {character:?}; only [A-Za-z0-9._:-] are allowed")]
+    InvalidCharacter { character: char },
+}
+
+/// A validated identifier. Cheap to clone for short ids (inline storage).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Id(CompactString);
+
+impl Id {
+    /// Validates and stores `text`.
+    pub fn new(text: &str) -> Result<Self, IdError> {
+        if text.is_empty() {
+            return Err(IdError::Empty);
+        }
+        if text.len() > ID_BYTES_MAX {
+            return Err(IdError::TooLong { len: text.len() });
+        }
+        if let Some(character) = text.chars().find(|c| !is_id_character(*c)) {
+            return Err(IdError::InvalidCharacter { character });
+        }
+        Ok(Id(CompactString::new(text)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+fn is_id_character(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')
+}
+
+impl fmt::Debug for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(Id);
+
+        impl $name {
+            pub fn new(text: &str) -> Result<Self, IdError> {
+                Id::new(text).map($name)
+            }
+            pub fn as_str(&self) -> &str {
+                self.0.as_str()
+            }
+        }
+        impl FromStr for $name {
+            type Err = IdError;
+            fn from_str(text: &str) -> Result<Self, IdError> {
+                Self::new(text)
+            }
+        }
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({:?})", stringify!($name), self.as_str())
+            }
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.as_str())
+            }
+        }
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+                Self::new(&text).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// The unit of placement: every account and device belongs to one user.
+    UserId
+);
+id_type!(
+    /// An account, chosen by the client at creation.
+    AccountId
+);
+id_type!(
+    /// A transfer, chosen by the client; applied at most once, ever (INV-3).
+    TransferId
+);
+id_type!(
+    /// A hold, chosen by the client; applied at most once, ever (INV-3).
+    HoldId
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_the_documented_alphabet() {
+        assert!(AccountId::new("Az09._:-").is_ok());
+        assert!(AccountId::new(&"a".repeat(64)).is_ok());
+    }
+
+    #[test]
+    fn rejects_bad_ids_with_typed_errors() {
+        assert_eq!(AccountId::new(""), Err(IdError::Empty));
+        assert_eq!(AccountId::new(&"a".repeat(65)), Err(IdError::TooLong { len: 65 }));
+        assert_eq!(
+            AccountId::new("a b"),
+            Err(IdError::InvalidCharacter { character: ' ' })
+        );
+        assert_eq!(
+            AccountId::new("é"),
+            Err(IdError::InvalidCharacter { character: 'é' })
+        );
+    }
+
+    #[test]
+    fn serde_validates() {
+        let id: Result<TransferId, _> = serde_json::from_str("\"ok-1\"");
+        assert!(id.is_ok());
+        let bad: Result<TransferId, _> = serde_json::from_str("\"no/slash\"");
+        assert!(bad.is_err());
+    }
+}

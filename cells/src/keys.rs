@@ -1,0 +1,173 @@
+//! The key schema: every key Tessera writes, encoded with the FoundationDB tuple layer.
+//!
+//! Owns the layout of the keyspace; nothing else builds keys by hand. Every key starts
+//! with the keyspace tag ([`Keyspace::Real`] or [`Keyspace::Shadow`]) so that shadow
+//! (load-test) traffic can never read or write a real balance, then a record-kind tag.
+//!
+//! | key | value |
+//! | --- | --- |
+//! | `(space, 1, account)` | [`crate::records::AccountRecord`] |
+//! | `(space, 2, account, seq)` | [`crate::records::PostingRecord`] (immutable, appended) |
+//! | `(space, 3, transfer)` | [`crate::records::TransferRecord`] (idempotency + outcome) |
+//! | `(space, 4, hold)` | [`crate::records::HoldRecord`] |
+//! | `(space, 5, account, hold)` | empty: index of the account's active holds |
+//! | `(space, 6, cell, kind, id)` | [`crate::records::OutboxRecord`]: a pending credit leg |
+//! | `(space, 7, slot)` | slot epoch, `u64` big-endian; absent means epoch 0 |
+
+use foundationdb_tuple::pack;
+
+use crate::ids::{AccountId, HoldId, TransferId};
+use crate::records::OutboxKind;
+use crate::slot::{Cell, Slot};
+use crate::store::prefix_end;
+
+const ACCOUNT: i64 = 1;
+const POSTING: i64 = 2;
+const TRANSFER: i64 = 3;
+const HOLD: i64 = 4;
+const ACCOUNT_HOLD: i64 = 5;
+const OUTBOX: i64 = 6;
+const SLOT_EPOCH: i64 = 7;
+
+/// Which keyspace a key lives in: real money, or isolated shadow (test) traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Keyspace {
+    #[default]
+    Real,
+    Shadow,
+}
+
+impl Keyspace {
+    fn tag(self) -> i64 {
+        match self {
+            Keyspace::Real => 0,
+            Keyspace::Shadow => 1,
+        }
+    }
+
+    pub fn account(self, account: &AccountId) -> Vec<u8> {
+        pack(&(self.tag(), ACCOUNT, account.as_str()))
+    }
+
+    /// Prefix of every account record (for audits).
+    pub fn accounts_prefix(self) -> Vec<u8> {
+        pack(&(self.tag(), ACCOUNT))
+    }
+
+    pub fn posting(self, account: &AccountId, seq: u64) -> Vec<u8> {
+        pack(&(self.tag(), POSTING, account.as_str(), seq))
+    }
+
+    /// Range of an account's postings with `seq >= from_seq`.
+    pub fn postings_from(self, account: &AccountId, from_seq: u64) -> (Vec<u8>, Vec<u8>) {
+        let prefix = pack(&(self.tag(), POSTING, account.as_str()));
+        (self.posting(account, from_seq), prefix_end(&prefix))
+    }
+
+    /// Prefix of every posting (for audits).
+    pub fn postings_prefix(self) -> Vec<u8> {
+        pack(&(self.tag(), POSTING))
+    }
+
+    pub fn transfer(self, transfer: &TransferId) -> Vec<u8> {
+        pack(&(self.tag(), TRANSFER, transfer.as_str()))
+    }
+
+    /// Prefix of every transfer record (for audits).
+    pub fn transfers_prefix(self) -> Vec<u8> {
+        pack(&(self.tag(), TRANSFER))
+    }
+
+    pub fn hold(self, hold: &HoldId) -> Vec<u8> {
+        pack(&(self.tag(), HOLD, hold.as_str()))
+    }
+
+    /// Prefix of every hold record (for audits).
+    pub fn holds_prefix(self) -> Vec<u8> {
+        pack(&(self.tag(), HOLD))
+    }
+
+    pub fn account_hold(self, account: &AccountId, hold: &HoldId) -> Vec<u8> {
+        pack(&(self.tag(), ACCOUNT_HOLD, account.as_str(), hold.as_str()))
+    }
+
+    /// Prefix of an account's active-hold index.
+    pub fn account_holds_prefix(self, account: &AccountId) -> Vec<u8> {
+        pack(&(self.tag(), ACCOUNT_HOLD, account.as_str()))
+    }
+
+    pub fn outbox(self, cell: Cell, kind: OutboxKind, id: &str) -> Vec<u8> {
+        pack(&(self.tag(), OUTBOX, cell.index(), kind.tag(), id))
+    }
+
+    /// Prefix of every outbox entry of every cell.
+    pub fn outbox_prefix(self) -> Vec<u8> {
+        pack(&(self.tag(), OUTBOX))
+    }
+
+    pub fn slot_epoch(self, slot: Slot) -> Vec<u8> {
+        pack(&(self.tag(), SLOT_EPOCH, slot.index()))
+    }
+}
+
+/// Unpacks the hold id at the end of an active-hold index key.
+pub fn account_hold_id(key: &[u8]) -> Option<HoldId> {
+    let (_, _, _, hold): (i64, i64, String, String) = foundationdb_tuple::unpack(key).ok()?;
+    HoldId::new(&hold).ok()
+}
+
+/// Unpacks the sequence number at the end of a posting key.
+pub fn posting_seq(key: &[u8]) -> Option<u64> {
+    let (_, _, _, seq): (i64, i64, String, u64) = foundationdb_tuple::unpack(key).ok()?;
+    Some(seq)
+}
+
+/// Unpacks the account of a posting key.
+pub fn posting_account(key: &[u8]) -> Option<AccountId> {
+    let (_, _, account, _): (i64, i64, String, u64) = foundationdb_tuple::unpack(key).ok()?;
+    AccountId::new(&account).ok()
+}
+
+/// Encodes an epoch value (absent means 0).
+pub fn encode_epoch(epoch: u64) -> Option<Vec<u8>> {
+    (epoch != 0).then(|| epoch.to_be_bytes().to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postings_sort_by_sequence_within_an_account() {
+        let account = AccountId::new("a").unwrap();
+        let space = Keyspace::Real;
+        let keys: Vec<_> = [1u64, 2, 255, 256, 70_000].iter().map(|s| space.posting(&account, *s)).collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted);
+        assert_eq!(posting_seq(&keys[3]), Some(256));
+        assert_eq!(posting_account(&keys[3]), Some(account.clone()));
+        let (begin, end) = space.postings_from(&account, 2);
+        assert!(keys[1] >= begin && keys[4] < end && keys[0] < begin);
+        // Another account's postings are outside the range.
+        let other = AccountId::new("a0").unwrap();
+        assert!(space.posting(&other, 0) >= end || space.posting(&other, 0) < begin);
+    }
+
+    #[test]
+    fn shadow_keys_never_equal_real_keys() {
+        let account = AccountId::new("merchant").unwrap();
+        assert_ne!(Keyspace::Real.account(&account), Keyspace::Shadow.account(&account));
+        let real = Keyspace::Real.accounts_prefix();
+        assert!(!Keyspace::Shadow.account(&account).starts_with(&real));
+    }
+
+    #[test]
+    fn hold_index_round_trips() {
+        let account = AccountId::new("a").unwrap();
+        let hold = HoldId::new("h-1").unwrap();
+        let key = Keyspace::Real.account_hold(&account, &hold);
+        assert!(key.starts_with(&Keyspace::Real.account_holds_prefix(&account)));
+        assert_eq!(account_hold_id(&key), Some(hold));
+    }
+}
