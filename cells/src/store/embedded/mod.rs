@@ -1,1 +1,352 @@
-//! placeholder until the embedded backend lands
+//! The embedded backend: a durable single-machine store whose commit point is a
+//! group-committed write-ahead log.
+//!
+//! Owns: the log segments (`wal-<first_version:020>.log`), the in-memory tables that serve
+//! every read (an active memtable, at most one frozen memtable), the checkpoint store under
+//! `checkpoint/` (fjall) with its position file, and the two threads that write them (the
+//! committer and the checkpointer).
+//!
+//! Must never: acknowledge or expose a write before the `fdatasync` that covers it returned;
+//! block a committing caller (a full commit queue is [`CommitError::Overloaded`]); let the
+//! checkpointer stall commits; pretend after an I/O error (the group's commits resolve
+//! [`CommitError::Unknown`] and the store refuses every later commit); `unwrap` anything
+//! read from disk.
+//!
+//! # How a commit flows
+//! 1. [`Transaction::commit`] moves the buffered writes, read set and preconditions into a
+//!    bounded queue ([`COMMIT_QUEUE_TRANSACTIONS_MAX`], [`COMMIT_QUEUE_BYTES_MAX`]).
+//! 2. The committer thread takes everything queued (a group: whatever accumulated while the
+//!    previous group was syncing; there are no timers), checks each transaction's age,
+//!    preconditions and read set (values compared against the committed state plus a small
+//!    overlay of earlier transactions of the same group), encodes the accepted ones as one
+//!    log record each, appends the group with one `write` and one `fdatasync`, then applies
+//!    it to the active memtable and resolves the callers' futures.
+//! 3. When the active memtable passes [`EmbeddedOptions::memtable_bytes_max`] (or the log
+//!    since the last freeze passes [`EmbeddedOptions::wal_bytes_max`]) it is frozen, the log
+//!    rotates to a new segment, and the checkpointer bulk-ingests the frozen memtable
+//!    (tombstones included) into fjall as sorted tables, writes the position file, deletes
+//!    the covered segments and drops the frozen memtable. If a second freeze is due while one
+//!    is being written, commits continue into the active memtable over its soft limit and
+//!    `tessera_store_memtable_limit_hits_total` counts it.
+//!
+//! # Why fjall ingestion for checkpoints
+//! A frozen memtable is already sorted, so fjall's bulk ingestion writes it straight into
+//! table files (fsynced, registered atomically in fjall's manifest) without fjall's journal
+//! or memtables: one sequential write per checkpoint, and fjall's compaction, block cache and
+//! bloom filters serve reads that miss the memtables. Own sorted runs would need their own
+//! compaction and index to keep reads and disk bounded.
+//!
+//! The position file (`checkpoint.position`, replaced atomically by rename) is written after
+//! the ingestion is durable. Replaying log records the checkpoint already holds is harmless
+//! (a record's writes are re-applied in version order over the checkpoint, and each key ends
+//! at its last write), so the data and its position need not be written in one step.
+//!
+//! # Log record format
+//! `[u32 payload length][u32 crc32 of payload][payload]`, little-endian, one record per
+//! committed transaction; the payload is `[u64 version][u32 write count]` then per write a
+//! tag byte (1 set, 2 clear, 3 clear range) and length-prefixed (`u32`) byte strings.
+//! Recovery truncates a torn or checksum-failing tail of the last segment; a bad record
+//! followed by a valid one, or in an earlier segment, is [`StoreError::Corrupt`].
+
+mod checkpoint;
+mod committer;
+mod memtable;
+mod transaction;
+mod wal;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use super::limits::{self, GET_MANY_KEYS_MAX, TRANSACTION_BYTES_MAX, TRANSACTION_DURATION_MS_MAX};
+use super::{
+    check_key, BoxFuture, CommitError, KeyValue, RangeRequest, Store, StoreError, StoreStats,
+    Transaction,
+};
+use committer::{PendingCommit, Queue};
+use memtable::{Memtable, Tables, View};
+
+/// Most transactions waiting in the commit queue; one more is [`CommitError::Overloaded`].
+/// A group is at most this many transactions.
+pub const COMMIT_QUEUE_TRANSACTIONS_MAX: usize = 65_536;
+/// Most bytes (as counted by [`Transaction::size_bytes`]) waiting in the commit queue.
+pub const COMMIT_QUEUE_BYTES_MAX: usize = 256 * 1024 * 1024;
+/// Most writes (sets, clears, clear ranges) in one transaction; bounds empty-key writes
+/// that [`limits::TRANSACTION_BYTES_MAX`] alone would not.
+pub const TRANSACTION_WRITES_MAX: usize = 1_000_000;
+/// Most bytes of keys and ranges one transaction may read (its read set).
+pub const TRANSACTION_READ_BYTES_MAX: usize = TRANSACTION_BYTES_MAX;
+/// Default soft limit of the active memtable, in bytes (keys, values and per-entry overhead).
+pub const MEMTABLE_BYTES_MAX_DEFAULT: usize = 256 * 1024 * 1024;
+/// Largest log record payload: a maximal transaction plus the framing of its writes.
+pub const WAL_RECORD_BYTES_MAX: usize = 32 * 1024 * 1024;
+
+const _: () = assert!(COMMIT_QUEUE_BYTES_MAX >= TRANSACTION_BYTES_MAX);
+const _: () = assert!(COMMIT_QUEUE_TRANSACTIONS_MAX >= 1);
+const _: () = assert!(
+    WAL_RECORD_BYTES_MAX >= 12 + TRANSACTION_BYTES_MAX + 9 * TRANSACTION_WRITES_MAX,
+    "a maximal transaction must fit in one log record"
+);
+const _: () = assert!(WAL_RECORD_BYTES_MAX <= u32::MAX as usize);
+
+/// A fault to inject, for crash tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failpoint {
+    /// After `after_groups` durable groups, write only the first `bytes_written` bytes of the
+    /// next group, skip its sync and its application, resolve its commits
+    /// [`CommitError::Unknown`] and fail the store, as if the machine crashed mid-write.
+    TornGroupWrite { after_groups: u64, bytes_written: usize },
+}
+
+/// Options of [`EmbeddedStore::open`]. The default is durable.
+#[derive(Debug, Clone)]
+pub struct EmbeddedOptions {
+    /// Soft limit of the active memtable before it is frozen and checkpointed.
+    pub memtable_bytes_max: usize,
+    /// Log bytes appended since the last freeze that force a freeze (bounds replay time
+    /// when overwrites keep the memtable small). Default: `memtable_bytes_max`.
+    pub wal_bytes_max: u64,
+    /// `fdatasync` every group. Only tests that do not crash may turn this off.
+    pub sync: bool,
+    /// Longest transaction, from `begin` to the committer's check. At most
+    /// [`limits::TRANSACTION_DURATION_MS_MAX`]; lower it to test the limit without waiting.
+    pub transaction_duration_ms_max: u64,
+    /// A fault to inject (tests only).
+    pub failpoint: Option<Failpoint>,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        EmbeddedOptions {
+            memtable_bytes_max: MEMTABLE_BYTES_MAX_DEFAULT,
+            wal_bytes_max: MEMTABLE_BYTES_MAX_DEFAULT as u64,
+            sync: true,
+            transaction_duration_ms_max: TRANSACTION_DURATION_MS_MAX,
+            failpoint: None,
+        }
+    }
+}
+
+impl EmbeddedOptions {
+    /// Checks the options.
+    pub fn validate(&self) -> Result<(), StoreError> {
+        let invalid = |detail: &str| Err(StoreError::Backend { detail: detail.to_string() });
+        if self.memtable_bytes_max == 0 || self.wal_bytes_max == 0 {
+            return invalid("memtable_bytes_max and wal_bytes_max must be positive");
+        }
+        if self.transaction_duration_ms_max == 0
+            || self.transaction_duration_ms_max > TRANSACTION_DURATION_MS_MAX
+        {
+            return invalid("transaction_duration_ms_max must be in 1..=5000");
+        }
+        Ok(())
+    }
+}
+
+/// Counters behind [`Store::stats`].
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    transactions_committed: AtomicU64,
+    durable_writes: AtomicU64,
+    bytes_written: AtomicU64,
+    /// Last durable commit version (what a read-only transaction reports).
+    version_committed: AtomicU64,
+}
+
+/// State shared by the store handle, its transactions and its threads.
+pub(crate) struct Shared {
+    pub(crate) tables: RwLock<Tables>,
+    pub(crate) checkpoint: fjall::Keyspace,
+    pub(crate) queue: Mutex<Queue>,
+    pub(crate) queue_ready: Condvar,
+    pub(crate) counters: Counters,
+    pub(crate) options: EmbeddedOptions,
+    pub(crate) dir: PathBuf,
+}
+
+impl Shared {
+    /// Reads under one consistent state of the tables.
+    pub(crate) fn with_view<T>(&self, read: impl FnOnce(&View<'_>) -> T) -> T {
+        let tables = self.tables.read();
+        read(&tables.view(&self.checkpoint, None))
+    }
+}
+
+/// The embedded store. Dropping the last handle stops its threads after the queued commits.
+pub struct EmbeddedStore {
+    shared: Arc<Shared>,
+    committer: Mutex<Option<JoinHandle<()>>>,
+    checkpointer: Mutex<Option<JoinHandle<()>>>,
+    // Held to keep fjall open until the threads are joined.
+    _database: fjall::Database,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore").field("dir", &self.shared.dir).finish_non_exhaustive()
+    }
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store in `dir`: opens the checkpoint, replays the log records
+    /// after it, and starts the committer and checkpointer threads.
+    pub fn open(dir: &Path, options: EmbeddedOptions) -> Result<Arc<EmbeddedStore>, StoreError> {
+        options.validate()?;
+        let span = tracing::info_span!("store_open", dir = %dir.display());
+        let _entered = span.enter();
+        let started = Instant::now();
+        std::fs::create_dir_all(dir)?;
+        let (database, keyspace) = checkpoint::open_checkpoint(dir)?;
+        let position = checkpoint::read_position(dir)?;
+        let checkpoint_empty = position == 0 && keyspace.is_empty().map_err(checkpoint::fjall)?;
+        let mut tables = Tables::new(checkpoint_empty);
+        let replay = wal::replay(dir, position, &mut tables, &keyspace)?;
+        let elapsed = started.elapsed();
+        metrics::histogram!("tessera_store_recovery_seconds").record(elapsed.as_secs_f64());
+        tracing::info!(
+            checkpoint_version = position,
+            last_version = replay.last_version,
+            records_replayed = replay.records,
+            recovery_ms = elapsed.as_millis() as u64,
+            "embedded store opened"
+        );
+        let writer = wal::WalWriter::create(dir, replay.last_version + 1, options.sync)?;
+        let shared = Arc::new(Shared {
+            tables: RwLock::new(tables),
+            checkpoint: keyspace,
+            queue: Mutex::new(Queue::default()),
+            queue_ready: Condvar::new(),
+            counters: Counters::default(),
+            options,
+            dir: dir.to_path_buf(),
+        });
+        shared.counters.version_committed.store(replay.last_version, Ordering::Relaxed);
+        let (jobs, job_receiver) = std::sync::mpsc::sync_channel(1);
+        let checkpointer = checkpoint::spawn(shared.clone(), job_receiver)?;
+        let committer = committer::spawn(
+            shared.clone(),
+            writer,
+            replay.last_version + 1,
+            replay.log_bytes,
+            jobs,
+        )?;
+        Ok(Arc::new(EmbeddedStore {
+            shared,
+            committer: Mutex::new(Some(committer)),
+            checkpointer: Mutex::new(Some(checkpointer)),
+            _database: database,
+        }))
+    }
+
+    /// The directory the store lives in.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+}
+
+impl Drop for EmbeddedStore {
+    fn drop(&mut self) {
+        self.shared.queue.lock().closing = true;
+        self.shared.queue_ready.notify_all();
+        // The committer drains the queue, then drops the checkpoint job sender, which ends
+        // the checkpointer after its job in flight.
+        for handle in [self.committer.lock().take(), self.checkpointer.lock().take()] {
+            if let Some(handle) = handle {
+                if handle.join().is_err() {
+                    tracing::error!("embedded store thread panicked");
+                }
+            }
+        }
+    }
+}
+
+fn ready<T: Send + 'static>(value: T) -> BoxFuture<'static, T> {
+    Box::pin(std::future::ready(value))
+}
+
+impl Store for EmbeddedStore {
+    fn begin(&self) -> Result<Box<dyn Transaction>, StoreError> {
+        if self.shared.queue.lock().refuses_commits() {
+            return Err(StoreError::Closed);
+        }
+        Ok(Box::new(transaction::EmbeddedTransaction::new(self.shared.clone())))
+    }
+
+    fn get(&self, key: &[u8]) -> BoxFuture<'static, Result<Option<Vec<u8>>, StoreError>> {
+        let result = check_key(key).and_then(|()| {
+            self.shared.with_view(|view| Ok(view.get(key)?.map(|value| value.into_owned())))
+        });
+        ready(result)
+    }
+
+    fn get_many(
+        &self,
+        keys: Vec<Vec<u8>>,
+    ) -> BoxFuture<'static, Result<Vec<Option<Vec<u8>>>, StoreError>> {
+        ready(self.read_many(&keys))
+    }
+
+    fn get_range(
+        &self,
+        request: RangeRequest,
+    ) -> BoxFuture<'static, Result<Vec<KeyValue>, StoreError>> {
+        let result = request.validate().and_then(|()| {
+            self.shared.with_view(|view| {
+                view.range(&request.begin, &request.end, request.reverse)
+                    .take(request.limit)
+                    .map(|row| row.map(|(key, value)| (key.into_owned(), value.into_owned())))
+                    .collect()
+            })
+        });
+        ready(result)
+    }
+
+    fn stats(&self) -> StoreStats {
+        let counters = &self.shared.counters;
+        StoreStats {
+            transactions_committed: counters.transactions_committed.load(Ordering::Relaxed),
+            durable_writes: counters.durable_writes.load(Ordering::Relaxed),
+            bytes_written: counters.bytes_written.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl EmbeddedStore {
+    fn read_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        if keys.len() > GET_MANY_KEYS_MAX {
+            return Err(StoreError::RequestTooLarge {
+                requested: keys.len(),
+                max: limits::GET_MANY_KEYS_MAX,
+            });
+        }
+        keys.iter().try_for_each(|key| check_key(key))?;
+        self.shared.with_view(|view| {
+            keys.iter().map(|key| Ok(view.get(key)?.map(|value| value.into_owned()))).collect()
+        })
+    }
+}
+
+/// The rejection of a commit to a closing or failed store.
+pub(crate) fn closed() -> CommitError {
+    CommitError::Rejected(StoreError::Closed)
+}
+
+#[allow(dead_code)]
+fn assert_send_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<EmbeddedStore>();
+    check::<Memtable>();
+}
+
+#[allow(dead_code)]
+fn assert_pending_send() {
+    fn check<T: Send>() {}
+    check::<PendingCommit>();
+}

@@ -1,0 +1,460 @@
+//! The account actor: one per active account.
+//!
+//! Owns the account's in-memory state (balance, active holds, next posting number), checks
+//! every command against it (idempotency, currency, INV-5 no overdraft), and commits what
+//! accumulated while its previous commit was in flight as one store transaction: postings,
+//! idempotency records, hold records, outbox entries and the balance record, fenced by the
+//! slot epoch. Callers hear back only after the commit is durable (INV-2).
+//!
+//! Must never: let two commits of its own overlap (state would fork), update its state
+//! before the store says committed, or answer a caller before that. On an unknown commit
+//! outcome it stops; the next activation reloads from the store and callers retry with the
+//! same ids.
+
+mod draft;
+mod load;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use cells::ids::{AccountId, HoldId};
+use cells::ledger::{
+    AccountView, CaptureRequest, CommandResult, ErrorCode, HoldRequest, TransferRequest,
+    BATCH_COMMANDS_MAX,
+};
+use cells::records::{AccountSpec, HoldRecord, HoldState, OutboxRecord};
+use cells::slot::Slot;
+use cells::store::CommitError;
+use futures::channel::oneshot;
+
+use crate::registry::Shared;
+use crate::relay::Deliver;
+use draft::{Delta, Draft, Sealed};
+pub use load::LoadError;
+
+/// Holds finalized in this incarnation remembered for idempotent replies.
+const RECENT_FINAL_HOLDS_MAX: usize = 65_536;
+
+/// A command routed to the account that it debits or reads.
+#[derive(Debug, Clone)]
+pub enum AccountCommand {
+    Transfer(TransferRequest),
+    Hold(HoldRequest),
+    /// Release a hold; the record is what the router read (its state if no longer active).
+    Release(HoldId, Box<HoldRecord>),
+    Capture(CaptureRequest, Box<HoldRecord>),
+    Lookup,
+}
+
+/// A credit leg to apply: the outbox entry's key and value, and its decoded record.
+#[derive(Debug, Clone)]
+pub struct CreditLeg {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub record: OutboxRecord,
+}
+
+/// Results of an [`Execute`], by the caller's command index.
+pub type ExecuteReply = Vec<(usize, CommandResult)>;
+
+/// Runs commands on this account; the reply arrives once they are durable.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Execute {
+    pub commands: Vec<(usize, AccountCommand)>,
+    pub reply: oneshot::Sender<ExecuteReply>,
+}
+
+/// Applies credit legs from the outbox (sent by the relay).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ApplyCredits(pub Vec<CreditLeg>);
+
+/// An active hold, as the actor keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ActiveHold {
+    pub record: HoldRecord,
+}
+
+/// The committed state of a loaded account.
+#[derive(Debug, Clone)]
+pub(crate) struct Loaded {
+    pub spec: Arc<AccountSpec>,
+    pub slot: Slot,
+    pub epoch: u64,
+    /// Exact balance: the sum of every posting.
+    pub balance: i128,
+    /// Balance as stored in the account record, and the postings it covers.
+    pub record_balance: i128,
+    pub record_through_seq: u64,
+    pub next_seq: u64,
+    pub holds: HashMap<HoldId, ActiveHold>,
+    pub frozen: i128,
+}
+
+impl Loaded {
+    pub fn view(&self) -> AccountView {
+        AccountView {
+            spec: (*self.spec).clone(),
+            balance: self.balance,
+            frozen: self.frozen,
+            available: self.balance - self.frozen,
+        }
+    }
+}
+
+/// Work waiting for a commit.
+pub(crate) enum Work {
+    Client(AccountCommand),
+    Credit(CreditLeg),
+    Expire(HoldId),
+    Net,
+}
+
+pub(crate) struct Item {
+    pub index: usize,
+    pub work: Work,
+    /// Decided before any commit (bad input, or resolved as a duplicate).
+    pub settled: Option<CommandResult>,
+}
+
+pub(crate) enum Origin {
+    Client(oneshot::Sender<ExecuteReply>),
+    Internal,
+}
+
+pub(crate) struct Job {
+    pub origin: Origin,
+    pub items: Vec<Item>,
+}
+
+impl Job {
+    fn answer(self, results: Vec<CommandResult>) {
+        if let Origin::Client(reply) = self.origin {
+            let answer = self.items.iter().map(|item| item.index).zip(results).collect();
+            // The caller may have given up; nothing to do then.
+            let _ = reply.send(answer);
+        }
+    }
+
+    fn fail(self, code: ErrorCode) {
+        let results = vec![Err(code); self.items.len()];
+        self.answer(results);
+    }
+}
+
+/// Snapshot of an account actor for metrics and the console.
+#[derive(Debug, Clone)]
+pub struct AccountSnapshot {
+    pub account: AccountId,
+    pub view: Option<AccountView>,
+    pub pending_jobs: usize,
+    pub commit_in_flight: bool,
+}
+
+/// The actor. See the module docs.
+pub struct AccountActor {
+    id: AccountId,
+    shared: Arc<Shared>,
+    state: Option<Loaded>,
+    load_error: Option<ErrorCode>,
+    pending: VecDeque<Job>,
+    pending_items: usize,
+    in_flight: bool,
+    last_active: Instant,
+    recent_final: HashMap<HoldId, HoldState>,
+}
+
+impl AccountActor {
+    pub(crate) fn new(id: AccountId, shared: Arc<Shared>) -> Self {
+        AccountActor {
+            id,
+            shared,
+            state: None,
+            load_error: None,
+            pending: VecDeque::new(),
+            pending_items: 0,
+            in_flight: false,
+            last_active: Instant::now(),
+            recent_final: HashMap::new(),
+        }
+    }
+
+    pub fn snapshot(&self) -> AccountSnapshot {
+        AccountSnapshot {
+            account: self.id.clone(),
+            view: self.state.as_ref().map(Loaded::view),
+            pending_jobs: self.pending.len(),
+            commit_in_flight: self.in_flight,
+        }
+    }
+
+    fn enqueue(&mut self, job: Job, ctx: &mut Context<Self>) {
+        self.last_active = Instant::now();
+        if let Some(code) = self.load_error {
+            self.fail_job(job, code);
+            return;
+        }
+        // The mailbox bounds messages; this bounds the items they carry.
+        if self.pending_items + job.items.len() > 4 * BATCH_COMMANDS_MAX {
+            metrics::counter!("tessera_actors_overloaded_total").increment(1);
+            self.fail_job(job, ErrorCode::Overloaded);
+            return;
+        }
+        self.pending_items += job.items.len();
+        self.pending.push_back(job);
+        self.seal(ctx);
+    }
+
+    /// Takes what accumulated and commits it, unless a commit is already in flight.
+    fn seal(&mut self, ctx: &mut Context<Self>) {
+        if self.in_flight || self.pending.is_empty() {
+            return;
+        }
+        let Some(state) = self.state.as_ref() else { return };
+        let mut jobs = Vec::new();
+        let mut items = 0;
+        while let Some(job) = self.pending.front() {
+            if items > 0 && items + job.items.len() > BATCH_COMMANDS_MAX {
+                break;
+            }
+            items += job.items.len();
+            jobs.extend(self.pending.pop_front());
+        }
+        self.pending_items -= items;
+        let now_ms = now_ms();
+        let draft = Draft::new(state, &self.shared, &self.recent_final, now_ms);
+        let Sealed { commit, outcome } = match draft.build(&jobs) {
+            Ok(sealed) => sealed,
+            Err(code) => {
+                jobs.into_iter().for_each(|job| self.fail_job(job, code));
+                return;
+            }
+        };
+        self.in_flight = true;
+        let started = Instant::now();
+        ctx.spawn(commit.into_actor(self).map(move |result, actor, ctx| {
+            actor.in_flight = false;
+            actor.shared.stats.record_commit(started.elapsed());
+            actor.on_commit(result, jobs, outcome, ctx);
+            actor.seal(ctx);
+        }));
+    }
+
+    fn on_commit(
+        &mut self,
+        result: Result<u64, CommitError>,
+        jobs: Vec<Job>,
+        delta: Delta,
+        ctx: &mut Context<Self>,
+    ) {
+        match result {
+            Ok(_) => self.on_committed(jobs, delta),
+            Err(CommitError::PreconditionFailed { keys }) => {
+                self.on_precondition_failed(keys, jobs, ctx)
+            }
+            Err(CommitError::Conflict) | Err(CommitError::Overloaded) => {
+                metrics::counter!("tessera_actors_commit_retried_total").increment(1);
+                self.requeue_front(jobs);
+                ctx.run_later(Duration::from_millis(1), |actor, ctx| actor.seal(ctx));
+            }
+            Err(CommitError::Rejected(error)) => {
+                tracing::warn!(account = %self.id, %error, "commit rejected by the store");
+                jobs.into_iter().for_each(|job| self.fail_job(job, ErrorCode::Unavailable));
+            }
+            Err(CommitError::Unknown { detail }) => {
+                tracing::error!(account = %self.id, %detail, "commit outcome unknown; reloading");
+                jobs.into_iter().for_each(|job| self.fail_job(job, ErrorCode::OutcomeUnknown));
+                self.stop_failing(ErrorCode::Unavailable, ctx);
+            }
+        }
+    }
+
+    fn on_committed(&mut self, jobs: Vec<Job>, mut delta: Delta) {
+        let Some(state) = self.state.as_mut() else { return };
+        delta.apply_to(state);
+        let Delta { results, credits, finalized, debits, credits_applied, .. } = delta;
+        for (hold, final_state) in finalized {
+            if self.recent_final.len() >= RECENT_FINAL_HOLDS_MAX {
+                self.recent_final.clear();
+            }
+            self.recent_final.insert(hold, final_state);
+        }
+        let stats = &self.shared.stats;
+        stats.debits_committed.fetch_add(debits, std::sync::atomic::Ordering::AcqRel);
+        stats.credits_committed.fetch_add(credits_applied, std::sync::atomic::Ordering::AcqRel);
+        metrics::counter!("tessera_actors_debits_committed_total").increment(debits);
+        metrics::counter!("tessera_actors_credits_committed_total").increment(credits_applied);
+        let mut results = results.into_iter();
+        for job in jobs {
+            let answers: Vec<_> = results.by_ref().take(job.items.len()).collect();
+            job.answer(answers);
+        }
+        if !credits.is_empty() {
+            self.deliver(credits);
+        }
+    }
+
+    fn deliver(&self, credits: Vec<CreditLeg>) {
+        if self.shared.relay().try_send(Deliver(credits)).is_err() {
+            // The credits are durable in the outbox: the relay finds them on its rescan.
+            metrics::counter!("tessera_actors_relay_full_total").increment(1);
+            self.shared.request_outbox_rescan();
+        }
+    }
+
+    /// Fails a job: callers get `code`; credit legs stay in the durable outbox and the
+    /// relay is asked to rescan it.
+    fn fail_job(&self, job: Job, code: ErrorCode) {
+        if job.items.iter().any(|item| matches!(item.work, Work::Credit(_))) {
+            self.shared.request_outbox_rescan();
+        }
+        job.fail(code);
+    }
+
+    fn on_precondition_failed(&mut self, keys: Vec<Vec<u8>>, mut jobs: Vec<Job>, ctx: &mut Context<Self>) {
+        let Some(state) = self.state.as_ref() else { return };
+        let epoch_key = self.shared.space.slot_epoch(state.slot);
+        if keys.contains(&epoch_key) {
+            tracing::warn!(account = %self.id, "slot epoch changed: no longer the owner");
+            jobs.into_iter().for_each(|job| self.fail_job(job, ErrorCode::NotOwner));
+            self.stop_failing(ErrorCode::NotOwner, ctx);
+            return;
+        }
+        let space = self.shared.space;
+        let conflicted = draft::conflicted_items(space, &state.spec, &mut jobs, &keys);
+        let store = Arc::clone(&self.shared.store);
+        let fut = async move {
+            let reads: Vec<Vec<u8>> = conflicted.iter().map(|(_, _, key)| key.clone()).collect();
+            (conflicted, store.get_many(reads).await)
+        };
+        self.in_flight = true;
+        ctx.spawn(fut.into_actor(self).map(move |(conflicted, values), actor, ctx| {
+            actor.in_flight = false;
+            match values {
+                Ok(values) => {
+                    draft::settle_duplicates(&mut jobs, conflicted, values);
+                    actor.requeue_front(jobs);
+                }
+                Err(_) => jobs.into_iter().for_each(|job| actor.fail_job(job, ErrorCode::Unavailable)),
+            }
+            actor.seal(ctx);
+        }));
+    }
+
+    fn requeue_front(&mut self, jobs: Vec<Job>) {
+        for job in jobs.into_iter().rev() {
+            self.pending_items += job.items.len();
+            self.pending.push_front(job);
+        }
+    }
+
+    fn stop_failing(&mut self, code: ErrorCode, ctx: &mut Context<Self>) {
+        self.load_error = Some(code);
+        while let Some(job) = self.pending.pop_front() {
+            self.fail_job(job, code);
+        }
+        self.pending_items = 0;
+        ctx.stop();
+    }
+
+    /// Periodic housekeeping: hold expiry, netting for `append` accounts, passivation.
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        let Some(state) = self.state.as_ref() else { return };
+        let now = now_ms();
+        let expired: Vec<HoldId> = state
+            .holds
+            .iter()
+            .filter(|(_, hold)| hold.record.expires_at_ms.is_some_and(|at| at <= now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let unnetted = state.next_seq - state.record_through_seq;
+        if !expired.is_empty() {
+            let items = expired
+                .into_iter()
+                .map(|hold| Item { index: 0, work: Work::Expire(hold), settled: None })
+                .collect();
+            self.enqueue(Job { origin: Origin::Internal, items }, ctx);
+        } else if unnetted > 0 && !self.in_flight && self.pending.is_empty() {
+            let items = vec![Item { index: 0, work: Work::Net, settled: None }];
+            self.enqueue(Job { origin: Origin::Internal, items }, ctx);
+        } else if self.idle() {
+            ctx.stop();
+        }
+    }
+
+    fn idle(&self) -> bool {
+        !self.in_flight
+            && self.pending.is_empty()
+            && self.last_active.elapsed() >= self.shared.config.idle_timeout
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Actor for AccountActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let shared = Arc::clone(&self.shared);
+        let id = self.id.clone();
+        let load = async move { load::load(&shared, &id).await };
+        ctx.wait(load.into_actor(self).map(|result, actor, ctx| match result {
+            Ok(state) => {
+                actor.shared.remember(Arc::clone(&state.spec));
+                actor.state = Some(state);
+                let tick = actor.shared.config.tick;
+                ctx.run_interval(tick, |actor, ctx| actor.tick(ctx));
+            }
+            Err(error) => {
+                let code = error.code();
+                if code != ErrorCode::UnknownAccount {
+                    tracing::error!(account = %actor.id, %error, "cannot load account");
+                }
+                actor.load_error = Some(code);
+                ctx.stop();
+            }
+        }));
+    }
+
+    fn stopped(&mut self, ctx: &mut Self::Context) {
+        let code = self.load_error.unwrap_or(ErrorCode::Unavailable);
+        while let Some(job) = self.pending.pop_front() {
+            self.fail_job(job, code);
+        }
+        self.shared.forget(&self.id, &ctx.address());
+    }
+}
+
+impl Handler<Execute> for AccountActor {
+    type Result = ();
+
+    fn handle(&mut self, message: Execute, ctx: &mut Self::Context) {
+        let items = message
+            .commands
+            .into_iter()
+            .map(|(index, command)| Item { index, work: Work::Client(command), settled: None })
+            .collect();
+        self.enqueue(Job { origin: Origin::Client(message.reply), items }, ctx);
+    }
+}
+
+impl Handler<ApplyCredits> for AccountActor {
+    type Result = ();
+
+    fn handle(&mut self, message: ApplyCredits, ctx: &mut Self::Context) {
+        let items = message
+            .0
+            .into_iter()
+            .map(|leg| Item { index: 0, work: Work::Credit(leg), settled: None })
+            .collect();
+        self.enqueue(Job { origin: Origin::Internal, items }, ctx);
+    }
+}

@@ -1,0 +1,517 @@
+//! A draft: the next commit of an account actor, built from its committed state.
+//!
+//! Owns the posting rules as they apply to one account: it walks the batched items in
+//! order against a scratch copy of the balance (and a change-set of holds), writes their
+//! records into one transaction, and decides each item's provisional result. Nothing here
+//! touches the actor's committed state: the actor applies the draft's delta only after the
+//! store says the transaction is durable.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use cells::ids::{HoldId, TransferId};
+use cells::keys::{self, Keyspace};
+use cells::ledger::{
+    within_limit, CaptureRequest, CommandResult, ErrorCode, HoldRequest, Outcome,
+    TransferRequest, BATCH_COMMANDS_MAX, HOLD_EXPIRY_MS_MAX,
+};
+use cells::records::{
+    self, AccountRecord, AccountSpec, HoldRecord, HoldState, HotMode, OutboxRecord,
+    PostingRecord, PostingSource, TransferOutcome, TransferRecord,
+};
+use cells::store::{limits::TRANSACTION_BYTES_MAX, BoxFuture, CommitError, Transaction};
+
+use super::{AccountCommand, ActiveHold, CreditLeg, Job, Loaded, Work};
+use crate::registry::Shared;
+
+/// Most bytes one item adds to a transaction (ids are at most 64 bytes, so every key and
+/// record an item writes is bounded).
+pub(crate) const ITEM_BYTES_MAX: usize = 1_200;
+/// Bytes of the per-commit records (account record, epoch precondition).
+const COMMIT_OVERHEAD_BYTES_MAX: usize = 10_000;
+
+const _: () =
+    assert!(BATCH_COMMANDS_MAX * ITEM_BYTES_MAX + COMMIT_OVERHEAD_BYTES_MAX <= TRANSACTION_BYTES_MAX);
+
+/// A built commit and what it will change once durable.
+pub(crate) struct Sealed {
+    pub commit: BoxFuture<'static, Result<u64, CommitError>>,
+    pub outcome: Delta,
+}
+
+/// The change a commit makes to the actor's state, and what to tell whom.
+pub(crate) struct Delta {
+    pub balance: i128,
+    pub frozen: i128,
+    pub next_seq: u64,
+    pub record_balance: i128,
+    pub record_through_seq: u64,
+    pub holds_added: HashMap<HoldId, ActiveHold>,
+    pub holds_removed: HashSet<HoldId>,
+    /// Holds that reached a final state in this commit.
+    pub finalized: Vec<(HoldId, HoldState)>,
+    /// One result per item, in job order.
+    pub results: Vec<CommandResult>,
+    /// Credit legs to hand to the relay.
+    pub credits: Vec<CreditLeg>,
+    pub debits: u64,
+    pub credits_applied: u64,
+}
+
+impl Delta {
+    /// Applies the committed change to the actor's state.
+    pub fn apply_to(&mut self, state: &mut Loaded) {
+        state.balance = self.balance;
+        state.frozen = self.frozen;
+        state.next_seq = self.next_seq;
+        state.record_balance = self.record_balance;
+        state.record_through_seq = self.record_through_seq;
+        for hold in self.holds_removed.drain() {
+            state.holds.remove(&hold);
+        }
+        state.holds.extend(self.holds_added.drain());
+        debug_assert_eq!(
+            state.frozen,
+            state.holds.values().map(|h| i128::from(h.record.amount.signed())).sum::<i128>()
+        );
+    }
+}
+
+pub(crate) struct Draft<'a> {
+    base: &'a Loaded,
+    shared: &'a Shared,
+    recent_final: &'a HashMap<HoldId, HoldState>,
+    space: Keyspace,
+    now_ms: u64,
+    delta: Delta,
+    batch_transfers: HashMap<TransferId, (TransferRequest, CommandResult)>,
+    batch_holds: HashMap<HoldId, (HoldRequest, CommandResult)>,
+    batch_credits: HashSet<Vec<u8>>,
+    net_requested: bool,
+}
+
+impl<'a> Draft<'a> {
+    pub fn new(
+        base: &'a Loaded,
+        shared: &'a Shared,
+        recent_final: &'a HashMap<HoldId, HoldState>,
+        now_ms: u64,
+    ) -> Self {
+        Draft {
+            base,
+            shared,
+            recent_final,
+            space: shared.space,
+            now_ms,
+            delta: Delta {
+                balance: base.balance,
+                frozen: base.frozen,
+                next_seq: base.next_seq,
+                record_balance: base.record_balance,
+                record_through_seq: base.record_through_seq,
+                holds_added: HashMap::new(),
+                holds_removed: HashSet::new(),
+                finalized: Vec::new(),
+                results: Vec::new(),
+                credits: Vec::new(),
+                debits: 0,
+                credits_applied: 0,
+            },
+            batch_transfers: HashMap::new(),
+            batch_holds: HashMap::new(),
+            batch_credits: HashSet::new(),
+            net_requested: false,
+        }
+    }
+
+    /// Builds the transaction for `jobs` and starts its commit.
+    pub fn build(mut self, jobs: &[Job]) -> Result<Sealed, ErrorCode> {
+        let mut txn = self.shared.store.begin().map_err(|_| ErrorCode::Unavailable)?;
+        self.expire_due_holds(txn.as_mut());
+        for job in jobs {
+            for item in &job.items {
+                let before = txn.size_bytes();
+                let result = match &item.settled {
+                    Some(result) => result.clone(),
+                    None => self.apply(txn.as_mut(), &item.work),
+                };
+                assert!(txn.size_bytes() - before <= ITEM_BYTES_MAX, "item exceeds ITEM_BYTES_MAX");
+                self.delta.results.push(result);
+            }
+        }
+        self.finish(txn.as_mut());
+        Ok(Sealed { commit: txn.commit(), outcome: self.delta })
+    }
+
+    fn apply(&mut self, txn: &mut dyn Transaction, work: &Work) -> CommandResult {
+        match work {
+            Work::Client(AccountCommand::Transfer(request)) => self.transfer(txn, request),
+            Work::Client(AccountCommand::Hold(request)) => self.hold(txn, request),
+            Work::Client(AccountCommand::Release(hold, snapshot)) => {
+                self.release(txn, hold, snapshot)
+            }
+            Work::Client(AccountCommand::Capture(request, snapshot)) => {
+                self.capture(txn, request, snapshot)
+            }
+            Work::Client(AccountCommand::Lookup) => Ok(Outcome::Account(self.view())),
+            Work::Credit(leg) => self.credit(txn, leg),
+            Work::Expire(hold) => {
+                if self.active_hold(hold).is_some() {
+                    self.finish_hold(txn, hold, HoldState::Released { expired: true });
+                }
+                Ok(Outcome::HoldReleased)
+            }
+            Work::Net => {
+                self.net_requested = true;
+                Ok(Outcome::AccountCreated)
+            }
+        }
+    }
+
+    fn spec(&self) -> &AccountSpec {
+        &self.base.spec
+    }
+
+    fn view(&self) -> cells::ledger::AccountView {
+        cells::ledger::AccountView {
+            spec: (*self.base.spec).clone(),
+            balance: self.delta.balance,
+            frozen: self.delta.frozen,
+            available: self.delta.balance - self.delta.frozen,
+        }
+    }
+
+    fn available(&self) -> i128 {
+        self.delta.balance - self.delta.frozen
+    }
+
+    fn post(&mut self, txn: &mut dyn Transaction, posting: &PostingRecord) {
+        let key = self.space.posting(&self.base.spec.id, self.delta.next_seq);
+        set(txn, &key, &records::encode(posting));
+        self.delta.next_seq += 1;
+        self.delta.balance += i128::from(posting.amount);
+    }
+
+    fn transfer(&mut self, txn: &mut dyn Transaction, request: &TransferRequest) -> CommandResult {
+        if request.currency != self.spec().currency {
+            return Err(ErrorCode::CurrencyMismatch);
+        }
+        if let Some((first, result)) = self.batch_transfers.get(&request.id) {
+            return if first == request {
+                result.clone()
+            } else {
+                Err(ErrorCode::TransferExistsWithDifferentFields)
+            };
+        }
+        let key = self.space.transfer(&request.id);
+        require(txn, &key, None);
+        let amount = request.amount.signed();
+        let (outcome, result) = if within_limit(self.spec(), self.available() - i128::from(amount))
+        {
+            let source = PostingSource::Transfer(request.id.clone());
+            self.debit(txn, source, amount, request.to.clone(), request.currency, request.amount);
+            (TransferOutcome::Accepted, Ok(Outcome::TransferAccepted))
+        } else {
+            let code = ErrorCode::InsufficientFunds;
+            (TransferOutcome::Rejected(code), Err(code))
+        };
+        let record = TransferRecord {
+            from: request.from.clone(),
+            to: request.to.clone(),
+            amount: request.amount,
+            currency: request.currency,
+            outcome,
+        };
+        set(txn, &key, &records::encode(&record));
+        self.batch_transfers.insert(request.id.clone(), (request.clone(), result.clone()));
+        result
+    }
+
+    /// Posts a debit and writes the outbox entry of its credit leg.
+    fn debit(
+        &mut self,
+        txn: &mut dyn Transaction,
+        source: PostingSource,
+        amount: i64,
+        to: cells::ids::AccountId,
+        currency: cells::money::Currency,
+        positive: cells::money::Amount,
+    ) {
+        let posting = PostingRecord { source, amount: -amount, counterparty: to };
+        self.post(txn, &posting);
+        let PostingRecord { source, counterparty: to, .. } = posting;
+        let record = OutboxRecord { source, from: self.base.spec.id.clone(), to, amount: positive, currency };
+        let key = self.space.outbox(self.base.slot.cell(), record.kind(), record.source.id());
+        let value = records::encode(&record);
+        set(txn, &key, &value);
+        self.delta.credits.push(CreditLeg { key, value, record });
+        self.delta.debits += 1;
+    }
+
+    fn active_hold(&self, hold: &HoldId) -> Option<&ActiveHold> {
+        if self.delta.holds_removed.contains(hold) {
+            return None;
+        }
+        self.delta.holds_added.get(hold).or_else(|| self.base.holds.get(hold))
+    }
+
+    fn hold(&mut self, txn: &mut dyn Transaction, request: &HoldRequest) -> CommandResult {
+        if request.currency != self.spec().currency {
+            return Err(ErrorCode::CurrencyMismatch);
+        }
+        if request.expires_in_ms.is_some_and(|ms| ms == 0 || ms > HOLD_EXPIRY_MS_MAX) {
+            return Err(ErrorCode::InvalidExpiry);
+        }
+        if let Some((first, result)) = self.batch_holds.get(&request.id) {
+            return if first == request {
+                result.clone()
+            } else {
+                Err(ErrorCode::HoldExistsWithDifferentFields)
+            };
+        }
+        if let Some(active) = self.active_hold(&request.id) {
+            return if same_hold(&active.record, request) {
+                Ok(Outcome::HoldCreated)
+            } else {
+                Err(ErrorCode::HoldExistsWithDifferentFields)
+            };
+        }
+        let amount = i128::from(request.amount.signed());
+        let result = if within_limit(self.spec(), self.available() - amount) {
+            let key = self.space.hold(&request.id);
+            require(txn, &key, None);
+            let record = HoldRecord {
+                account: request.account.clone(),
+                amount: request.amount,
+                currency: request.currency,
+                expires_at_ms: request.expires_in_ms.map(|ms| self.now_ms + ms),
+                state: HoldState::Active,
+            };
+            set(txn, &key, &records::encode(&record));
+            set(txn, &self.space.account_hold(&request.account, &request.id), &[]);
+            self.delta.frozen += amount;
+            self.delta.holds_added.insert(request.id.clone(), ActiveHold { record });
+            Ok(Outcome::HoldCreated)
+        } else {
+            Err(ErrorCode::InsufficientFunds)
+        };
+        self.batch_holds.insert(request.id.clone(), (request.clone(), result.clone()));
+        result
+    }
+
+    /// The final state of a hold that is not active (or `None` if it still looks active).
+    fn final_state(&self, hold: &HoldId, snapshot: &HoldRecord) -> Option<HoldState> {
+        self.delta
+            .finalized
+            .iter()
+            .rev()
+            .find(|(id, _)| id == hold)
+            .map(|(_, state)| state.clone())
+            .or_else(|| self.recent_final.get(hold).cloned())
+            .or_else(|| (snapshot.state != HoldState::Active).then(|| snapshot.state.clone()))
+    }
+
+    fn release(&mut self, txn: &mut dyn Transaction, hold: &HoldId, snapshot: &HoldRecord) -> CommandResult {
+        if self.active_hold(hold).is_some() {
+            self.finish_hold(txn, hold, HoldState::Released { expired: false });
+            return Ok(Outcome::HoldReleased);
+        }
+        match self.final_state(hold, snapshot) {
+            Some(HoldState::Released { .. }) => Ok(Outcome::HoldReleased),
+            _ => Err(ErrorCode::HoldNotActive),
+        }
+    }
+
+    fn capture(
+        &mut self,
+        txn: &mut dyn Transaction,
+        request: &CaptureRequest,
+        snapshot: &HoldRecord,
+    ) -> CommandResult {
+        let Some(active) = self.active_hold(&request.hold) else {
+            return match self.final_state(&request.hold, snapshot) {
+                Some(HoldState::Captured { to, amount })
+                    if to == request.to && request.amount.is_none_or(|a| a == amount) =>
+                {
+                    Ok(Outcome::HoldCaptured)
+                }
+                _ => Err(ErrorCode::HoldNotActive),
+            };
+        };
+        let held = active.record.amount;
+        let currency = active.record.currency;
+        let amount = request.amount.unwrap_or(held);
+        if amount > held {
+            return Err(ErrorCode::CaptureExceedsHold);
+        }
+        let state = HoldState::Captured { to: request.to.clone(), amount };
+        self.finish_hold(txn, &request.hold, state);
+        let source = PostingSource::Capture(request.hold.clone());
+        self.debit(txn, source, amount.signed(), request.to.clone(), currency, amount);
+        Ok(Outcome::HoldCaptured)
+    }
+
+    /// Moves an active hold to a final state: unfreezes it and rewrites its record.
+    fn finish_hold(&mut self, txn: &mut dyn Transaction, hold: &HoldId, state: HoldState) {
+        let Some(active) = self.active_hold(hold) else { return };
+        let mut record = active.record.clone();
+        self.delta.frozen -= i128::from(record.amount.signed());
+        record.state = state.clone();
+        set(txn, &self.space.hold(hold), &records::encode(&record));
+        clear(txn, &self.space.account_hold(&record.account, hold));
+        self.delta.holds_added.remove(hold);
+        self.delta.holds_removed.insert(hold.clone());
+        self.delta.finalized.push((hold.clone(), state));
+    }
+
+    fn expire_due_holds(&mut self, txn: &mut dyn Transaction) {
+        let now = self.now_ms;
+        let due: Vec<HoldId> = self
+            .base
+            .holds
+            .iter()
+            .filter(|(_, hold)| hold.record.expires_at_ms.is_some_and(|at| at <= now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for hold in due {
+            self.finish_hold(txn, &hold, HoldState::Released { expired: true });
+        }
+    }
+
+    fn credit(&mut self, txn: &mut dyn Transaction, leg: &CreditLeg) -> CommandResult {
+        if !self.batch_credits.insert(leg.key.clone()) {
+            return Ok(Outcome::TransferAccepted);
+        }
+        assert_eq!(leg.record.currency, self.spec().currency, "payer checked the currency");
+        require(txn, &leg.key, Some(&leg.value));
+        clear(txn, &leg.key);
+        let posting = PostingRecord {
+            source: leg.record.source.clone(),
+            amount: leg.record.amount.signed(),
+            counterparty: leg.record.from.clone(),
+        };
+        self.post(txn, &posting);
+        self.delta.credits_applied += 1;
+        Ok(Outcome::TransferAccepted)
+    }
+
+    /// Writes the balance record when the mode asks for it, and fences the commit.
+    fn finish(&mut self, txn: &mut dyn Transaction) {
+        let unnetted = self.delta.next_seq - self.delta.record_through_seq;
+        let write_record = match self.spec().mode {
+            HotMode::Standard => unnetted > 0,
+            HotMode::Append => {
+                unnetted >= self.shared.config.netting_postings || (self.net_requested && unnetted > 0)
+            }
+        };
+        if write_record {
+            self.delta.record_balance = self.delta.balance;
+            self.delta.record_through_seq = self.delta.next_seq;
+            let record = AccountRecord {
+                spec: (*self.base.spec).clone(),
+                balance: self.delta.balance,
+                balance_through_seq: self.delta.next_seq,
+            };
+            set(txn, &self.space.account(&self.base.spec.id), &records::encode(&record));
+        }
+        let epoch = keys::encode_epoch(self.base.epoch);
+        require(txn, &self.space.slot_epoch(self.base.slot), epoch.as_deref());
+    }
+}
+
+fn same_hold(record: &HoldRecord, request: &HoldRequest) -> bool {
+    record.account == request.account
+        && record.amount == request.amount
+        && record.currency == request.currency
+}
+
+// Items are bounded (ITEM_BYTES_MAX) and a batch fits the transaction limit (checked at
+// compile time above), so the store's limit checks cannot fail here.
+fn set(txn: &mut dyn Transaction, key: &[u8], value: &[u8]) {
+    txn.set(key, value).expect("bounded items fit the transaction limits");
+}
+
+fn clear(txn: &mut dyn Transaction, key: &[u8]) {
+    txn.clear(key).expect("bounded items fit the transaction limits");
+}
+
+fn require(txn: &mut dyn Transaction, key: &[u8], expected: Option<&[u8]>) {
+    txn.require(key, expected).expect("bounded items fit the transaction limits");
+}
+
+/// The items whose uniqueness key is among `failed` keys: `(job, item, key)`. Credits among
+/// them were already applied and are settled here (they are skipped on the retry).
+pub(crate) fn conflicted_items(
+    space: Keyspace,
+    spec: &Arc<AccountSpec>,
+    jobs: &mut [Job],
+    failed: &[Vec<u8>],
+) -> Vec<(usize, usize, Vec<u8>)> {
+    let failed: HashSet<&[u8]> = failed.iter().map(Vec::as_slice).collect();
+    let mut found = Vec::new();
+    for (j, job) in jobs.iter_mut().enumerate() {
+        for (i, item) in job.items.iter_mut().enumerate() {
+            if item.settled.is_some() {
+                continue;
+            }
+            let key = match &item.work {
+                Work::Client(AccountCommand::Transfer(request)) => space.transfer(&request.id),
+                Work::Client(AccountCommand::Hold(request)) => space.hold(&request.id),
+                Work::Credit(leg) => {
+                    if failed.contains(leg.key.as_slice()) {
+                        item.settled = Some(Ok(Outcome::TransferAccepted));
+                    }
+                    continue;
+                }
+                _ => continue,
+            };
+            if failed.contains(key.as_slice()) {
+                found.push((j, i, key));
+            }
+        }
+    }
+    let _ = spec;
+    found
+}
+
+/// Settles conflicted items from the records that beat them: a retry gets the original
+/// outcome, a different request under the same id gets `*_exists_with_different_fields`.
+pub(crate) fn settle_duplicates(
+    jobs: &mut [Job],
+    conflicted: Vec<(usize, usize, Vec<u8>)>,
+    values: Vec<Option<Vec<u8>>>,
+) {
+    for ((j, i, _), value) in conflicted.into_iter().zip(values) {
+        let item = &mut jobs[j].items[i];
+        let Some(bytes) = value else { continue };
+        item.settled = Some(match &item.work {
+            Work::Client(AccountCommand::Transfer(request)) => {
+                match records::decode::<TransferRecord>("transfer", &bytes) {
+                    Ok(record) => transfer_retry_outcome(&record, request),
+                    Err(_) => Err(ErrorCode::Internal),
+                }
+            }
+            Work::Client(AccountCommand::Hold(request)) => {
+                match records::decode::<HoldRecord>("hold", &bytes) {
+                    Ok(record) if same_hold(&record, request) => Ok(Outcome::HoldCreated),
+                    Ok(_) => Err(ErrorCode::HoldExistsWithDifferentFields),
+                    Err(_) => Err(ErrorCode::Internal),
+                }
+            }
+            _ => continue,
+        });
+    }
+}
+
+/// What a retry of `request` gets, given the transfer already recorded under its id.
+pub(crate) fn transfer_retry_outcome(record: &TransferRecord, request: &TransferRequest) -> CommandResult {
+    let same = record.from == request.from
+        && record.to == request.to
+        && record.amount == request.amount
+        && record.currency == request.currency;
+    match (same, record.outcome) {
+        (false, _) => Err(ErrorCode::TransferExistsWithDifferentFields),
+        (true, TransferOutcome::Accepted) => Ok(Outcome::TransferAccepted),
+        (true, TransferOutcome::Rejected(code)) => Err(code),
+    }
+}

@@ -1,0 +1,133 @@
+//! Loading an account actor's state from the store (activation).
+//!
+//! Reads the account record, replays the postings after its balance record, loads the
+//! active holds and the slot epoch. Asserts the loaded state against the records' own
+//! invariants (frozen = sum of active holds) before the actor serves anything.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cells::ids::AccountId;
+use cells::keys;
+use cells::ledger::ErrorCode;
+use cells::records::{self, AccountRecord, HoldRecord, HoldState, PostingRecord, RecordError};
+use cells::slot::slot_of;
+use cells::store::{limits::RANGE_ROWS_MAX, RangeRequest, StoreError};
+
+use super::{ActiveHold, Loaded};
+use crate::registry::Shared;
+
+/// Why an account could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("account does not exist")]
+    Missing,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error("stored data is inconsistent: {0}")]
+    Inconsistent(String),
+}
+
+impl LoadError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            LoadError::Missing => ErrorCode::UnknownAccount,
+            LoadError::Store(_) => ErrorCode::Unavailable,
+            LoadError::Record(_) | LoadError::Inconsistent(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+pub(crate) async fn load(shared: &Shared, id: &AccountId) -> Result<Loaded, LoadError> {
+    let space = shared.space;
+    let store = &shared.store;
+    let bytes = store.get(&space.account(id)).await?.ok_or(LoadError::Missing)?;
+    let record: AccountRecord = records::decode("account", &bytes)?;
+    let slot = slot_of(&record.spec.user);
+    let epoch = match store.get(&space.slot_epoch(slot)).await? {
+        None => 0,
+        Some(bytes) => u64::from_be_bytes(
+            bytes.as_slice().try_into().map_err(|_| LoadError::Inconsistent("epoch".into()))?,
+        ),
+    };
+    let (balance, next_seq) = replay_tail(shared, &record).await?;
+    let holds = load_holds(shared, id).await?;
+    let frozen = holds.values().map(|h| i128::from(h.record.amount.signed())).sum();
+    Ok(Loaded {
+        spec: Arc::new(record.spec),
+        slot,
+        epoch,
+        balance,
+        record_balance: record.balance,
+        record_through_seq: record.balance_through_seq,
+        next_seq,
+        holds,
+        frozen,
+    })
+}
+
+/// Folds the postings written after the balance record into the balance.
+async fn replay_tail(shared: &Shared, record: &AccountRecord) -> Result<(i128, u64), LoadError> {
+    let (mut begin, end) = shared.space.postings_from(&record.spec.id, record.balance_through_seq);
+    let mut balance = record.balance;
+    let mut next_seq = record.balance_through_seq;
+    loop {
+        let page = shared
+            .store
+            .get_range(RangeRequest::new(begin.clone(), end.clone(), RANGE_ROWS_MAX))
+            .await?;
+        let full = page.len() == RANGE_ROWS_MAX;
+        for (key, value) in &page {
+            let seq = keys::posting_seq(key).ok_or(LoadError::Inconsistent("posting key".into()))?;
+            if seq != next_seq {
+                return Err(LoadError::Inconsistent(format!("posting {seq}, expected {next_seq}")));
+            }
+            let posting: PostingRecord = records::decode("posting", value)?;
+            balance += i128::from(posting.amount);
+            next_seq += 1;
+        }
+        match page.last() {
+            Some((key, _)) if full => {
+                begin = key.clone();
+                begin.push(0);
+            }
+            _ => return Ok((balance, next_seq)),
+        }
+    }
+}
+
+async fn load_holds(
+    shared: &Shared,
+    id: &AccountId,
+) -> Result<HashMap<cells::ids::HoldId, ActiveHold>, LoadError> {
+    let prefix = shared.space.account_holds_prefix(id);
+    let mut holds = HashMap::new();
+    let mut request = RangeRequest::prefix(&prefix, RANGE_ROWS_MAX);
+    loop {
+        let page = shared.store.get_range(request.clone()).await?;
+        let full = page.len() == RANGE_ROWS_MAX;
+        let ids: Vec<_> = page
+            .iter()
+            .map(|(key, _)| keys::account_hold_id(key).ok_or(LoadError::Inconsistent("hold key".into())))
+            .collect::<Result<_, _>>()?;
+        let hold_keys = ids.iter().map(|hold| shared.space.hold(hold)).collect();
+        let values = shared.store.get_many(hold_keys).await?;
+        for (hold, value) in ids.into_iter().zip(values) {
+            let bytes = value.ok_or_else(|| LoadError::Inconsistent(format!("hold {hold} indexed")))?;
+            let record: HoldRecord = records::decode("hold", &bytes)?;
+            if record.state != HoldState::Active {
+                return Err(LoadError::Inconsistent(format!("hold {hold} indexed but final")));
+            }
+            holds.insert(hold, ActiveHold { record });
+        }
+        match page.last() {
+            Some((key, _)) if full => {
+                request.begin = key.clone();
+                request.begin.push(0);
+            }
+            _ => return Ok(holds),
+        }
+    }
+}

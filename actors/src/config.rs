@@ -1,0 +1,49 @@
+//! Ledger runtime settings and their limits.
+
+use std::time::Duration;
+
+use cells::keys::Keyspace;
+
+/// Capacity of an account actor's mailbox (messages, each carrying many commands).
+pub const ACCOUNT_MAILBOX_CAPACITY: usize = 1_024;
+/// Capacity of the outbox relay's mailbox.
+pub const RELAY_MAILBOX_CAPACITY: usize = 4_096;
+/// Credit legs the relay keeps for retry when a payee is overloaded; beyond it the relay
+/// drops them from memory and rescans the durable outbox instead.
+pub const RELAY_RETRY_CREDITS_MAX: usize = 1_000_000;
+/// Account specs cached by the directory.
+pub const DIRECTORY_ACCOUNTS_MAX: usize = 1_000_000;
+/// Attempts at creating a batch of accounts before giving up with `unavailable`.
+pub const CREATE_ATTEMPTS_MAX: usize = 8;
+
+const _: () = assert!(RELAY_RETRY_CREDITS_MAX >= cells::ledger::BATCH_COMMANDS_MAX);
+
+/// Settings of a [`crate::Ledger`].
+#[derive(Debug, Clone)]
+pub struct LedgerConfig {
+    /// Keyspace the ledger reads and writes (real money or shadow traffic).
+    pub keyspace: Keyspace,
+    /// Arbiters (threads) the account actors are spread over, by cell.
+    pub arbiters: usize,
+    /// Most account actors alive at once; activation beyond it answers `overloaded`.
+    pub active_accounts_max: usize,
+    /// An account actor with nothing to do for this long stops (passivates).
+    pub idle_timeout: Duration,
+    /// Postings an `append`-mode account accumulates before netting them into its balance.
+    pub netting_postings: u64,
+    /// How often idle checks, hold expiry and outbox retries run.
+    pub tick: Duration,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig {
+            keyspace: Keyspace::Real,
+            arbiters: 1,
+            active_accounts_max: 1_000_000,
+            idle_timeout: Duration::from_secs(30),
+            netting_postings: 10_000,
+            tick: Duration::from_millis(100),
+        }
+    }
+}

@@ -1,0 +1,427 @@
+//! The ledger entry point: a batch of commands in, one typed result per command out.
+//!
+//! Owns batch validation (size, duplicate ids, unknown accounts, currencies), routing of
+//! each command to the account actor that must serialize it, account creation, and
+//! lookups that need no actor. Commands of one batch run as: account creations first,
+//! then everything else; commands for the same account keep their order.
+//!
+//! Must never: send a command to an actor without a bound (a full mailbox answers
+//! `overloaded`), or report success for anything not yet durable.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use actix::{Actor, Arbiter, ArbiterHandle};
+use cells::ids::{AccountId, HoldId};
+use cells::keys::Keyspace;
+use cells::ledger::{
+    validate_account_spec, Command, CommandResult, ErrorCode, HoldView, Outcome, TransferStatus,
+    TransferView, BATCH_COMMANDS_MAX,
+};
+use cells::records::{self, AccountRecord, AccountSpec, HoldRecord, OutboxKind, TransferOutcome, TransferRecord};
+use cells::slot::slot_of;
+use cells::store::{CommitError, Store};
+use futures::channel::oneshot;
+use futures::future::join_all;
+
+use crate::account::{AccountCommand, Execute, ExecuteReply};
+use crate::config::{LedgerConfig, CREATE_ATTEMPTS_MAX};
+use crate::registry::Shared;
+use crate::relay::OutboxRelay;
+use crate::stats::LedgerStats;
+
+/// A batch refused as a whole.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    #[error("batch has {len} commands; at most {BATCH_COMMANDS_MAX} are allowed")]
+    TooLarge { len: usize },
+}
+
+impl BatchError {
+    pub fn code(&self) -> ErrorCode {
+        ErrorCode::BatchTooLarge
+    }
+}
+
+/// The ledger: cheap to clone, usable from any thread once started.
+#[derive(Clone)]
+pub struct Ledger {
+    shared: Arc<Shared>,
+    _arbiters: Arc<Vec<Arbiter>>,
+}
+
+type Routed = HashMap<AccountId, Vec<(usize, AccountCommand)>>;
+
+impl Ledger {
+    /// Starts the ledger's arbiters, relay and registry. Call inside a running actix system.
+    pub fn start(store: Arc<dyn Store>, config: LedgerConfig) -> Ledger {
+        let arbiters: Vec<Arbiter> = (0..config.arbiters.max(1)).map(|_| Arbiter::new()).collect();
+        let handles: Vec<ArbiterHandle> = arbiters.iter().map(Arbiter::handle).collect();
+        let shared = Arc::new(Shared::new(store, config, handles));
+        let relay_shared = Arc::clone(&shared);
+        let relay = OutboxRelay::start_in_arbiter(&arbiters[0].handle(), move |_| {
+            OutboxRelay::new(relay_shared)
+        });
+        shared.set_relay(relay);
+        Ledger { shared, _arbiters: Arc::new(arbiters) }
+    }
+
+    pub fn stats(&self) -> &Arc<LedgerStats> {
+        &self.shared.stats
+    }
+
+    pub fn keyspace(&self) -> Keyspace {
+        self.shared.space
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.shared.store
+    }
+
+    /// Number of live account actors.
+    pub fn active_accounts(&self) -> usize {
+        self.shared.active_accounts()
+    }
+
+    /// Runs a batch of commands; one result per command, in order.
+    pub async fn execute(&self, commands: Vec<Command>) -> Result<Vec<CommandResult>, BatchError> {
+        if commands.len() > BATCH_COMMANDS_MAX {
+            return Err(BatchError::TooLarge { len: commands.len() });
+        }
+        let mut results: Vec<Option<CommandResult>> = vec![None; commands.len()];
+        mark_duplicate_ids(&commands, &mut results);
+        self.create_accounts(&commands, &mut results).await;
+        let specs = match self.referenced_specs(&commands, &results).await {
+            Ok(specs) => specs,
+            Err(code) => return Ok(fill(results, code)),
+        };
+        let holds = match self.referenced_holds(&commands, &results).await {
+            Ok(holds) => holds,
+            Err(code) => return Ok(fill(results, code)),
+        };
+        let mut routed = Routed::new();
+        for (index, command) in commands.iter().enumerate() {
+            if results[index].is_some() {
+                continue;
+            }
+            match self.route(command, &specs, &holds) {
+                Ok(Some((account, command))) => {
+                    routed.entry(account).or_default().push((index, command))
+                }
+                Ok(None) => results[index] = Some(self.lookup(command, &specs).await),
+                Err(code) => results[index] = Some(Err(code)),
+            }
+        }
+        self.dispatch(routed, &mut results).await;
+        Ok(results.into_iter().map(|r| r.unwrap_or(Err(ErrorCode::Internal))).collect())
+    }
+
+    async fn dispatch(&self, routed: Routed, results: &mut [Option<CommandResult>]) {
+        let mut waiting = Vec::with_capacity(routed.len());
+        for (account, commands) in routed {
+            let indexes: Vec<usize> = commands.iter().map(|(i, _)| *i).collect();
+            let (reply, answer) = oneshot::channel::<ExecuteReply>();
+            let sent = match self.shared.actor(&account) {
+                Ok(addr) => addr
+                    .try_send(Execute { commands, reply })
+                    .map_err(|_| ErrorCode::Overloaded),
+                Err(code) => Err(code),
+            };
+            match sent {
+                Ok(()) => waiting.push((indexes, answer)),
+                Err(code) => {
+                    metrics::counter!("tessera_actors_overloaded_total").increment(1);
+                    indexes.into_iter().for_each(|i| results[i] = Some(Err(code)));
+                }
+            }
+        }
+        let answers = join_all(waiting.into_iter().map(|(indexes, answer)| async move {
+            (indexes, answer.await)
+        }))
+        .await;
+        for (indexes, answer) in answers {
+            match answer {
+                Ok(pairs) => pairs.into_iter().for_each(|(i, result)| results[i] = Some(result)),
+                // The actor stopped before answering: nothing it had not answered committed
+                // without its caller hearing of it, except an unknown outcome.
+                Err(_) => indexes
+                    .into_iter()
+                    .for_each(|i| results[i] = Some(Err(ErrorCode::OutcomeUnknown))),
+            }
+        }
+    }
+
+    /// Decides which actor runs `command` (`None`: a lookup served here).
+    fn route(
+        &self,
+        command: &Command,
+        specs: &HashMap<AccountId, Option<Arc<AccountSpec>>>,
+        holds: &HashMap<HoldId, Option<HoldRecord>>,
+    ) -> Result<Option<(AccountId, AccountCommand)>, ErrorCode> {
+        let spec = |id: &AccountId| specs.get(id).cloned().flatten().ok_or(ErrorCode::UnknownAccount);
+        let hold = |id: &HoldId| holds.get(id).cloned().flatten().ok_or(ErrorCode::UnknownHold);
+        match command {
+            Command::CreateAccount(_) => Err(ErrorCode::Internal),
+            Command::Transfer(request) => {
+                if request.from == request.to {
+                    return Err(ErrorCode::SameAccount);
+                }
+                let (from, to) = (spec(&request.from)?, spec(&request.to)?);
+                if from.currency != request.currency || to.currency != request.currency {
+                    return Err(ErrorCode::CurrencyMismatch);
+                }
+                Ok(Some((request.from.clone(), AccountCommand::Transfer(request.clone()))))
+            }
+            Command::Hold(request) => {
+                let account = spec(&request.account)?;
+                if account.currency != request.currency {
+                    return Err(ErrorCode::CurrencyMismatch);
+                }
+                Ok(Some((request.account.clone(), AccountCommand::Hold(request.clone()))))
+            }
+            Command::Release(id) => {
+                let record = hold(id)?;
+                let account = record.account.clone();
+                Ok(Some((account, AccountCommand::Release(id.clone(), Box::new(record)))))
+            }
+            Command::Capture(request) => {
+                let record = hold(&request.hold)?;
+                if record.account == request.to {
+                    return Err(ErrorCode::SameAccount);
+                }
+                if spec(&request.to)?.currency != record.currency {
+                    return Err(ErrorCode::CurrencyMismatch);
+                }
+                let account = record.account.clone();
+                Ok(Some((account, AccountCommand::Capture(request.clone(), Box::new(record)))))
+            }
+            Command::LookupAccount(id) => {
+                spec(id)?;
+                Ok(Some((id.clone(), AccountCommand::Lookup)))
+            }
+            Command::LookupTransfer(_) | Command::LookupHold(_) => Ok(None),
+        }
+    }
+
+    async fn lookup(
+        &self,
+        command: &Command,
+        specs: &HashMap<AccountId, Option<Arc<AccountSpec>>>,
+    ) -> CommandResult {
+        let space = self.shared.space;
+        let store = &self.shared.store;
+        match command {
+            Command::LookupTransfer(id) => {
+                let bytes = store.get(&space.transfer(id)).await.map_err(|_| ErrorCode::Unavailable)?;
+                let record: TransferRecord = decode("transfer", bytes.ok_or(ErrorCode::UnknownTransfer)?)?;
+                let status = match record.outcome {
+                    TransferOutcome::Rejected(code) => TransferStatus::Rejected(code),
+                    TransferOutcome::Accepted => {
+                        let payer = match specs.get(&record.from).cloned().flatten() {
+                            Some(spec) => spec,
+                            None => self.load_spec(&record.from).await?,
+                        };
+                        let cell = slot_of(&payer.user).cell();
+                        let key = space.outbox(cell, OutboxKind::Transfer, id.as_str());
+                        match store.get(&key).await.map_err(|_| ErrorCode::Unavailable)? {
+                            Some(_) => TransferStatus::Accepted,
+                            None => TransferStatus::Completed,
+                        }
+                    }
+                };
+                Ok(Outcome::Transfer(TransferView {
+                    id: id.clone(),
+                    from: record.from,
+                    to: record.to,
+                    amount: record.amount,
+                    currency: record.currency,
+                    status,
+                }))
+            }
+            Command::LookupHold(id) => {
+                let bytes = store.get(&space.hold(id)).await.map_err(|_| ErrorCode::Unavailable)?;
+                let record: HoldRecord = decode("hold", bytes.ok_or(ErrorCode::UnknownHold)?)?;
+                Ok(Outcome::Hold(HoldView {
+                    id: id.clone(),
+                    account: record.account,
+                    amount: record.amount,
+                    currency: record.currency,
+                    expires_at_ms: record.expires_at_ms,
+                    state: record.state,
+                }))
+            }
+            _ => Err(ErrorCode::Internal),
+        }
+    }
+
+    async fn load_spec(&self, account: &AccountId) -> Result<Arc<AccountSpec>, ErrorCode> {
+        let mut specs = self.shared.specs(vec![account.clone()]).await?;
+        specs.remove(account).flatten().ok_or(ErrorCode::UnknownAccount)
+    }
+
+    /// Specs of every account the batch names (creations are already done).
+    async fn referenced_specs(
+        &self,
+        commands: &[Command],
+        results: &[Option<CommandResult>],
+    ) -> Result<HashMap<AccountId, Option<Arc<AccountSpec>>>, ErrorCode> {
+        let mut wanted = HashSet::new();
+        for (command, result) in commands.iter().zip(results) {
+            if result.is_some() {
+                continue;
+            }
+            match command {
+                Command::Transfer(request) => {
+                    wanted.insert(request.from.clone());
+                    wanted.insert(request.to.clone());
+                }
+                Command::Hold(request) => {
+                    wanted.insert(request.account.clone());
+                }
+                Command::Capture(request) => {
+                    wanted.insert(request.to.clone());
+                }
+                Command::LookupAccount(id) => {
+                    wanted.insert(id.clone());
+                }
+                _ => {}
+            }
+        }
+        self.shared.specs(wanted.into_iter().collect()).await
+    }
+
+    /// Hold records of every hold the batch releases or captures.
+    async fn referenced_holds(
+        &self,
+        commands: &[Command],
+        results: &[Option<CommandResult>],
+    ) -> Result<HashMap<HoldId, Option<HoldRecord>>, ErrorCode> {
+        let ids: Vec<HoldId> = commands
+            .iter()
+            .zip(results)
+            .filter(|(_, result)| result.is_none())
+            .filter_map(|(command, _)| match command {
+                Command::Release(id) => Some(id.clone()),
+                Command::Capture(request) => Some(request.hold.clone()),
+                _ => None,
+            })
+            .collect();
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let keys = ids.iter().map(|id| self.shared.space.hold(id)).collect();
+        let values = self.shared.store.get_many(keys).await.map_err(|_| ErrorCode::Unavailable)?;
+        let mut holds = HashMap::with_capacity(ids.len());
+        for (id, value) in ids.into_iter().zip(values) {
+            let record = match value {
+                Some(bytes) => Some(decode("hold", bytes)?),
+                None => None,
+            };
+            holds.insert(id, record);
+        }
+        Ok(holds)
+    }
+
+    /// Creates the batch's accounts in one transaction (retrying without the ones that
+    /// already exist).
+    async fn create_accounts(&self, commands: &[Command], results: &mut [Option<CommandResult>]) {
+        let mut todo: Vec<(usize, AccountSpec)> = Vec::new();
+        for (index, command) in commands.iter().enumerate() {
+            if let (Command::CreateAccount(spec), None) = (command, &results[index]) {
+                match validate_account_spec(spec) {
+                    Ok(()) => todo.push((index, spec.clone())),
+                    Err(code) => results[index] = Some(Err(code)),
+                }
+            }
+        }
+        for _ in 0..CREATE_ATTEMPTS_MAX {
+            if todo.is_empty() {
+                return;
+            }
+            match self.try_create(&todo).await {
+                Ok(()) => {
+                    for (index, spec) in todo.drain(..) {
+                        self.shared.remember(Arc::new(spec));
+                        results[index] = Some(Ok(Outcome::AccountCreated));
+                    }
+                }
+                Err(CommitError::PreconditionFailed { keys }) => {
+                    self.settle_existing(&mut todo, &keys, results).await;
+                }
+                Err(error) if error.is_retryable() => continue,
+                Err(error) => {
+                    let code = if error.maybe_committed() {
+                        ErrorCode::OutcomeUnknown
+                    } else {
+                        ErrorCode::Unavailable
+                    };
+                    todo.drain(..).for_each(|(index, _)| results[index] = Some(Err(code)));
+                }
+            }
+        }
+        todo.drain(..).for_each(|(index, _)| results[index] = Some(Err(ErrorCode::Unavailable)));
+    }
+
+    async fn try_create(&self, todo: &[(usize, AccountSpec)]) -> Result<(), CommitError> {
+        let mut txn = self.shared.store.begin().map_err(CommitError::Rejected)?;
+        for (_, spec) in todo {
+            let key = self.shared.space.account(&spec.id);
+            let record = AccountRecord { spec: spec.clone(), balance: 0, balance_through_seq: 0 };
+            txn.require(&key, None).map_err(CommitError::Rejected)?;
+            txn.set(&key, &records::encode(&record)).map_err(CommitError::Rejected)?;
+        }
+        txn.commit().await.map(|_| ())
+    }
+
+    async fn settle_existing(
+        &self,
+        todo: &mut Vec<(usize, AccountSpec)>,
+        failed: &[Vec<u8>],
+        results: &mut [Option<CommandResult>],
+    ) {
+        let space = self.shared.space;
+        let (existing, rest): (Vec<_>, Vec<_>) =
+            todo.drain(..).partition(|(_, spec)| failed.contains(&space.account(&spec.id)));
+        *todo = rest;
+        let keys = existing.iter().map(|(_, spec)| space.account(&spec.id)).collect();
+        let values = self.shared.store.get_many(keys).await;
+        for (position, (index, spec)) in existing.into_iter().enumerate() {
+            let stored = values.as_ref().ok().and_then(|v| v[position].clone());
+            results[index] = Some(match stored.map(|bytes| decode::<AccountRecord>("account", bytes)) {
+                Some(Ok(record)) if record.spec == spec => Err(ErrorCode::AccountExists),
+                Some(Ok(_)) => Err(ErrorCode::AccountExistsWithDifferentFields),
+                Some(Err(code)) => Err(code),
+                None => Err(ErrorCode::Unavailable),
+            });
+        }
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(name: &'static str, bytes: Vec<u8>) -> Result<T, ErrorCode> {
+    records::decode(name, &bytes).map_err(|error| {
+        tracing::error!(%error, "undecodable record");
+        ErrorCode::Internal
+    })
+}
+
+fn fill(results: Vec<Option<CommandResult>>, code: ErrorCode) -> Vec<CommandResult> {
+    results.into_iter().map(|r| r.unwrap_or(Err(code))).collect()
+}
+
+/// Marks every repeat of an id within the batch (the first occurrence runs).
+fn mark_duplicate_ids(commands: &[Command], results: &mut [Option<CommandResult>]) {
+    let mut seen: HashSet<(u8, &str)> = HashSet::with_capacity(commands.len());
+    for (index, command) in commands.iter().enumerate() {
+        let key = match command {
+            Command::CreateAccount(spec) => (0, spec.id.as_str()),
+            Command::Transfer(request) => (1, request.id.as_str()),
+            Command::Hold(request) => (2, request.id.as_str()),
+            Command::Release(id) => (3, id.as_str()),
+            Command::Capture(request) => (3, request.hold.as_str()),
+            _ => continue,
+        };
+        if !seen.insert(key) {
+            results[index] = Some(Err(ErrorCode::DuplicateIdInBatch));
+        }
+    }
+}

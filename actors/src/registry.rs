@@ -1,0 +1,168 @@
+//! The registry of live account actors, the account directory and the shared handles.
+//!
+//! Owns which account actor is alive where (an account has at most one live actor per
+//! ledger), the bounded cache of account specs used to route and validate, and the
+//! handles every actor shares (store, relay, stats, settings). Must never start a second
+//! actor for an account whose actor is alive, and never grow past its limits.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use actix::{Actor, Addr, ArbiterHandle};
+use cells::ids::AccountId;
+use cells::keys::Keyspace;
+use cells::ledger::ErrorCode;
+use cells::records::{self, AccountRecord, AccountSpec};
+use cells::store::Store;
+
+use crate::account::AccountActor;
+use crate::config::{LedgerConfig, ACCOUNT_MAILBOX_CAPACITY, DIRECTORY_ACCOUNTS_MAX};
+use crate::relay::OutboxRelay;
+use crate::stats::LedgerStats;
+
+/// What every actor of one ledger shares.
+pub struct Shared {
+    pub store: Arc<dyn Store>,
+    pub config: LedgerConfig,
+    pub space: Keyspace,
+    pub stats: Arc<LedgerStats>,
+    arbiters: Vec<ArbiterHandle>,
+    actors: Mutex<HashMap<AccountId, Addr<AccountActor>>>,
+    relay: OnceLock<Addr<OutboxRelay>>,
+    rescan_outbox: AtomicBool,
+    directory: Mutex<HashMap<AccountId, Arc<AccountSpec>>>,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        config: LedgerConfig,
+        arbiters: Vec<ArbiterHandle>,
+    ) -> Self {
+        assert!(!arbiters.is_empty(), "a ledger needs at least one arbiter");
+        Shared {
+            store,
+            space: config.keyspace,
+            config,
+            stats: Arc::new(LedgerStats::default()),
+            arbiters,
+            actors: Mutex::new(HashMap::new()),
+            relay: OnceLock::new(),
+            // A new ledger first delivers whatever an earlier run left in the outbox.
+            rescan_outbox: AtomicBool::new(true),
+            directory: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) fn set_relay(&self, relay: Addr<OutboxRelay>) {
+        assert!(self.relay.set(relay).is_ok(), "relay is set once");
+    }
+
+    pub(crate) fn relay(&self) -> &Addr<OutboxRelay> {
+        self.relay.get().expect("relay is set at start")
+    }
+
+    /// Asks the relay to rescan the durable outbox (some credit legs left memory).
+    pub(crate) fn request_outbox_rescan(&self) {
+        self.rescan_outbox.store(true, Ordering::Release);
+    }
+
+    /// Takes the rescan request, if any.
+    pub(crate) fn take_outbox_rescan(&self) -> bool {
+        self.rescan_outbox.swap(false, Ordering::AcqRel)
+    }
+
+    /// The live actor of `account`, started if needed.
+    pub(crate) fn actor(self: &Arc<Self>, account: &AccountId) -> Result<Addr<AccountActor>, ErrorCode> {
+        let mut actors = self.actors.lock().map_err(|_| ErrorCode::Internal)?;
+        if let Some(addr) = actors.get(account) {
+            if addr.connected() {
+                return Ok(addr.clone());
+            }
+        }
+        if actors.len() >= self.config.active_accounts_max {
+            metrics::counter!("tessera_actors_activation_refused_total").increment(1);
+            return Err(ErrorCode::Overloaded);
+        }
+        let arbiter = &self.arbiters[self.arbiter_index(account)];
+        let shared = Arc::clone(self);
+        let id = account.clone();
+        let addr = AccountActor::start_in_arbiter(arbiter, move |ctx| {
+            ctx.set_mailbox_capacity(ACCOUNT_MAILBOX_CAPACITY);
+            AccountActor::new(id, shared)
+        });
+        actors.insert(account.clone(), addr.clone());
+        metrics::gauge!("tessera_actors_active_accounts").set(actors.len() as f64);
+        Ok(addr)
+    }
+
+    /// Removes `account`'s entry if it still points at `addr` (called by a stopping actor).
+    pub(crate) fn forget(&self, account: &AccountId, addr: &Addr<AccountActor>) {
+        if let Ok(mut actors) = self.actors.lock() {
+            if actors.get(account).is_some_and(|live| live == addr) {
+                actors.remove(account);
+            }
+            metrics::gauge!("tessera_actors_active_accounts").set(actors.len() as f64);
+        }
+    }
+
+    /// Number of live account actors.
+    pub fn active_accounts(&self) -> usize {
+        self.actors.lock().map(|actors| actors.len()).unwrap_or(0)
+    }
+
+    fn arbiter_index(&self, account: &AccountId) -> usize {
+        let hash = xxhash_rust::xxh3::xxh3_64(account.as_str().as_bytes());
+        (hash % self.arbiters.len() as u64) as usize
+    }
+
+    /// Specs of `accounts` (`None`: no such account), from the cache or the store.
+    pub(crate) async fn specs(
+        &self,
+        accounts: Vec<AccountId>,
+    ) -> Result<HashMap<AccountId, Option<Arc<AccountSpec>>>, ErrorCode> {
+        let mut found = HashMap::with_capacity(accounts.len());
+        let mut missing = Vec::new();
+        {
+            let directory = self.directory.lock().map_err(|_| ErrorCode::Internal)?;
+            for account in accounts {
+                match directory.get(&account) {
+                    Some(spec) => {
+                        found.insert(account, Some(Arc::clone(spec)));
+                    }
+                    None => missing.push(account),
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(found);
+        }
+        let keys = missing.iter().map(|a| self.space.account(a)).collect();
+        let values = self.store.get_many(keys).await.map_err(|_| ErrorCode::Unavailable)?;
+        for (account, value) in missing.into_iter().zip(values) {
+            let spec = match value {
+                Some(bytes) => {
+                    let record: AccountRecord =
+                        records::decode("account", &bytes).map_err(|_| ErrorCode::Internal)?;
+                    let spec = Arc::new(record.spec);
+                    self.remember(Arc::clone(&spec));
+                    Some(spec)
+                }
+                None => None,
+            };
+            found.insert(account, spec);
+        }
+        Ok(found)
+    }
+
+    /// Caches an account spec (specs never change once created).
+    pub(crate) fn remember(&self, spec: Arc<AccountSpec>) {
+        if let Ok(mut directory) = self.directory.lock() {
+            if directory.len() >= DIRECTORY_ACCOUNTS_MAX {
+                directory.clear();
+            }
+            directory.insert(spec.id.clone(), spec);
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! Checkpoints: the checkpointer thread ingests a frozen memtable into fjall, records the
+//! last log version it covers, deletes the covered log segments and drops the memtable.
+
+use std::path::Path;
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crate::store::StoreError;
+
+use super::memtable::Memtable;
+use super::wal::{list_segments, sync_dir};
+use super::Shared;
+
+const CHECKPOINT_DIR: &str = "checkpoint";
+const KEYSPACE_NAME: &str = "data";
+const POSITION_FILE: &str = "checkpoint.position";
+const POSITION_FILE_TEMPORARY: &str = "checkpoint.position.tmp";
+/// fjall's block cache.
+const CHECKPOINT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// A frozen memtable to checkpoint: it holds every record before `next_version`.
+pub(crate) struct CheckpointJob {
+    pub(crate) memtable: Arc<Memtable>,
+    pub(crate) next_version: u64,
+}
+
+pub(crate) fn fjall(error: fjall::Error) -> StoreError {
+    StoreError::Backend { detail: format!("checkpoint store: {error}") }
+}
+
+pub(crate) fn open_checkpoint(
+    dir: &Path,
+) -> Result<(fjall::Database, fjall::Keyspace), StoreError> {
+    let database = fjall::Database::builder(dir.join(CHECKPOINT_DIR))
+        .cache_size(CHECKPOINT_CACHE_BYTES)
+        .worker_threads(1)
+        .open()
+        .map_err(fjall)?;
+    let keyspace =
+        database.keyspace(KEYSPACE_NAME, fjall::KeyspaceCreateOptions::default).map_err(fjall)?;
+    Ok((database, keyspace))
+}
+
+/// The last log version the checkpoint holds (0: none).
+pub(crate) fn read_position(dir: &Path) -> Result<u64, StoreError> {
+    let bytes = match std::fs::read(dir.join(POSITION_FILE)) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(error) => return Err(error.into()),
+    };
+    let corrupt = || StoreError::Corrupt { detail: "checkpoint position file".to_string() };
+    let version: [u8; 8] = bytes.get(0..8).and_then(|b| b.try_into().ok()).ok_or_else(corrupt)?;
+    let crc: [u8; 4] = bytes.get(8..12).and_then(|b| b.try_into().ok()).ok_or_else(corrupt)?;
+    if bytes.len() != 12 || crc32fast::hash(&version) != u32::from_le_bytes(crc) {
+        return Err(corrupt());
+    }
+    Ok(u64::from_le_bytes(version))
+}
+
+fn write_position(dir: &Path, version: u64) -> Result<(), StoreError> {
+    let mut bytes = version.to_le_bytes().to_vec();
+    bytes.extend_from_slice(&crc32fast::hash(&version.to_le_bytes()).to_le_bytes());
+    let temporary = dir.join(POSITION_FILE_TEMPORARY);
+    std::fs::write(&temporary, &bytes)?;
+    std::fs::File::open(&temporary)?.sync_all()?;
+    std::fs::rename(&temporary, dir.join(POSITION_FILE))?;
+    sync_dir(dir)
+}
+
+pub(crate) fn spawn(
+    shared: Arc<Shared>,
+    jobs: Receiver<CheckpointJob>,
+) -> Result<JoinHandle<()>, StoreError> {
+    let thread = std::thread::Builder::new().name("store-checkpoint".to_string()).spawn(move || {
+        while let Ok(job) = jobs.recv() {
+            let span = tracing::info_span!("store_checkpoint", next_version = job.next_version);
+            let _entered = span.enter();
+            if let Err(error) = checkpoint(&shared, &job) {
+                // The frozen memtable stays and keeps serving reads; its log segments stay, so
+                // a restart replays them. Commits go on over the soft memtable limit.
+                metrics::counter!("tessera_store_checkpoint_errors_total").increment(1);
+                tracing::error!(%error, "checkpoint failed; log segments kept");
+            }
+        }
+    })?;
+    Ok(thread)
+}
+
+fn checkpoint(shared: &Shared, job: &CheckpointJob) -> Result<(), StoreError> {
+    let started = Instant::now();
+    let mut ingestion = shared.checkpoint.start_ingestion().map_err(fjall)?;
+    for (key, value) in job.memtable.entries() {
+        match value {
+            Some(value) => ingestion.write(key.as_slice(), value.as_slice()),
+            None => ingestion.write_tombstone(key.as_slice()),
+        }
+        .map_err(fjall)?;
+    }
+    ingestion.finish().map_err(fjall)?;
+    write_position(&shared.dir, job.next_version - 1)?;
+    let mut segments_deleted = 0u64;
+    for (first_version, path) in list_segments(&shared.dir)? {
+        if first_version < job.next_version {
+            std::fs::remove_file(&path)?;
+            segments_deleted += 1;
+        }
+    }
+    {
+        let mut tables = shared.tables.write();
+        tables.checkpoint_empty = false;
+        tables.frozen = None;
+    }
+    metrics::counter!("tessera_store_checkpoints_total").increment(1);
+    metrics::histogram!("tessera_store_checkpoint_seconds").record(started.elapsed().as_secs_f64());
+    tracing::info!(
+        entries = job.memtable.len(),
+        bytes = job.memtable.bytes(),
+        segments_deleted,
+        checkpoint_ms = started.elapsed().as_millis() as u64,
+        "checkpoint written"
+    );
+    Ok(())
+}

@@ -1,0 +1,407 @@
+//! The commit queue and the committer thread: validation, one log append and one
+//! `fdatasync` per group, then application to the active memtable, then the answers.
+
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::SyncSender;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use futures::channel::oneshot;
+
+use crate::store::{CommitError, StoreError};
+
+use super::checkpoint::CheckpointJob;
+use super::memtable::{Overlay, View};
+use super::transaction::{value_hash, ReadSet, RowsHasher};
+use super::wal::{encode_record, WalWriter, Write};
+use super::{closed, Failpoint, Shared, COMMIT_QUEUE_BYTES_MAX, COMMIT_QUEUE_TRANSACTIONS_MAX};
+
+/// A transaction handed to the committer.
+pub(crate) struct PendingCommit {
+    pub(crate) writes: Vec<Write>,
+    pub(crate) reads: ReadSet,
+    pub(crate) requires: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    pub(crate) begun: Instant,
+    pub(crate) size_bytes: usize,
+    pub(crate) reply: Option<oneshot::Sender<Result<u64, CommitError>>>,
+}
+
+impl PendingCommit {
+    fn needs_validation(&self) -> bool {
+        !self.requires.is_empty() || !self.reads.is_empty()
+    }
+
+    fn answer(&mut self, result: Result<u64, CommitError>) {
+        if let Some(reply) = self.reply.take() {
+            // The caller may have dropped its future; the outcome stands regardless.
+            let _ = reply.send(result);
+        }
+    }
+}
+
+/// The bounded commit queue.
+#[derive(Default)]
+pub(crate) struct Queue {
+    items: Vec<PendingCommit>,
+    bytes: usize,
+    pub(crate) closing: bool,
+    failed: bool,
+}
+
+impl Queue {
+    pub(crate) fn refuses_commits(&self) -> bool {
+        self.closing || self.failed
+    }
+}
+
+/// Queues a transaction for the committer, or refuses it at once.
+pub(crate) fn enqueue(shared: &Shared, pending: PendingCommit) -> Result<(), CommitError> {
+    let mut queue = shared.queue.lock();
+    if queue.refuses_commits() {
+        return Err(closed());
+    }
+    if queue.items.len() >= COMMIT_QUEUE_TRANSACTIONS_MAX
+        || queue.bytes + pending.size_bytes > COMMIT_QUEUE_BYTES_MAX
+    {
+        drop(queue);
+        metrics::counter!("tessera_store_overloaded_total").increment(1);
+        return Err(CommitError::Overloaded);
+    }
+    let was_empty = queue.items.is_empty();
+    queue.bytes += pending.size_bytes;
+    queue.items.push(pending);
+    drop(queue);
+    if was_empty {
+        shared.queue_ready.notify_one();
+    }
+    Ok(())
+}
+
+enum Verdict {
+    /// Committed at `version`; `logged` when it has writes (and so a log record).
+    Accepted { version: u64, logged: bool },
+    Rejected(CommitError),
+}
+
+pub(crate) fn spawn(
+    shared: Arc<Shared>,
+    wal: WalWriter,
+    next_version: u64,
+    log_bytes_since_freeze: u64,
+    jobs: SyncSender<CheckpointJob>,
+) -> Result<JoinHandle<()>, StoreError> {
+    let committer = Committer {
+        shared,
+        wal,
+        next_version,
+        groups: 0,
+        log_bytes_since_freeze,
+        buffer: Vec::new(),
+        jobs,
+    };
+    let thread =
+        std::thread::Builder::new().name("store-commit".to_string()).spawn(move || committer.run())?;
+    Ok(thread)
+}
+
+struct Committer {
+    shared: Arc<Shared>,
+    wal: WalWriter,
+    next_version: u64,
+    groups: u64,
+    log_bytes_since_freeze: u64,
+    buffer: Vec<u8>,
+    jobs: SyncSender<CheckpointJob>,
+}
+
+impl Committer {
+    fn run(mut self) {
+        let mut batch = Vec::new();
+        // A store reopened over a large log freezes at once.
+        if let Err(error) = self.maybe_freeze() {
+            return self.fail(&error);
+        }
+        loop {
+            let closing = self.take_queued(&mut batch);
+            if batch.is_empty() && closing {
+                return;
+            }
+            let mut start = 0;
+            while start < batch.len() {
+                match self.commit_group(&mut batch[start..]) {
+                    Ok(processed) => start += processed,
+                    Err(error) => {
+                        batch[start..].iter_mut().for_each(|pending| pending.answer(Err(closed())));
+                        return self.fail(&error);
+                    }
+                }
+            }
+            batch.clear();
+            if let Err(error) = self.maybe_freeze() {
+                return self.fail(&error);
+            }
+        }
+    }
+
+    /// Swaps everything queued into `batch`; returns whether the store is closing.
+    fn take_queued(&self, batch: &mut Vec<PendingCommit>) -> bool {
+        let mut queue = self.shared.queue.lock();
+        while queue.items.is_empty() && !queue.closing {
+            self.shared.queue_ready.wait(&mut queue);
+        }
+        std::mem::swap(&mut queue.items, batch);
+        queue.bytes = 0;
+        queue.closing
+    }
+
+    /// Refuses every later commit after an I/O error; the log is the judge on reopen.
+    fn fail(&mut self, error: &StoreError) {
+        tracing::error!(%error, "commit log failed; the store refuses further commits");
+        metrics::counter!("tessera_store_failures_total").increment(1);
+        let items = {
+            let mut queue = self.shared.queue.lock();
+            queue.failed = true;
+            queue.bytes = 0;
+            std::mem::take(&mut queue.items)
+        };
+        for mut pending in items {
+            pending.answer(Err(closed()));
+        }
+    }
+
+    /// Commits a prefix of `group` (all of it unless a validation needs a cut); returns the
+    /// number of transactions answered.
+    fn commit_group(&mut self, group: &mut [PendingCommit]) -> Result<usize, StoreError> {
+        let verdicts = self.validate(group);
+        let group = &mut group[..verdicts.len()];
+        self.buffer.clear();
+        for (pending, verdict) in group.iter().zip(&verdicts) {
+            if let Verdict::Accepted { version, logged: true } = verdict {
+                encode_record(&mut self.buffer, *version, &pending.writes);
+            }
+        }
+        if !self.buffer.is_empty() {
+            if let Err(error) = self.write_group() {
+                answer_unknown(group, verdicts, &error);
+                return Err(error);
+            }
+        }
+        let applied = self.apply(group, &verdicts);
+        let (mut accepted, mut last_version) = (0u64, None);
+        for (pending, verdict) in group.iter_mut().zip(verdicts) {
+            match verdict {
+                Verdict::Accepted { version, .. } => {
+                    accepted += 1;
+                    last_version = Some(version);
+                    pending.answer(Ok(version));
+                }
+                Verdict::Rejected(error) => pending.answer(Err(error)),
+            }
+        }
+        let counters = &self.shared.counters;
+        if let Some(version) = last_version {
+            counters.version_committed.fetch_max(version, Ordering::AcqRel);
+        }
+        counters.transactions_committed.fetch_add(accepted, Ordering::Relaxed);
+        metrics::counter!("tessera_store_commits_total").increment(accepted);
+        metrics::histogram!("tessera_store_commit_group_transactions").record(group.len() as f64);
+        applied.map(|()| group.len())
+    }
+
+    /// Appends the encoded group and syncs it (or injects the torn-write fault).
+    fn write_group(&mut self) -> Result<(), StoreError> {
+        if let Some(Failpoint::TornGroupWrite { after_groups, bytes_written }) =
+            self.shared.options.failpoint
+        {
+            if self.groups == after_groups {
+                let torn = &self.buffer[..bytes_written.min(self.buffer.len())];
+                self.wal.append_unsynced(torn)?;
+                return Err(StoreError::Io(std::io::Error::other("failpoint: torn group write")));
+            }
+        }
+        self.wal.append(&self.buffer)?;
+        self.groups += 1;
+        let bytes = self.buffer.len() as u64;
+        self.log_bytes_since_freeze += bytes;
+        let counters = &self.shared.counters;
+        counters.durable_writes.fetch_add(1, Ordering::Relaxed);
+        counters.bytes_written.fetch_add(bytes, Ordering::Relaxed);
+        metrics::counter!("tessera_store_fsyncs_total").increment(1);
+        metrics::counter!("tessera_store_bytes_written_total").increment(bytes);
+        Ok(())
+    }
+
+    /// Makes a durable group visible. An error here leaves the memtable behind the log, so
+    /// the caller fails the store (a reopen replays the log).
+    fn apply(&self, group: &mut [PendingCommit], verdicts: &[Verdict]) -> Result<(), StoreError> {
+        let mut tables = self.shared.tables.write();
+        for (pending, verdict) in group.iter_mut().zip(verdicts) {
+            if let Verdict::Accepted { logged: true, .. } = verdict {
+                tables.apply(&self.shared.checkpoint, std::mem::take(&mut pending.writes))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks age, preconditions and read sets; assigns versions. Stops before a transaction
+    /// that must be validated against an earlier range clear of the same group.
+    fn validate(&mut self, group: &[PendingCommit]) -> Vec<Verdict> {
+        let shared = self.shared.clone();
+        let tables = shared.tables.read();
+        let max_ms = shared.options.transaction_duration_ms_max;
+        let (now, max) = (Instant::now(), Duration::from_millis(max_ms));
+        let mut overlay: Option<Overlay<'_>> = None;
+        let mut overlay_has_range = false;
+        let mut verdicts = Vec::with_capacity(group.len());
+        for (index, pending) in group.iter().enumerate() {
+            if now.saturating_duration_since(pending.begun) > max {
+                let error = StoreError::TransactionTooOld { max_ms };
+                verdicts.push(Verdict::Rejected(CommitError::Rejected(error)));
+                continue;
+            }
+            if pending.needs_validation() {
+                let overlay = overlay.get_or_insert_with(|| {
+                    build_overlay(&group[..index], &verdicts, &mut overlay_has_range)
+                });
+                if overlay_has_range {
+                    break;
+                }
+                let view = tables.view(&shared.checkpoint, Some(overlay));
+                if let Some(error) = check(&view, pending) {
+                    verdicts.push(Verdict::Rejected(error));
+                    continue;
+                }
+            }
+            let logged = !pending.writes.is_empty();
+            if logged {
+                self.next_version += 1;
+            }
+            verdicts.push(Verdict::Accepted { version: self.next_version - 1, logged });
+            if let Some(overlay) = &mut overlay {
+                add_to_overlay(overlay, &pending.writes, &mut overlay_has_range);
+            }
+        }
+        verdicts
+    }
+
+    /// Freezes the active memtable when it (or the log since the last freeze) is over its
+    /// limit and no checkpoint is in flight.
+    fn maybe_freeze(&mut self) -> Result<(), StoreError> {
+        let options = &self.shared.options;
+        let log_over = self.log_bytes_since_freeze > options.wal_bytes_max;
+        let memtable = {
+            let tables = self.shared.tables.upgradable_read();
+            if !log_over && tables.active.bytes() <= options.memtable_bytes_max {
+                return Ok(());
+            }
+            if tables.frozen.is_some() {
+                metrics::counter!("tessera_store_memtable_limit_hits_total").increment(1);
+                return Ok(());
+            }
+            let mut tables = parking_lot::RwLockUpgradableReadGuard::upgrade(tables);
+            let memtable = Arc::new(std::mem::take(&mut tables.active));
+            tables.frozen = Some(memtable.clone());
+            memtable
+        };
+        self.wal.rotate(self.next_version)?;
+        self.log_bytes_since_freeze = 0;
+        tracing::info!(next_version = self.next_version, bytes = memtable.bytes(), "memtable frozen");
+        let job = CheckpointJob { memtable, next_version: self.next_version };
+        // At most one memtable is frozen, so the checkpointer has no job waiting; if it is
+        // gone, the frozen memtable keeps serving reads and the log keeps every record.
+        if let Err(error) = self.jobs.try_send(job) {
+            tracing::error!(%error, "checkpointer unavailable; memtable stays frozen");
+        }
+        Ok(())
+    }
+}
+
+fn answer_unknown(group: &mut [PendingCommit], verdicts: Vec<Verdict>, error: &StoreError) {
+    for (pending, verdict) in group.iter_mut().zip(verdicts) {
+        match verdict {
+            Verdict::Accepted { .. } => pending.answer(Err(CommitError::Unknown {
+                detail: format!("commit log write failed: {error}"),
+            })),
+            Verdict::Rejected(rejection) => pending.answer(Err(rejection)),
+        }
+    }
+}
+
+fn build_overlay<'a>(
+    accepted_before: &'a [PendingCommit],
+    verdicts: &[Verdict],
+    has_range: &mut bool,
+) -> Overlay<'a> {
+    let mut overlay = Overlay::new();
+    for (pending, verdict) in accepted_before.iter().zip(verdicts) {
+        if matches!(verdict, Verdict::Accepted { .. }) {
+            add_to_overlay(&mut overlay, &pending.writes, has_range);
+        }
+    }
+    overlay
+}
+
+fn add_to_overlay<'a>(overlay: &mut Overlay<'a>, writes: &'a [Write], has_range: &mut bool) {
+    for write in writes {
+        match write {
+            Write::Set(key, value) => {
+                overlay.insert(key, Some(value));
+            }
+            Write::Clear(key) => {
+                overlay.insert(key, None);
+            }
+            Write::ClearRange(..) => *has_range = true,
+        }
+    }
+}
+
+/// Why `pending` cannot commit over `view`, if it cannot.
+fn check(view: &View<'_>, pending: &PendingCommit) -> Option<CommitError> {
+    match check_requires(view, pending) {
+        Ok(failing) if failing.is_empty() => {}
+        Ok(failing) => return Some(CommitError::PreconditionFailed { keys: failing }),
+        Err(error) => return Some(CommitError::Rejected(error)),
+    }
+    match reads_unchanged(view, &pending.reads) {
+        Ok(true) => None,
+        Ok(false) => {
+            metrics::counter!("tessera_store_conflicts_total").increment(1);
+            Some(CommitError::Conflict)
+        }
+        Err(error) => Some(CommitError::Rejected(error)),
+    }
+}
+
+fn check_requires(view: &View<'_>, pending: &PendingCommit) -> Result<Vec<Vec<u8>>, StoreError> {
+    let mut failing: Vec<Vec<u8>> = Vec::new();
+    for (key, expected) in &pending.requires {
+        let value = view.get(key)?;
+        if value.as_deref() != expected.as_deref() && !failing.contains(key) {
+            failing.push(key.clone());
+        }
+    }
+    if !failing.is_empty() {
+        metrics::counter!("tessera_store_precondition_failures_total").increment(1);
+    }
+    Ok(failing)
+}
+
+fn reads_unchanged(view: &View<'_>, reads: &ReadSet) -> Result<bool, StoreError> {
+    for (key, seen) in &reads.keys {
+        if value_hash(view.get(key)?.as_deref()) != *seen {
+            return Ok(false);
+        }
+    }
+    for range in &reads.ranges {
+        let mut hasher = RowsHasher::default();
+        for row in view.range(&range.begin, &range.end, range.reverse).take(range.rows + 1) {
+            let (key, value) = row?;
+            hasher.add(&key, &value);
+        }
+        if hasher.rows != range.rows || hasher.digest() != range.hash {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}

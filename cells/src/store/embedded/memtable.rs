@@ -1,0 +1,304 @@
+//! The in-memory tables (active and frozen memtables) and the layered view that answers
+//! every read: group overlay (committer only) → active → frozen → checkpoint.
+//!
+//! A memtable maps a key to `Some(value)` or to a tombstone (`None`) that hides older
+//! layers. While no older layer exists, clears remove entries instead of leaving tombstones.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::Arc;
+
+use crate::store::StoreError;
+
+use super::checkpoint::fjall as fjall_error;
+use super::wal::Write;
+
+/// Bytes counted per memtable entry beyond its key and value (B-tree slot, `Vec` headers).
+pub(crate) const ENTRY_OVERHEAD_BYTES: usize = 64;
+
+/// Writes of earlier transactions of the group being validated (not durable yet).
+pub(crate) type Overlay<'a> = BTreeMap<&'a [u8], Option<&'a [u8]>>;
+
+/// A key and a value or tombstone, borrowed from a memtable or owned from the checkpoint.
+pub(crate) type Entry<'a> = (Cow<'a, [u8]>, Option<Cow<'a, [u8]>>);
+/// A visible row.
+pub(crate) type Row<'a> = (Cow<'a, [u8]>, Cow<'a, [u8]>);
+
+#[derive(Debug, Default)]
+pub(crate) struct Memtable {
+    map: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    bytes: usize,
+}
+
+impl Memtable {
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (&Vec<u8>, &Option<Vec<u8>>)> {
+        self.map.iter()
+    }
+
+    fn insert(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
+        let key_len = key.len();
+        self.bytes += key_len + value.as_ref().map_or(0, Vec::len) + ENTRY_OVERHEAD_BYTES;
+        if let Some(old) = self.map.insert(key, value) {
+            self.bytes -= key_len + old.map_or(0, |old| old.len()) + ENTRY_OVERHEAD_BYTES;
+        }
+    }
+
+    fn remove(&mut self, key: &[u8]) {
+        if let Some(old) = self.map.remove(key) {
+            self.bytes -= key.len() + old.map_or(0, |old| old.len()) + ENTRY_OVERHEAD_BYTES;
+        }
+    }
+
+    fn range_source<'a>(&'a self, begin: &[u8], end: &[u8], reverse: bool) -> Source<'a> {
+        let range = self.map.range::<[u8], _>((Bound::Included(begin), Bound::Excluded(end)));
+        let entry = |(key, value): (&'a Vec<u8>, &'a Option<Vec<u8>>)| {
+            Ok((Cow::Borrowed(key.as_slice()), value.as_deref().map(Cow::Borrowed)))
+        };
+        if reverse {
+            Box::new(range.rev().map(entry))
+        } else {
+            Box::new(range.map(entry))
+        }
+    }
+}
+
+/// The memtables behind the store's lock.
+#[derive(Debug)]
+pub(crate) struct Tables {
+    pub(crate) active: Memtable,
+    /// The memtable being checkpointed, if any (at most one).
+    pub(crate) frozen: Option<Arc<Memtable>>,
+    /// True until the first checkpoint: reads skip fjall and clears need no tombstones.
+    pub(crate) checkpoint_empty: bool,
+}
+
+impl Tables {
+    pub(crate) fn new(checkpoint_empty: bool) -> Self {
+        Tables { active: Memtable::default(), frozen: None, checkpoint_empty }
+    }
+
+    pub(crate) fn view<'a>(
+        &'a self,
+        checkpoint: &'a fjall::Keyspace,
+        overlay: Option<&'a Overlay<'a>>,
+    ) -> View<'a> {
+        View {
+            overlay,
+            active: &self.active,
+            frozen: self.frozen.as_deref(),
+            checkpoint: (!self.checkpoint_empty).then_some(checkpoint),
+        }
+    }
+
+    fn older_layers_empty(&self) -> bool {
+        self.frozen.is_none() && self.checkpoint_empty
+    }
+
+    /// Applies one committed transaction's writes, in order, to the active memtable.
+    pub(crate) fn apply(
+        &mut self,
+        checkpoint: &fjall::Keyspace,
+        writes: Vec<Write>,
+    ) -> Result<(), StoreError> {
+        for write in writes {
+            match write {
+                Write::Set(key, value) => self.active.insert(key, Some(value)),
+                Write::Clear(key) => self.clear(key),
+                Write::ClearRange(begin, end) => self.clear_range(checkpoint, &begin, &end)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn clear(&mut self, key: Vec<u8>) {
+        if self.older_layers_empty() {
+            self.active.remove(&key);
+        } else {
+            self.active.insert(key, None);
+        }
+    }
+
+    /// Turns a range clear into point clears of the keys visible in the range, so that the
+    /// checkpoint only ever holds point tombstones.
+    fn clear_range(
+        &mut self,
+        checkpoint: &fjall::Keyspace,
+        begin: &[u8],
+        end: &[u8],
+    ) -> Result<(), StoreError> {
+        if begin >= end {
+            return Ok(());
+        }
+        let visible: Vec<Vec<u8>> = self
+            .view(checkpoint, None)
+            .range(begin, end, false)
+            .map(|row| row.map(|(key, _)| key.into_owned()))
+            .collect::<Result<_, _>>()?;
+        for key in visible {
+            self.clear(key);
+        }
+        Ok(())
+    }
+}
+
+type Source<'a> = Box<dyn Iterator<Item = Result<Entry<'a>, StoreError>> + 'a>;
+
+/// One consistent state of every layer, newest first.
+pub(crate) struct View<'a> {
+    overlay: Option<&'a Overlay<'a>>,
+    active: &'a Memtable,
+    frozen: Option<&'a Memtable>,
+    checkpoint: Option<&'a fjall::Keyspace>,
+}
+
+impl<'a> View<'a> {
+    /// The visible value of `key`.
+    pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Cow<'a, [u8]>>, StoreError> {
+        if let Some(value) = self.overlay.and_then(|overlay| overlay.get(key)) {
+            return Ok(value.map(Cow::Borrowed));
+        }
+        for memtable in std::iter::once(self.active).chain(self.frozen) {
+            if let Some(value) = memtable.map.get(key) {
+                return Ok(value.as_deref().map(Cow::Borrowed));
+            }
+        }
+        match self.checkpoint {
+            None => Ok(None),
+            Some(keyspace) => {
+                let value = keyspace.get(key).map_err(fjall_error)?;
+                Ok(value.map(|value| Cow::Owned(value.to_vec())))
+            }
+        }
+    }
+
+    /// The visible rows of `[begin, end)` in key order (or reversed), lazily merged.
+    pub(crate) fn range(&self, begin: &[u8], end: &[u8], reverse: bool) -> MergeIter<'a> {
+        let mut sources: Vec<Source<'a>> = Vec::with_capacity(4);
+        if begin < end {
+            if let Some(overlay) = self.overlay {
+                let range = overlay.range::<[u8], _>((Bound::Included(begin), Bound::Excluded(end)));
+                let entry = |(key, value): (&&'a [u8], &Option<&'a [u8]>)| {
+                    Ok((Cow::Borrowed(*key), value.map(Cow::Borrowed)))
+                };
+                if reverse {
+                    sources.push(Box::new(range.rev().map(entry)));
+                } else {
+                    sources.push(Box::new(range.map(entry)));
+                }
+            }
+            sources.push(self.active.range_source(begin, end, reverse));
+            if let Some(frozen) = self.frozen {
+                sources.push(frozen.range_source(begin, end, reverse));
+            }
+            if let Some(keyspace) = self.checkpoint {
+                sources.push(checkpoint_source(keyspace, begin, end, reverse));
+            }
+        }
+        MergeIter::new(sources, reverse)
+    }
+}
+
+fn checkpoint_source<'a>(
+    keyspace: &'a fjall::Keyspace,
+    begin: &[u8],
+    end: &[u8],
+    reverse: bool,
+) -> Source<'a> {
+    let range = keyspace.range::<&[u8], _>((Bound::Included(begin), Bound::Excluded(end)));
+    let entry = |guard: fjall::Guard| {
+        let (key, value) = guard.into_inner().map_err(fjall_error)?;
+        Ok((Cow::Owned(key.to_vec()), Some(Cow::Owned(value.to_vec()))))
+    };
+    if reverse {
+        Box::new(range.rev().map(entry))
+    } else {
+        Box::new(range.map(entry))
+    }
+}
+
+/// Merges sources ordered newest first: for equal keys the newest wins; tombstones hide.
+pub(crate) struct MergeIter<'a> {
+    sources: Vec<Source<'a>>,
+    heads: Vec<Option<Entry<'a>>>,
+    exhausted: Vec<bool>,
+    reverse: bool,
+}
+
+impl<'a> MergeIter<'a> {
+    fn new(sources: Vec<Source<'a>>, reverse: bool) -> Self {
+        let count = sources.len();
+        MergeIter {
+            sources,
+            heads: (0..count).map(|_| None).collect(),
+            exhausted: vec![false; count],
+            reverse,
+        }
+    }
+
+    fn fill_heads(&mut self) -> Result<(), StoreError> {
+        for index in 0..self.sources.len() {
+            if self.heads[index].is_none() && !self.exhausted[index] {
+                match self.sources[index].next() {
+                    None => self.exhausted[index] = true,
+                    Some(entry) => self.heads[index] = Some(entry?),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The index of the head that comes first (the newest source on ties).
+    fn first_head(&self) -> Option<usize> {
+        let mut best: Option<usize> = None;
+        for (index, head) in self.heads.iter().enumerate() {
+            let Some((key, _)) = head else { continue };
+            let better = match best.and_then(|best| self.heads[best].as_ref()) {
+                None => true,
+                Some((best_key, _)) => {
+                    if self.reverse {
+                        key > best_key
+                    } else {
+                        key < best_key
+                    }
+                }
+            };
+            if better {
+                best = Some(index);
+            }
+        }
+        best
+    }
+}
+
+impl<'a> Iterator for MergeIter<'a> {
+    type Item = Result<Row<'a>, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Err(error) = self.fill_heads() {
+                self.exhausted.iter_mut().for_each(|done| *done = true);
+                self.heads.iter_mut().for_each(|head| *head = None);
+                return Some(Err(error));
+            }
+            let best = self.first_head()?;
+            let (key, value) = self.heads[best].take()?;
+            for head in self.heads.iter_mut() {
+                if head.as_ref().is_some_and(|(other, _)| *other == key) {
+                    *head = None;
+                }
+            }
+            if let Some(value) = value {
+                return Some(Ok((key, value)));
+            }
+        }
+    }
+}
