@@ -295,7 +295,8 @@ pub fn check_atomic_visibility(target: &mut dyn ConformanceTarget) {
     const KEYS: usize = 10;
     const ROUNDS: usize = 200;
     let store = target.open();
-    let keys: Vec<Vec<u8>> = (0..KEYS).map(|index| format!("atom/{index:02}").into_bytes()).collect();
+    let keys: Vec<Vec<u8>> =
+        (0..KEYS).map(|index| format!("atom/{index:02}").into_bytes()).collect();
     let writer_store = store.clone();
     let writer_keys = keys.clone();
     let writer = std::thread::spawn(move || {

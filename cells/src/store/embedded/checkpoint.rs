@@ -73,18 +73,19 @@ pub(crate) fn spawn(
     shared: Arc<Shared>,
     jobs: Receiver<CheckpointJob>,
 ) -> Result<JoinHandle<()>, StoreError> {
-    let thread = std::thread::Builder::new().name("store-checkpoint".to_string()).spawn(move || {
-        while let Ok(job) = jobs.recv() {
-            let span = tracing::info_span!("store_checkpoint", next_version = job.next_version);
-            let _entered = span.enter();
-            if let Err(error) = checkpoint(&shared, &job) {
-                // The frozen memtable stays and keeps serving reads; its log segments stay, so
-                // a restart replays them. Commits go on over the soft memtable limit.
-                metrics::counter!("tessera_store_checkpoint_errors_total").increment(1);
-                tracing::error!(%error, "checkpoint failed; log segments kept");
+    let thread =
+        std::thread::Builder::new().name("store-checkpoint".to_string()).spawn(move || {
+            while let Ok(job) = jobs.recv() {
+                let span = tracing::info_span!("store_checkpoint", next_version = job.next_version);
+                let _entered = span.enter();
+                if let Err(error) = checkpoint(&shared, &job) {
+                    // The frozen memtable stays and keeps serving reads; its log segments stay, so
+                    // a restart replays them. Commits go on over the soft memtable limit.
+                    metrics::counter!("tessera_store_checkpoint_errors_total").increment(1);
+                    tracing::error!(%error, "checkpoint failed; log segments kept");
+                }
             }
-        }
-    })?;
+        })?;
     Ok(thread)
 }
 

@@ -80,7 +80,10 @@ pub(crate) fn enqueue(shared: &Shared, pending: PendingCommit) -> Result<(), Com
 
 enum Verdict {
     /// Committed at `version`; `logged` when it has writes (and so a log record).
-    Accepted { version: u64, logged: bool },
+    Accepted {
+        version: u64,
+        logged: bool,
+    },
     Rejected(CommitError),
 }
 
@@ -100,8 +103,9 @@ pub(crate) fn spawn(
         buffer: Vec::new(),
         jobs,
     };
-    let thread =
-        std::thread::Builder::new().name("store-commit".to_string()).spawn(move || committer.run())?;
+    let thread = std::thread::Builder::new()
+        .name("store-commit".to_string())
+        .spawn(move || committer.run())?;
     Ok(thread)
 }
 
@@ -162,6 +166,7 @@ impl Committer {
         let items = {
             let mut queue = self.shared.queue.lock();
             queue.failed = true;
+            self.shared.commits_refused.store(true, Ordering::Release);
             queue.bytes = 0;
             std::mem::take(&mut queue.items)
         };
@@ -306,7 +311,11 @@ impl Committer {
         };
         self.wal.rotate(self.next_version)?;
         self.log_bytes_since_freeze = 0;
-        tracing::info!(next_version = self.next_version, bytes = memtable.bytes(), "memtable frozen");
+        tracing::info!(
+            next_version = self.next_version,
+            bytes = memtable.bytes(),
+            "memtable frozen"
+        );
         let job = CheckpointJob { memtable, next_version: self.next_version };
         // At most one memtable is frozen, so the checkpointer has no job waiting; if it is
         // gone, the frozen memtable keeps serving reads and the log keeps every record.

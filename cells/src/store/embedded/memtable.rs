@@ -185,7 +185,8 @@ impl<'a> View<'a> {
         let mut sources: Vec<Source<'a>> = Vec::with_capacity(4);
         if begin < end {
             if let Some(overlay) = self.overlay {
-                let range = overlay.range::<[u8], _>((Bound::Included(begin), Bound::Excluded(end)));
+                let range =
+                    overlay.range::<[u8], _>((Bound::Included(begin), Bound::Excluded(end)));
                 let entry = |(key, value): (&&'a [u8], &Option<&'a [u8]>)| {
                     Ok((Cow::Borrowed(*key), value.map(Cow::Borrowed)))
                 };

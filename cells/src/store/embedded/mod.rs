@@ -58,7 +58,7 @@ mod wal;
 mod tests;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -167,6 +167,8 @@ pub(crate) struct Shared {
     pub(crate) queue: Mutex<Queue>,
     pub(crate) queue_ready: Condvar,
     pub(crate) counters: Counters,
+    /// Set once the store closes or fails (mirrors the queue's flags, read without its lock).
+    pub(crate) commits_refused: AtomicBool,
     pub(crate) options: EmbeddedOptions,
     pub(crate) dir: PathBuf,
 }
@@ -224,6 +226,7 @@ impl EmbeddedStore {
             queue: Mutex::new(Queue::default()),
             queue_ready: Condvar::new(),
             counters: Counters::default(),
+            commits_refused: AtomicBool::new(false),
             options,
             dir: dir.to_path_buf(),
         });
@@ -254,14 +257,14 @@ impl EmbeddedStore {
 impl Drop for EmbeddedStore {
     fn drop(&mut self) {
         self.shared.queue.lock().closing = true;
+        self.shared.commits_refused.store(true, Ordering::Release);
         self.shared.queue_ready.notify_all();
         // The committer drains the queue, then drops the checkpoint job sender, which ends
         // the checkpointer after its job in flight.
-        for handle in [self.committer.lock().take(), self.checkpointer.lock().take()] {
-            if let Some(handle) = handle {
-                if handle.join().is_err() {
-                    tracing::error!("embedded store thread panicked");
-                }
+        let handles = [self.committer.lock().take(), self.checkpointer.lock().take()];
+        for handle in handles.into_iter().flatten() {
+            if handle.join().is_err() {
+                tracing::error!("embedded store thread panicked");
             }
         }
     }
@@ -273,7 +276,7 @@ fn ready<T: Send + 'static>(value: T) -> BoxFuture<'static, T> {
 
 impl Store for EmbeddedStore {
     fn begin(&self) -> Result<Box<dyn Transaction>, StoreError> {
-        if self.shared.queue.lock().refuses_commits() {
+        if self.shared.commits_refused.load(Ordering::Acquire) {
             return Err(StoreError::Closed);
         }
         Ok(Box::new(transaction::EmbeddedTransaction::new(self.shared.clone())))

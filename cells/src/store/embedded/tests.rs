@@ -1,0 +1,270 @@
+//! Embedded-only checks: torn tails, corruption, crashes between write and sync,
+//! checkpoints and restart, and a model-based property test.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use futures::executor::block_on;
+use proptest::prelude::*;
+
+use super::wal::list_segments;
+use super::{EmbeddedOptions, EmbeddedStore, Failpoint};
+use crate::store::{CommitError, RangeRequest, Store, StoreError};
+
+fn open(dir: &Path, options: EmbeddedOptions) -> Arc<EmbeddedStore> {
+    EmbeddedStore::open(dir, options).expect("open")
+}
+
+fn key(index: usize) -> Vec<u8> {
+    format!("key/{index:05}").into_bytes()
+}
+
+fn put(store: &EmbeddedStore, pairs: &[(Vec<u8>, Vec<u8>)]) -> Result<u64, CommitError> {
+    let mut txn = store.begin().expect("begin");
+    for (key, value) in pairs {
+        txn.set(key, value).expect("set");
+    }
+    block_on(txn.commit())
+}
+
+fn everything(store: &EmbeddedStore) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let request = RangeRequest::new(Vec::new(), vec![0xff, 0xff], 100_000);
+    block_on(store.get_range(request)).expect("range")
+}
+
+fn last_segment(dir: &Path) -> std::path::PathBuf {
+    list_segments(dir).expect("segments").pop().expect("a segment").1
+}
+
+#[test]
+fn torn_tail_recovers_every_complete_record() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = open(dir.path(), EmbeddedOptions::default());
+    for index in 0..20 {
+        put(&store, &[(key(index), vec![index as u8; 50])]).expect("commit");
+    }
+    drop(store);
+    let segment = last_segment(dir.path());
+    let mut bytes = std::fs::read(&segment).expect("read");
+    bytes.truncate(bytes.len() - 7);
+    bytes.extend_from_slice(&[0xab; 37]);
+    std::fs::write(&segment, &bytes).expect("write");
+    let store = open(dir.path(), EmbeddedOptions::default());
+    let rows = everything(&store);
+    assert_eq!(rows.len(), 19, "every complete record and nothing else");
+    assert_eq!(rows.last().map(|(key, _)| key.clone()), Some(key(18)));
+    put(&store, &[(key(99), b"after".to_vec())]).expect("commit after recovery");
+    drop(store);
+    let store = open(dir.path(), EmbeddedOptions::default());
+    assert_eq!(everything(&store).len(), 20);
+}
+
+#[test]
+fn checksum_flip_in_the_middle_is_corrupt() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = open(dir.path(), EmbeddedOptions::default());
+    for index in 0..20 {
+        put(&store, &[(key(index), vec![index as u8; 50])]).expect("commit");
+    }
+    drop(store);
+    let segment = last_segment(dir.path());
+    let mut bytes = std::fs::read(&segment).expect("read");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&segment, &bytes).expect("write");
+    let result = EmbeddedStore::open(dir.path(), EmbeddedOptions::default());
+    assert!(matches!(result, Err(StoreError::Corrupt { .. })), "{result:?}");
+}
+
+#[test]
+fn crash_between_write_and_sync_keeps_transactions_whole() {
+    let dir = tempfile::tempdir().expect("dir");
+    let failpoint = Failpoint::TornGroupWrite { after_groups: 3, bytes_written: 700 };
+    let options = EmbeddedOptions { failpoint: Some(failpoint), ..EmbeddedOptions::default() };
+    let store = open(dir.path(), options);
+    let pairs = |txn: usize| -> Vec<(Vec<u8>, Vec<u8>)> {
+        (0..3).map(|part| (key(txn * 10 + part), vec![txn as u8; 100])).collect()
+    };
+    for txn in 0..3 {
+        put(&store, &pairs(txn)).expect("durable group");
+    }
+    let transactions: Vec<_> = (3..12)
+        .map(|txn| {
+            let mut transaction = store.begin().expect("begin");
+            for (key, value) in pairs(txn) {
+                transaction.set(&key, &value).expect("set");
+            }
+            transaction
+        })
+        .collect();
+    let futures: Vec<_> = transactions.into_iter().map(|txn| txn.commit()).collect();
+    let outcomes: Vec<_> = futures.into_iter().map(block_on).collect();
+    assert!(outcomes.iter().any(|outcome| matches!(outcome, Err(CommitError::Unknown { .. }))));
+    assert!(matches!(store.begin().err(), Some(StoreError::Closed)), "a failed store refuses");
+    drop(store);
+    let store = open(dir.path(), EmbeddedOptions::default());
+    let rows: BTreeMap<Vec<u8>, Vec<u8>> = everything(&store).into_iter().collect();
+    for (txn, outcome) in (3..12).zip(&outcomes) {
+        let present = pairs(txn).iter().filter(|(key, _)| rows.contains_key(key)).count();
+        assert!(present == 0 || present == 3, "transaction {txn} is torn: {present} of 3");
+        match outcome {
+            Ok(_) => assert_eq!(present, 3, "acknowledged transaction {txn} lost"),
+            Err(CommitError::Unknown { .. }) => {}
+            Err(_) => assert_eq!(present, 0, "refused transaction {txn} written"),
+        }
+    }
+    assert!((0..3).all(|txn| pairs(txn).iter().all(|(key, _)| rows.contains_key(key))));
+}
+
+fn tiny_options() -> EmbeddedOptions {
+    EmbeddedOptions {
+        memtable_bytes_max: 16 * 1024,
+        wal_bytes_max: 32 * 1024,
+        sync: false,
+        ..EmbeddedOptions::default()
+    }
+}
+
+fn wait_for_checkpoint(store: &EmbeddedStore) {
+    for _ in 0..1000 {
+        if store.shared.tables.read().frozen.is_none() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    panic!("checkpoint did not finish");
+}
+
+#[test]
+fn checkpoint_and_restart_keep_final_values() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = open(dir.path(), tiny_options());
+    let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    for round in 0..400usize {
+        let mut txn = store.begin().expect("begin");
+        for part in 0..5 {
+            let index = (round * 7 + part * 13) % 300;
+            let value = format!("{round}-{part}").into_bytes();
+            txn.set(&key(index), &value).expect("set");
+            model.insert(key(index), value);
+        }
+        if round % 5 == 0 {
+            txn.clear(&key(round % 300)).expect("clear");
+            model.remove(&key(round % 300));
+        }
+        if round % 37 == 0 {
+            let (begin, end) = (key(round % 250), key(round % 250 + 20));
+            txn.clear_range(&begin, &end).expect("clear_range");
+            model.retain(|key, _| !(begin <= *key && *key < end));
+        }
+        block_on(txn.commit()).expect("commit");
+    }
+    wait_for_checkpoint(&store);
+    let expected: Vec<_> = model.clone().into_iter().collect();
+    assert_eq!(everything(&store), expected);
+    let segments = list_segments(dir.path()).expect("segments").len();
+    assert!(segments <= 2, "covered segments deleted: {segments} left");
+    assert!(dir.path().join("checkpoint.position").exists(), "a checkpoint was written");
+    drop(store);
+    let store = open(dir.path(), tiny_options());
+    assert_eq!(everything(&store), expected, "after restart");
+    for (key, value) in &model {
+        assert_eq!(block_on(store.get(key)).expect("get").as_ref(), Some(value));
+    }
+}
+
+#[test]
+fn requires_see_earlier_transactions_of_the_same_group() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = open(dir.path(), EmbeddedOptions::default());
+    for _ in 0..20 {
+        let mut first = store.begin().expect("begin");
+        first.set(b"x", b"1").expect("set");
+        let mut second = store.begin().expect("begin");
+        second.require(b"x", Some(b"1")).expect("require");
+        second.set(b"y", b"1").expect("set");
+        let mut third = store.begin().expect("begin");
+        third.clear_range(b"a", b"z").expect("clear_range");
+        let mut fourth = store.begin().expect("begin");
+        fourth.require(b"x", None).expect("require");
+        fourth.require(b"y", None).expect("require");
+        fourth.set(b"z", b"1").expect("set");
+        let futures = [first.commit(), second.commit(), third.commit(), fourth.commit()];
+        for outcome in futures.into_iter().map(block_on) {
+            outcome.expect("each sees the ones queued before it");
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Operation {
+    Set(u8, u8),
+    Clear(u8),
+    ClearRange(u8, u8),
+}
+
+fn operation() -> impl Strategy<Value = Operation> {
+    prop_oneof![
+        4 => (0u8..40, any::<u8>()).prop_map(|(key, value)| Operation::Set(key, value)),
+        1 => (0u8..40).prop_map(Operation::Clear),
+        1 => (0u8..40, 1u8..10).prop_map(|(key, width)| Operation::ClearRange(key, width)),
+    ]
+}
+
+fn model_key(index: u8) -> Vec<u8> {
+    vec![b'm', index]
+}
+
+fn apply(
+    model: &mut BTreeMap<Vec<u8>, Vec<u8>>,
+    txn: &mut dyn crate::store::Transaction,
+    op: &Operation,
+) {
+    match *op {
+        Operation::Set(key, value) => {
+            txn.set(&model_key(key), &[value; 30]).expect("set");
+            model.insert(model_key(key), vec![value; 30]);
+        }
+        Operation::Clear(key) => {
+            txn.clear(&model_key(key)).expect("clear");
+            model.remove(&model_key(key));
+        }
+        Operation::ClearRange(key, width) => {
+            let (begin, end) = (model_key(key), model_key(key.saturating_add(width)));
+            if begin < end {
+                txn.clear_range(&begin, &end).expect("clear_range");
+                model.retain(|key, _| !(begin <= *key && *key < end));
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_transactions_match_a_model(
+        transactions in prop::collection::vec(
+            (prop::collection::vec(operation(), 1..8), any::<bool>()), 1..60),
+    ) {
+        let dir = tempfile::tempdir().expect("dir");
+        let options = EmbeddedOptions { memtable_bytes_max: 2048, wal_bytes_max: 4096,
+            ..tiny_options() };
+        let mut store = open(dir.path(), options.clone());
+        let mut model = BTreeMap::new();
+        for (operations, reopen) in &transactions {
+            let mut txn = store.begin().expect("begin");
+            for op in operations {
+                apply(&mut model, txn.as_mut(), op);
+            }
+            block_on(txn.commit()).expect("commit");
+            if *reopen {
+                drop(store);
+                store = open(dir.path(), options.clone());
+            }
+            let expected: Vec<_> = model.clone().into_iter().collect();
+            prop_assert_eq!(everything(&store), expected);
+        }
+    }
+}

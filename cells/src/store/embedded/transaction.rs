@@ -13,8 +13,7 @@ use xxhash_rust::xxh3::{xxh3_128, Xxh3};
 
 use crate::store::limits::TRANSACTION_BYTES_MAX;
 use crate::store::{
-    check_key, check_value, BoxFuture, CommitError, KeyValue, RangeRequest, StoreError,
-    Transaction,
+    check_key, check_value, BoxFuture, CommitError, KeyValue, RangeRequest, StoreError, Transaction,
 };
 
 use super::committer::{enqueue, PendingCommit};
@@ -142,7 +141,10 @@ impl EmbeddedTransaction {
     fn charge_write(&mut self, bytes: usize) -> Result<(), StoreError> {
         let total = self.size_bytes + bytes;
         if total > TRANSACTION_BYTES_MAX || self.writes.len() >= TRANSACTION_WRITES_MAX {
-            return Err(StoreError::TransactionTooLarge { bytes: total, max: TRANSACTION_BYTES_MAX });
+            return Err(StoreError::TransactionTooLarge {
+                bytes: total,
+                max: TRANSACTION_BYTES_MAX,
+            });
         }
         self.size_bytes = total;
         Ok(())
@@ -182,7 +184,9 @@ impl EmbeddedTransaction {
             return Ok(decided.map(<[u8]>::to_vec));
         }
         self.charge_read(key.len())?;
-        let value = self.shared.with_view(|view| Ok::<_, StoreError>(view.get(key)?.map(|v| v.into_owned())))?;
+        let value = self
+            .shared
+            .with_view(|view| Ok::<_, StoreError>(view.get(key)?.map(|v| v.into_owned())))?;
         self.reads.keys.push((key.to_vec(), value_hash(value.as_deref())));
         Ok(value)
     }
@@ -231,7 +235,11 @@ fn merge_range(
             (Some(_), None) => false,
             (None, Some(_)) => true,
             (Some((committed_key, _)), Some((own_key, _))) => {
-                if reverse { *own_key >= committed_key } else { *own_key <= committed_key }
+                if reverse {
+                    *own_key >= committed_key
+                } else {
+                    *own_key <= committed_key
+                }
             }
         };
         if take_own {

@@ -1,0 +1,393 @@
+//! `tessera bench engine`: the ledger core alone — account actors, relay and the embedded
+//! store in one process, durable, no network.
+//!
+//! Owns the scenarios (`uniform`, `hot-credit`, `hot-debit`, `holds`), the closed-loop
+//! driver (a bounded number of batches in flight), and the report. Every number in the
+//! report is measured from the run itself: acknowledgements from the ledger's replies,
+//! completion from the credit legs the payees made durable, latencies from HdrHistogram,
+//! fsyncs and bytes from the store's own counters.
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actors::Ledger;
+use cells::ids::{AccountId, HoldId, TransferId, UserId};
+use cells::ledger::{
+    CaptureRequest, Command, CommandResult, ErrorCode, HoldRequest, Outcome, TransferRequest,
+    BATCH_COMMANDS_MAX,
+};
+use cells::money::{Amount, Currency};
+use cells::records::{AccountKind, AccountSpec, HotMode};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+/// Minor units every customer starts with (large enough that no scenario drains it).
+const FUNDING_UNITS: u64 = 1_000_000_000_000;
+/// Largest amount a benchmark transfer moves (minor units).
+const TRANSFER_UNITS_MAX: u64 = 1_000;
+/// Longest the harness waits for credit legs after the last acknowledgement.
+const COMPLETION_TIMEOUT: Duration = Duration::from_secs(300);
+/// Most batches in flight at once.
+pub const IN_FLIGHT_MAX: usize = 64;
+
+/// The load shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// Random payer and payee among all accounts.
+    Uniform,
+    /// Every transfer pays one merchant.
+    HotCredit,
+    /// Every transfer is paid by one account.
+    HotDebit,
+    /// 30 % of transfers go through hold, then capture (two thirds) or release.
+    Holds,
+}
+
+impl FromStr for Scenario {
+    type Err = BenchError;
+    fn from_str(text: &str) -> Result<Self, BenchError> {
+        match text {
+            "uniform" => Ok(Scenario::Uniform),
+            "hot-credit" => Ok(Scenario::HotCredit),
+            "hot-debit" => Ok(Scenario::HotDebit),
+            "holds" => Ok(Scenario::Holds),
+            other => Err(BenchError::Config(format!(
+                "unknown scenario {other:?}; expected uniform, hot-credit, hot-debit or holds"
+            ))),
+        }
+    }
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Uniform => "uniform",
+            Scenario::HotCredit => "hot-credit",
+            Scenario::HotDebit => "hot-debit",
+            Scenario::Holds => "holds",
+        }
+    }
+}
+
+/// Settings of one run.
+#[derive(Debug, Clone)]
+pub struct EngineBenchConfig {
+    pub scenario: Scenario,
+    pub transfers: u64,
+    pub accounts: u64,
+    pub batch_size: usize,
+    pub in_flight: usize,
+    pub seed: u64,
+    pub progress: bool,
+}
+
+impl EngineBenchConfig {
+    pub fn validate(&self) -> Result<(), BenchError> {
+        if self.transfers == 0 {
+            return Err(BenchError::Config("--transfers must be at least 1".into()));
+        }
+        if self.accounts < 2 {
+            return Err(BenchError::Config("--accounts must be at least 2".into()));
+        }
+        if self.batch_size == 0 || self.batch_size > BATCH_COMMANDS_MAX {
+            return Err(BenchError::Config(format!(
+                "--batch-size must be between 1 and {BATCH_COMMANDS_MAX}"
+            )));
+        }
+        if self.in_flight == 0 || self.in_flight > IN_FLIGHT_MAX {
+            return Err(BenchError::Config(format!("--in-flight must be between 1 and {IN_FLIGHT_MAX}")));
+        }
+        Ok(())
+    }
+}
+
+/// Why a run could not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("invalid benchmark settings: {0}")]
+    Config(String),
+    #[error("setup failed: {0}")]
+    Setup(String),
+    #[error("credit legs did not complete within {0:?}")]
+    Incomplete(Duration),
+}
+
+/// The report; field names are a stable interface (`--json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct EngineBenchReport {
+    pub scenario: &'static str,
+    pub transfers: u64,
+    pub accounts: u64,
+    pub batch_size: usize,
+    pub in_flight: usize,
+    pub seed: u64,
+    pub accepted: u64,
+    pub rejected: u64,
+    pub rejected_by_code: std::collections::BTreeMap<String, u64>,
+    pub acknowledged_seconds: f64,
+    pub completed_seconds: f64,
+    pub acknowledged_per_second: f64,
+    pub completed_per_second: f64,
+    pub commit_latency_ms_p50: f64,
+    pub commit_latency_ms_p99: f64,
+    pub commit_latency_ms_max: f64,
+    pub batch_latency_ms_p50: f64,
+    pub batch_latency_ms_p99: f64,
+    pub batch_latency_ms_max: f64,
+    pub commits: u64,
+    pub fsyncs: u64,
+    pub fsyncs_per_second: f64,
+    pub transactions_per_fsync: f64,
+    pub bytes_written_per_transfer: f64,
+    pub peak_rss_bytes: u64,
+}
+
+fn currency() -> Currency {
+    Currency::from_code("USD").expect("USD is a known currency")
+}
+
+fn account_id(text: &str) -> AccountId {
+    AccountId::new(text).expect("benchmark ids are valid")
+}
+
+fn customer(index: u64) -> AccountId {
+    account_id(&format!("acct-{index}"))
+}
+
+/// Creates the accounts and funds the payers.
+async fn setup(ledger: &Ledger, config: &EngineBenchConfig) -> Result<(), BenchError> {
+    let spec = |id: AccountId, kind| AccountSpec {
+        user: UserId::new(id.as_str()).expect("benchmark ids are valid"),
+        id,
+        currency: currency(),
+        kind,
+        overdraft_limit: 0,
+        mode: HotMode::Standard,
+    };
+    let mut creations = vec![
+        Command::CreateAccount(spec(account_id("world"), AccountKind::System)),
+        Command::CreateAccount(spec(account_id("merchant"), AccountKind::Customer)),
+        Command::CreateAccount(spec(account_id("payer"), AccountKind::Customer)),
+    ];
+    creations.extend((0..config.accounts).map(|i| Command::CreateAccount(spec(customer(i), AccountKind::Customer))));
+    for chunk in creations.chunks(BATCH_COMMANDS_MAX) {
+        let results = execute(ledger, chunk.to_vec()).await?;
+        if let Some(bad) = results.iter().find(|r| !matches!(r, Ok(_) | Err(ErrorCode::AccountExists))) {
+            return Err(BenchError::Setup(format!("account creation: {bad:?}")));
+        }
+    }
+    let funding_units = FUNDING_UNITS.max(config.transfers * TRANSFER_UNITS_MAX);
+    let mut funding = vec![fund("payer", funding_units)];
+    funding.extend((0..config.accounts).map(|i| fund(customer(i).as_str(), FUNDING_UNITS)));
+    for chunk in funding.chunks(BATCH_COMMANDS_MAX) {
+        let results = execute(ledger, chunk.to_vec()).await?;
+        if let Some(bad) = results.iter().find(|r| r.is_err()) {
+            return Err(BenchError::Setup(format!("funding: {bad:?}")));
+        }
+    }
+    wait_settled(ledger).await
+}
+
+fn fund(account: &str, units: u64) -> Command {
+    Command::Transfer(TransferRequest {
+        id: TransferId::new(&format!("fund-{account}")).expect("benchmark ids are valid"),
+        from: account_id("world"),
+        to: account_id(account),
+        amount: Amount::from_minor_units(units).expect("funding is positive"),
+        currency: currency(),
+    })
+}
+
+async fn execute(ledger: &Ledger, commands: Vec<Command>) -> Result<Vec<CommandResult>, BenchError> {
+    ledger.execute(commands).await.map_err(|error| BenchError::Setup(error.to_string()))
+}
+
+async fn wait_settled(ledger: &Ledger) -> Result<(), BenchError> {
+    let deadline = Instant::now() + COMPLETION_TIMEOUT;
+    while ledger.stats().credits() < ledger.stats().debits() {
+        if Instant::now() > deadline {
+            return Err(BenchError::Incomplete(COMPLETION_TIMEOUT));
+        }
+        actix_rt::time::sleep(Duration::from_micros(200)).await;
+    }
+    Ok(())
+}
+
+/// Shared progress of the driver.
+struct Progress {
+    next_batch: AtomicU64,
+    accepted: AtomicU64,
+    rejected: Mutex<std::collections::BTreeMap<String, u64>>,
+    batch_latency_us: Mutex<Histogram<u64>>,
+    bar: ProgressBar,
+}
+
+/// Runs the benchmark on a started ledger over a fresh store.
+pub async fn run(ledger: &Ledger, config: &EngineBenchConfig) -> Result<EngineBenchReport, BenchError> {
+    config.validate()?;
+    setup(ledger, config).await?;
+    let bar = if config.progress { ProgressBar::new(config.transfers) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {pos}/{len} transfers {per_sec} [{elapsed_precise}] {wide_bar}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let progress = Arc::new(Progress {
+        next_batch: AtomicU64::new(0),
+        accepted: AtomicU64::new(0),
+        rejected: Mutex::new(Default::default()),
+        batch_latency_us: Mutex::new(Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")),
+        bar,
+    });
+    let store = ledger.store().stats();
+    let credits_before = ledger.stats().credits();
+    let debits_before = ledger.stats().debits();
+    ledger.stats().take_commit_latency();
+    let started = Instant::now();
+    let workers = (0..config.in_flight).map(|_| worker(ledger.clone(), config.clone(), Arc::clone(&progress)));
+    futures::future::join_all(workers).await;
+    let acknowledged = started.elapsed();
+    wait_settled(ledger).await?;
+    let completed = started.elapsed();
+    progress.bar.finish_and_clear();
+    let store_after = ledger.store().stats();
+    let credits = ledger.stats().credits() - credits_before;
+    let debits = ledger.stats().debits() - debits_before;
+    assert_eq!(credits, debits, "every debit of the run has its credit");
+    let commit = ledger.stats().take_commit_latency();
+    let batch = progress.batch_latency_us.lock().map(|h| h.clone()).unwrap_or_else(|_| Histogram::new(3).expect("valid"));
+    let fsyncs = store_after.durable_writes - store.durable_writes;
+    let commits = store_after.transactions_committed - store.transactions_committed;
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1_000.0;
+    Ok(EngineBenchReport {
+        scenario: config.scenario.name(),
+        transfers: config.transfers,
+        accounts: config.accounts,
+        batch_size: config.batch_size,
+        in_flight: config.in_flight,
+        seed: config.seed,
+        accepted: progress.accepted.load(Ordering::Relaxed),
+        rejected: progress.rejected.lock().map(|m| m.values().sum()).unwrap_or(0),
+        rejected_by_code: progress.rejected.lock().map(|m| m.clone()).unwrap_or_default(),
+        acknowledged_seconds: acknowledged.as_secs_f64(),
+        completed_seconds: completed.as_secs_f64(),
+        acknowledged_per_second: config.transfers as f64 / acknowledged.as_secs_f64(),
+        completed_per_second: config.transfers as f64 / completed.as_secs_f64(),
+        commit_latency_ms_p50: ms(&commit, 0.5),
+        commit_latency_ms_p99: ms(&commit, 0.99),
+        commit_latency_ms_max: commit.max() as f64 / 1_000.0,
+        batch_latency_ms_p50: ms(&batch, 0.5),
+        batch_latency_ms_p99: ms(&batch, 0.99),
+        batch_latency_ms_max: batch.max() as f64 / 1_000.0,
+        commits,
+        fsyncs,
+        fsyncs_per_second: fsyncs as f64 / completed.as_secs_f64(),
+        transactions_per_fsync: commits as f64 / fsyncs.max(1) as f64,
+        bytes_written_per_transfer: (store_after.bytes_written - store.bytes_written) as f64
+            / config.transfers as f64,
+        peak_rss_bytes: crate::rss::peak_rss_bytes(),
+    })
+}
+
+/// One closed loop: takes the next batch number, builds and runs it, until none are left.
+async fn worker(ledger: Ledger, config: EngineBenchConfig, progress: Arc<Progress>) {
+    let batches = config.transfers.div_ceil(config.batch_size as u64);
+    loop {
+        let batch = progress.next_batch.fetch_add(1, Ordering::Relaxed);
+        if batch >= batches {
+            return;
+        }
+        let first = batch * config.batch_size as u64;
+        let count = (config.batch_size as u64).min(config.transfers - first);
+        let mut rng = StdRng::seed_from_u64(config.seed ^ batch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let (commands, follow_ups) = build_batch(&config, &mut rng, first, count);
+        let started = Instant::now();
+        let mut results = ledger.execute(commands).await.unwrap_or_default();
+        let (positions, second): (Vec<usize>, Vec<Command>) = follow_ups
+            .into_iter()
+            .filter(|(position, _)| matches!(results.get(*position), Some(Ok(Outcome::HoldCreated))))
+            .unzip();
+        if !second.is_empty() {
+            let second = ledger.execute(second).await.unwrap_or_default();
+            for (position, result) in positions.into_iter().zip(second) {
+                results[position] = result;
+            }
+        }
+        record(&progress, &results, started.elapsed());
+    }
+}
+
+fn record(progress: &Progress, results: &[CommandResult], latency: Duration) {
+    let mut accepted = 0;
+    for result in results {
+        match result {
+            Ok(_) => accepted += 1,
+            Err(code) => {
+                if let Ok(mut rejected) = progress.rejected.lock() {
+                    *rejected.entry(code.name().to_string()).or_insert(0) += 1;
+                }
+            }
+        }
+    }
+    progress.accepted.fetch_add(accepted, Ordering::Relaxed);
+    if let Ok(mut histogram) = progress.batch_latency_us.lock() {
+        histogram.saturating_record((latency.as_micros() as u64).max(1));
+    }
+    progress.bar.inc(results.len() as u64);
+}
+
+/// Commands of batch transfers `first..first + count`, and the follow-ups of its holds
+/// (with the position of their hold).
+fn build_batch(
+    config: &EngineBenchConfig,
+    rng: &mut StdRng,
+    first: u64,
+    count: u64,
+) -> (Vec<Command>, Vec<(usize, Command)>) {
+    let mut commands = Vec::with_capacity(count as usize);
+    let mut follow_ups = Vec::new();
+    for n in first..first + count {
+        let units = rng.random_range(1..=TRANSFER_UNITS_MAX);
+        let amount = Amount::from_minor_units(units).expect("positive");
+        let pick = |rng: &mut StdRng| customer(rng.random_range(0..config.accounts));
+        let (from, to) = match config.scenario {
+            Scenario::Uniform | Scenario::Holds => {
+                let from = rng.random_range(0..config.accounts);
+                let offset = rng.random_range(1..config.accounts);
+                (customer(from), customer((from + offset) % config.accounts))
+            }
+            Scenario::HotCredit => (pick(rng), account_id("merchant")),
+            Scenario::HotDebit => (account_id("payer"), pick(rng)),
+        };
+        if config.scenario == Scenario::Holds && rng.random_bool(0.3) {
+            let hold = HoldId::new(&format!("h-{n}")).expect("valid id");
+            commands.push(Command::Hold(HoldRequest {
+                id: hold.clone(),
+                account: from,
+                amount,
+                currency: currency(),
+                expires_in_ms: Some(600_000),
+            }));
+            let follow_up = if rng.random_bool(2.0 / 3.0) {
+                Command::Capture(CaptureRequest { hold, to, amount: None })
+            } else {
+                Command::Release(hold)
+            };
+            follow_ups.push((commands.len() - 1, follow_up));
+            continue;
+        }
+        commands.push(Command::Transfer(TransferRequest {
+            id: TransferId::new(&format!("t-{n}")).expect("valid id"),
+            from,
+            to,
+            amount,
+            currency: currency(),
+        }));
+    }
+    (commands, follow_ups)
+}

@@ -1,0 +1,3 @@
+//! Benchmark harnesses. [`engine`]: the ledger core in one process.
+
+pub mod engine;

@@ -1,0 +1,15 @@
+//! # drills — load generators, invariant checks and the benchmark harness
+//!
+//! Owns the code that exercises a deployment from the outside as users and operators do:
+//! [`bench::engine`] (`tessera bench engine`: a cell and the embedded engine in one
+//! process), [`crashload`] (a load that prints every acknowledged transfer, for kill -9
+//! tests) and [`verify`] (checks a store against the acknowledgements and the money
+//! invariants). Later: fault injection, drill scenarios and reports.
+//!
+//! Must never write to a real keyspace when pointed at a live deployment unless told to,
+//! and never run unbounded: every load has a count and stops by itself.
+
+pub mod bench;
+pub mod crashload;
+pub mod rss;
+pub mod verify;
