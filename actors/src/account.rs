@@ -15,6 +15,7 @@ mod draft;
 mod load;
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -165,10 +166,12 @@ pub struct AccountActor {
     in_flight: bool,
     last_active: Instant,
     recent_final: HashMap<HoldId, HoldState>,
+    /// Mailbox places reserved by senders (see `registry`); released as messages arrive.
+    queued: Arc<AtomicUsize>,
 }
 
 impl AccountActor {
-    pub(crate) fn new(id: AccountId, shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(id: AccountId, shared: Arc<Shared>, queued: Arc<AtomicUsize>) -> Self {
         AccountActor {
             id,
             shared,
@@ -179,6 +182,7 @@ impl AccountActor {
             in_flight: false,
             last_active: Instant::now(),
             recent_final: HashMap::new(),
+            queued,
         }
     }
 
@@ -351,13 +355,27 @@ impl AccountActor {
         }
     }
 
+    /// Leaves the registry and answers `code` to everything until no message is reserved
+    /// for it any more, then stops: no sender is left without an answer.
     fn stop_failing(&mut self, code: ErrorCode, ctx: &mut Context<Self>) {
         self.load_error = Some(code);
         while let Some(job) = self.pending.pop_front() {
             self.fail_job(job, code);
         }
         self.pending_items = 0;
-        ctx.stop();
+        self.shared.retire(&self.id, &ctx.address(), false);
+        self.stop_when_drained(ctx);
+    }
+
+    fn stop_when_drained(&mut self, ctx: &mut Context<Self>) {
+        if self.load_error.is_some() && self.queued.load(Ordering::Acquire) == 0 {
+            ctx.stop();
+        }
+    }
+
+    /// Called at the start of every handler: the message no longer holds a reserved place.
+    fn arrived(&self) {
+        self.queued.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Periodic housekeeping: hold expiry, netting for `append` accounts, passivation.
@@ -380,7 +398,7 @@ impl AccountActor {
         } else if unnetted > 0 && !self.in_flight && self.pending.is_empty() {
             let items = vec![Item { index: 0, work: Work::Net, settled: None }];
             self.enqueue(Job { origin: Origin::Internal, items }, ctx);
-        } else if self.idle() {
+        } else if self.idle() && self.shared.retire(&self.id, &ctx.address(), true) {
             ctx.stop();
         }
     }
@@ -418,8 +436,7 @@ impl Actor for AccountActor {
                 if code != ErrorCode::UnknownAccount {
                     tracing::error!(account = %actor.id, %error, "cannot load account");
                 }
-                actor.load_error = Some(code);
-                ctx.stop();
+                actor.stop_failing(code, ctx);
             }
         }));
     }
@@ -429,7 +446,7 @@ impl Actor for AccountActor {
         while let Some(job) = self.pending.pop_front() {
             self.fail_job(job, code);
         }
-        self.shared.forget(&self.id, &ctx.address());
+        self.shared.retire(&self.id, &ctx.address(), false);
     }
 }
 
@@ -437,12 +454,14 @@ impl Handler<Execute> for AccountActor {
     type Result = ();
 
     fn handle(&mut self, message: Execute, ctx: &mut Self::Context) {
+        self.arrived();
         let items = message
             .commands
             .into_iter()
             .map(|(index, command)| Item { index, work: Work::Client(command), settled: None })
             .collect();
         self.enqueue(Job { origin: Origin::Client(message.reply), items }, ctx);
+        self.stop_when_drained(ctx);
     }
 }
 
@@ -450,11 +469,13 @@ impl Handler<ApplyCredits> for AccountActor {
     type Result = ();
 
     fn handle(&mut self, message: ApplyCredits, ctx: &mut Self::Context) {
+        self.arrived();
         let items = message
             .0
             .into_iter()
             .map(|leg| Item { index: 0, work: Work::Credit(leg), settled: None })
             .collect();
         self.enqueue(Job { origin: Origin::Internal, items }, ctx);
+        self.stop_when_drained(ctx);
     }
 }

@@ -121,10 +121,8 @@ impl Ledger {
         for (account, commands) in routed {
             let indexes: Vec<usize> = commands.iter().map(|(i, _)| *i).collect();
             let (reply, answer) = oneshot::channel::<ExecuteReply>();
-            let sent = match self.shared.actor(&account) {
-                Ok(addr) => addr
-                    .try_send(Execute { commands, reply })
-                    .map_err(|_| ErrorCode::Overloaded),
+            let sent = match self.shared.reserve(&account) {
+                Ok(place) => place.send(Execute { commands, reply }).map_err(|_| ErrorCode::Overloaded),
                 Err(code) => Err(code),
             };
             match sent {

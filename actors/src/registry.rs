@@ -6,7 +6,7 @@
 //! actor for an account whose actor is alive, and never grow past its limits.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use actix::{Actor, Addr, ArbiterHandle};
@@ -21,6 +21,41 @@ use crate::config::{LedgerConfig, ACCOUNT_MAILBOX_CAPACITY, DIRECTORY_ACCOUNTS_M
 use crate::relay::OutboxRelay;
 use crate::stats::LedgerStats;
 
+/// A live actor and the number of messages reserved for its mailbox but not yet handled.
+///
+/// actix bounds a mailbox per sender (every `Addr` clone may park one extra message), so
+/// the bound is kept here instead: a place is reserved under the registry lock before a
+/// send, and released by the actor when it handles the message. The same count lets an
+/// idle actor retire without racing a sender (it retires only when nothing is reserved).
+#[derive(Clone)]
+struct Live {
+    addr: Addr<AccountActor>,
+    queued: Arc<AtomicUsize>,
+}
+
+/// One reserved mailbox place of an account actor.
+pub(crate) struct Reserved {
+    addr: Addr<AccountActor>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Reserved {
+    /// Sends into the reserved place; gives the message back if the actor is gone.
+    pub fn send<M>(self, message: M) -> Result<(), M>
+    where
+        M: actix::Message<Result = ()> + Send + 'static,
+        AccountActor: actix::Handler<M>,
+    {
+        match self.addr.try_send(message) {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                self.queued.fetch_sub(1, Ordering::AcqRel);
+                Err(error.into_inner())
+            }
+        }
+    }
+}
+
 /// What every actor of one ledger shares.
 pub struct Shared {
     pub store: Arc<dyn Store>,
@@ -28,7 +63,7 @@ pub struct Shared {
     pub space: Keyspace,
     pub stats: Arc<LedgerStats>,
     arbiters: Vec<ArbiterHandle>,
-    actors: Mutex<HashMap<AccountId, Addr<AccountActor>>>,
+    actors: Mutex<HashMap<AccountId, Live>>,
     relay: OnceLock<Addr<OutboxRelay>>,
     rescan_outbox: AtomicBool,
     directory: Mutex<HashMap<AccountId, Arc<AccountSpec>>>,
@@ -73,38 +108,62 @@ impl Shared {
         self.rescan_outbox.swap(false, Ordering::AcqRel)
     }
 
-    /// The live actor of `account`, started if needed.
-    pub(crate) fn actor(self: &Arc<Self>, account: &AccountId) -> Result<Addr<AccountActor>, ErrorCode> {
+    /// Reserves a place in `account`'s mailbox, starting its actor if needed; a full
+    /// mailbox (or too many live actors) answers `overloaded`.
+    pub(crate) fn reserve(self: &Arc<Self>, account: &AccountId) -> Result<Reserved, ErrorCode> {
         let mut actors = self.actors.lock().map_err(|_| ErrorCode::Internal)?;
-        if let Some(addr) = actors.get(account) {
-            if addr.connected() {
-                return Ok(addr.clone());
+        let live = match actors.get(account) {
+            Some(live) if live.addr.connected() => live.clone(),
+            _ => {
+                if actors.len() >= self.config.active_accounts_max {
+                    metrics::counter!("tessera_actors_activation_refused_total").increment(1);
+                    return Err(ErrorCode::Overloaded);
+                }
+                let live = self.start(account);
+                actors.insert(account.clone(), live.clone());
+                metrics::gauge!("tessera_actors_active_accounts").set(actors.len() as f64);
+                live
             }
-        }
-        if actors.len() >= self.config.active_accounts_max {
-            metrics::counter!("tessera_actors_activation_refused_total").increment(1);
+        };
+        if live.queued.load(Ordering::Acquire) >= ACCOUNT_MAILBOX_CAPACITY {
+            metrics::counter!("tessera_actors_mailbox_full_total").increment(1);
             return Err(ErrorCode::Overloaded);
         }
+        live.queued.fetch_add(1, Ordering::AcqRel);
+        Ok(Reserved { addr: live.addr, queued: live.queued })
+    }
+
+    fn start(self: &Arc<Self>, account: &AccountId) -> Live {
         let arbiter = &self.arbiters[self.arbiter_index(account)];
         let shared = Arc::clone(self);
         let id = account.clone();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&queued);
         let addr = AccountActor::start_in_arbiter(arbiter, move |ctx| {
-            ctx.set_mailbox_capacity(ACCOUNT_MAILBOX_CAPACITY);
-            AccountActor::new(id, shared)
+            // The reservation count above is the real bound; this is a backstop.
+            ctx.set_mailbox_capacity(2 * ACCOUNT_MAILBOX_CAPACITY);
+            AccountActor::new(id, shared, counter)
         });
-        actors.insert(account.clone(), addr.clone());
-        metrics::gauge!("tessera_actors_active_accounts").set(actors.len() as f64);
-        Ok(addr)
+        Live { addr, queued }
     }
 
-    /// Removes `account`'s entry if it still points at `addr` (called by a stopping actor).
-    pub(crate) fn forget(&self, account: &AccountId, addr: &Addr<AccountActor>) {
-        if let Ok(mut actors) = self.actors.lock() {
-            if actors.get(account).is_some_and(|live| live == addr) {
-                actors.remove(account);
+    /// Removes `account`'s entry if it still points at `addr` and, when `only_if_idle`,
+    /// nothing is reserved in its mailbox. Returns whether the entry is gone.
+    pub(crate) fn retire(&self, account: &AccountId, addr: &Addr<AccountActor>, only_if_idle: bool) -> bool {
+        let Ok(mut actors) = self.actors.lock() else { return false };
+        let retired = match actors.get(account) {
+            Some(live) if &live.addr == addr => {
+                if only_if_idle && live.queued.load(Ordering::Acquire) > 0 {
+                    false
+                } else {
+                    actors.remove(account);
+                    true
+                }
             }
-            metrics::gauge!("tessera_actors_active_accounts").set(actors.len() as f64);
-        }
+            _ => true,
+        };
+        metrics::gauge!("tessera_actors_active_accounts").set(actors.len() as f64);
+        retired
     }
 
     /// Number of live account actors.

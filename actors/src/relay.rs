@@ -45,8 +45,8 @@ impl OutboxRelay {
             by_payee.entry(leg.record.to.clone()).or_default().push(leg);
         }
         for (payee, legs) in by_payee {
-            let sent = match self.shared.actor(&payee) {
-                Ok(addr) => addr.try_send(ApplyCredits(legs)).map_err(|e| e.into_inner().0),
+            let sent = match self.shared.reserve(&payee) {
+                Ok(place) => place.send(ApplyCredits(legs)).map_err(|message| message.0),
                 Err(_) => Err(legs),
             };
             if let Err(legs) = sent {

@@ -799,18 +799,13 @@ fn items_beyond_the_pending_bound_are_overloaded() {
     });
 }
 
-/// KNOWN BUG 2 — an account actor's mailbox is not bounded. INV-6 and actors/src/lib.rs
-/// say a full mailbox answers `overloaded`; here 4 × `ACCOUNT_MAILBOX_CAPACITY` messages
-/// are sent to an actor that cannot drain its mailbox (its load is held back by the store
-/// gate) and every one is accepted: none answers `overloaded`.
-/// Cause: `Shared::actor` (actors/src/registry.rs) hands every caller a clone of the
-/// actor's `Addr`; actix gives each clone its own sender, and `try_send` on a sender that
-/// has not yet been parked always enqueues (actix `AddressSender::try_send` only refuses
-/// when that same sender is parked: capacity is `buffer + number of senders`, as in
-/// futures' mpsc). So `Ledger::dispatch` (actors/src/ledger.rs, `addr.try_send(Execute…)`)
-/// and the relay's `ApplyCredits` never see `Full`.
+/// Regression (bug 2, fixed): an account actor's mailbox was not bounded, because actix
+/// bounds a mailbox per sender and every caller got its own `Addr` clone. The registry now
+/// reserves a place under its lock before every send (`registry::Reserved`); here
+/// 4 × `ACCOUNT_MAILBOX_CAPACITY` messages go to an actor that cannot drain its mailbox and
+/// the excess must answer `overloaded`.
 #[test]
-fn bug_full_account_mailbox_answers_overloaded() {
+fn regression_full_account_mailbox_answers_overloaded() {
     in_system(|| async {
         let dir = tempfile::tempdir().unwrap();
         let store = gated_store(dir.path());
@@ -845,18 +840,13 @@ fn bug_full_account_mailbox_answers_overloaded() {
     });
 }
 
-/// KNOWN BUG 3 (a race; the test tries up to 8 rounds and failed in every run here) —
-/// actors passivate after a few idle milliseconds while clients keep paying; every call
-/// should get a definite answer. Actual: now and then a transfer gets `outcome_unknown` although it was never run
-/// (its lookup says `unknown_transfer`). Cause: `Shared::actor` (actors/src/registry.rs)
-/// hands out the `Addr` of an actor that is stopping (`AccountActor::tick` calls
-/// `ctx.stop()` when idle; `forget` runs only in `stopped`), `try_send` succeeds, and the
-/// actor stops without handling the message: the reply sender is dropped and
-/// `Ledger::dispatch` (actors/src/ledger.rs) answers `OutcomeUnknown`. The same race can
-/// drop a relay `ApplyCredits` message (relay.rs `route`), leaving a credit in the outbox
-/// until a rescan is requested for another reason.
+/// Regression (bug 3, fixed): actors passivating after a few idle milliseconds while
+/// clients keep paying sometimes dropped a message they had been handed (the registry gave
+/// out the `Addr` of a stopping actor), and the caller got `outcome_unknown` for a transfer
+/// that never ran. An idle actor now retires only when no mailbox place is reserved for it,
+/// under the registry lock; every call must get a definite answer.
 #[test]
-fn bug_passivation_under_load_gives_definite_answers() {
+fn regression_passivation_under_load_gives_definite_answers() {
     in_system(|| async {
         let dir = tempfile::tempdir().unwrap();
         let store = open_store(dir.path());

@@ -505,13 +505,8 @@ impl Model {
                     Err(ErrorCode::HoldExistsWithDifferentFields)
                 }
             }
-            // KNOWN BUG 1 (see `bug_hold_retry_after_capture_is_refused_for_funds` below):
-            // the intended answer for an existing hold id is its original outcome (or
-            // `hold_exists_with_different_fields`) whatever the balance; the account
-            // actor checks the limit first (draft.rs `hold`), so a retry that does not
-            // fit the available balance gets `insufficient_funds`. The model follows the
-            // code here so that the random test keeps checking everything else.
-            Some(_) if !fits => Err(ErrorCode::InsufficientFunds),
+            // An existing hold id answers its original outcome whatever the balance
+            // (regression: `regression_hold_retry_after_capture_gets_original_outcome`).
             Some(recorded) if same(&recorded.request) => Ok(Outcome::HoldCreated),
             Some(_) => Err(ErrorCode::HoldExistsWithDifferentFields),
             // Refusals for funds are not recorded: a later retry may succeed.
@@ -846,16 +841,12 @@ fn hand_picked_sequence_matches_the_model() {
     check_sequence(batches, &resolver);
 }
 
-/// KNOWN BUG 1 — a retry of a hold id whose hold was captured (or released) gets
-/// `insufficient_funds` when the account's available balance no longer covers the hold,
-/// instead of the original outcome `hold_created` (INV-3: a retry returns the original
-/// outcome). With enough funds the same retry gets `hold_created`: the answer to a retry
-/// depends on the current balance. A different request under the id gets
-/// `insufficient_funds` instead of `hold_exists_with_different_fields` the same way.
-/// Cause: actors/src/account/draft.rs `Draft::hold` checks `within_limit` before the
-/// hold-id precondition, and only an allowed hold `require`s the id to be new.
+/// Regression (bug 1, fixed): a retry of a hold id whose hold was captured (or released)
+/// got `insufficient_funds` when the available balance no longer covered the hold, instead
+/// of the original outcome `hold_created` (INV-3). `Draft::hold` checked `within_limit`
+/// before the hold-id precondition; it now requires the id to be new first.
 #[test]
-fn bug_hold_retry_after_capture_is_refused_for_funds() {
+fn regression_hold_retry_after_capture_gets_original_outcome() {
     use common::{capture, hold, transfer};
     in_system(|| async {
         let dir = tempfile::tempdir().unwrap();

@@ -276,10 +276,12 @@ impl<'a> Draft<'a> {
                 Err(ErrorCode::HoldExistsWithDifferentFields)
             };
         }
+        // The id must be new even when the hold is refused: if it exists (released or
+        // captured earlier), the precondition fails and the retry gets the original outcome.
+        let key = self.space.hold(&request.id);
+        require(txn, &key, None);
         let amount = i128::from(request.amount.signed());
         let result = if within_limit(self.spec(), self.available() - amount) {
-            let key = self.space.hold(&request.id);
-            require(txn, &key, None);
             let record = HoldRecord {
                 account: request.account.clone(),
                 amount: request.amount,
