@@ -65,8 +65,8 @@ struct EngineArgs {
     /// Data directory (must be empty or absent); default: a fresh temporary directory.
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Threads for account actors.
-    #[arg(long, default_value_t = 1)]
+    /// Threads for account actors (0: the benchmark driver's own thread).
+    #[arg(long, default_value_t = 0)]
     arbiters: usize,
     /// Print one JSON object instead of a summary.
     #[arg(long)]

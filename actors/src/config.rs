@@ -23,7 +23,8 @@ const _: () = assert!(RELAY_RETRY_CREDITS_MAX >= cells::ledger::BATCH_COMMANDS_M
 pub struct LedgerConfig {
     /// Keyspace the ledger reads and writes (real money or shadow traffic).
     pub keyspace: Keyspace,
-    /// Arbiters (threads) the account actors are spread over, by cell.
+    /// Arbiters (threads) the account actors are spread over; 0 runs them on the arbiter
+    /// that starts the ledger.
     pub arbiters: usize,
     /// Most account actors alive at once; activation beyond it answers `overloaded`.
     pub active_accounts_max: usize,

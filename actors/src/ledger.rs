@@ -54,12 +54,20 @@ type Routed = HashMap<AccountId, Vec<(usize, AccountCommand)>>;
 
 impl Ledger {
     /// Starts the ledger's arbiters, relay and registry. Call inside a running actix system.
+    ///
+    /// With `config.arbiters == 0` every actor runs on the calling arbiter: a caller on that
+    /// same thread then talks to its actors without crossing threads.
     pub fn start(store: Arc<dyn Store>, config: LedgerConfig) -> Ledger {
-        let arbiters: Vec<Arbiter> = (0..config.arbiters.max(1)).map(|_| Arbiter::new()).collect();
-        let handles: Vec<ArbiterHandle> = arbiters.iter().map(Arbiter::handle).collect();
+        let arbiters: Vec<Arbiter> = (0..config.arbiters).map(|_| Arbiter::new()).collect();
+        let handles: Vec<ArbiterHandle> = if arbiters.is_empty() {
+            vec![Arbiter::current()]
+        } else {
+            arbiters.iter().map(Arbiter::handle).collect()
+        };
+        let relay_arbiter = handles[0].clone();
         let shared = Arc::new(Shared::new(store, config, handles));
         let relay_shared = Arc::clone(&shared);
-        let relay = OutboxRelay::start_in_arbiter(&arbiters[0].handle(), move |_| {
+        let relay = OutboxRelay::start_in_arbiter(&relay_arbiter, move |_| {
             OutboxRelay::new(relay_shared)
         });
         shared.set_relay(relay);
