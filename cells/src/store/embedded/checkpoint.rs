@@ -94,8 +94,8 @@ fn checkpoint(shared: &Shared, job: &CheckpointJob) -> Result<(), StoreError> {
     let mut ingestion = shared.checkpoint.start_ingestion().map_err(fjall)?;
     for (key, value) in job.memtable.entries() {
         match value {
-            Some(value) => ingestion.write(key.as_slice(), value.as_slice()),
-            None => ingestion.write_tombstone(key.as_slice()),
+            Some(value) => ingestion.write(key, value.as_slice()),
+            None => ingestion.write_tombstone(key),
         }
         .map_err(fjall)?;
     }

@@ -342,7 +342,7 @@ fn build_overlay<'a>(
     verdicts: &[Verdict],
     has_range: &mut bool,
 ) -> Overlay<'a> {
-    let mut overlay = Overlay::new();
+    let mut overlay = Overlay::with_capacity(4_096);
     for (pending, verdict) in accepted_before.iter().zip(verdicts) {
         if matches!(verdict, Verdict::Accepted { .. }) {
             add_to_overlay(&mut overlay, &pending.writes, has_range);
