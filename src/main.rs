@@ -19,7 +19,11 @@ use drills::bench::engine::{self, EngineBenchConfig, Scenario};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "tessera", version, about = "Actor-based, multi-active cell runtime for payments")]
+#[command(
+    name = "tessera",
+    version,
+    about = "Actor-based, multi-active cell runtime for payments"
+)]
 struct Cli {
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9000).
     #[arg(long, global = true)]
@@ -37,6 +41,14 @@ enum Command {
     CrashLoad(CrashLoadArgs),
     /// Checks a store: acknowledged transfers present exactly once, money invariants hold.
     Audit(AuditArgs),
+    /// Opens a store (recovering it), prints how long that took, and exits.
+    StoreOpen(StoreOpenArgs),
+}
+
+#[derive(Args)]
+struct StoreOpenArgs {
+    #[arg(long)]
+    data_dir: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -58,7 +70,7 @@ struct EngineArgs {
     #[arg(long, default_value_t = 8_190)]
     batch_size: usize,
     /// Batches in flight at once.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 2)]
     in_flight: usize,
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -104,7 +116,9 @@ struct AuditArgs {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     if let Some(address) = cli.metrics_listen {
@@ -117,6 +131,14 @@ fn main() -> Result<()> {
         Command::Bench(Bench::Engine(args)) => bench_engine(args),
         Command::CrashLoad(args) => crash_load(args),
         Command::Audit(args) => audit(args),
+        Command::StoreOpen(args) => {
+            let started = std::time::Instant::now();
+            let store = open_store(&args.data_dir)?;
+            let open_seconds = started.elapsed().as_secs_f64();
+            drop(store);
+            println!("{}", serde_json::json!({ "open_seconds": open_seconds }));
+            Ok(())
+        }
     }
 }
 
@@ -137,25 +159,36 @@ fn bench_engine(args: EngineArgs) -> Result<()> {
         progress: !args.json,
     };
     config.validate()?;
-    let temporary;
+    let mut temporary = None;
     let dir = match args.data_dir {
         Some(dir) => {
             if dir.exists() && std::fs::read_dir(&dir)?.next().is_some() {
-                bail!("data dir {} is not empty; the benchmark needs a fresh store", dir.display());
+                bail!(
+                    "data dir {} is not empty; the benchmark needs a fresh store",
+                    dir.display()
+                );
             }
             dir
         }
         None => {
-            temporary = tempfile_dir()?;
-            temporary.clone()
+            let dir = tempfile_dir()?;
+            temporary = Some(dir.clone());
+            dir
         }
     };
     let store = open_store(&dir)?;
-    let ledger_config = LedgerConfig { arbiters: args.arbiters, ..LedgerConfig::default() };
+    let ledger_config = LedgerConfig {
+        arbiters: args.arbiters,
+        ..LedgerConfig::default()
+    };
     let report = actix_rt::System::new().block_on(async move {
         let ledger = Ledger::start(store, ledger_config);
         engine::run(&ledger, &config).await
     })?;
+    if let Some(dir) = temporary {
+        std::fs::remove_dir_all(&dir)
+            .with_context(|| format!("cannot remove the benchmark's store {}", dir.display()))?;
+    }
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -205,7 +238,11 @@ fn audit(args: AuditArgs) -> Result<()> {
     } else {
         println!(
             "{}: {} acknowledged, {} missing, {} accounts, {} postings, {} discrepancies",
-            if report.is_clean() { "CLEAN" } else { "DISCREPANCIES" },
+            if report.is_clean() {
+                "CLEAN"
+            } else {
+                "DISCREPANCIES"
+            },
             report.acknowledged,
             report.missing.len(),
             report.audit.accounts,

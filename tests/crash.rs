@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 
@@ -19,12 +19,29 @@ fn tessera() -> Command {
 }
 
 /// Starts a load; returns the child and a channel of its output lines.
-fn start_load(dir: &Path, run: &str, seed: u64, batch_size: usize) -> (Child, mpsc::Receiver<String>) {
+fn start_load(
+    dir: &Path,
+    run: &str,
+    seed: u64,
+    batch_size: usize,
+) -> (Child, mpsc::Receiver<String>) {
     let mut child = tessera()
         .args(["crash-load", "--data-dir"])
         .arg(dir)
-        .args(["--run", run, "--seed", &seed.to_string(), "--accounts", "40"])
-        .args(["--batch-size", &batch_size.to_string(), "--transfers", "100000000"])
+        .args([
+            "--run",
+            run,
+            "--seed",
+            &seed.to_string(),
+            "--accounts",
+            "40",
+        ])
+        .args([
+            "--batch-size",
+            &batch_size.to_string(),
+            "--transfers",
+            "100000000",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -43,14 +60,10 @@ fn start_load(dir: &Path, run: &str, seed: u64, batch_size: usize) -> (Child, mp
 }
 
 fn wait_ready(receiver: &mpsc::Receiver<String>) {
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match receiver.recv_timeout(left) {
-            Ok(line) if line == "ready" => return,
-            Ok(line) => panic!("unexpected line before ready: {line}"),
-            Err(error) => panic!("load never became ready: {error}"),
-        }
+    match receiver.recv_timeout(READY_TIMEOUT) {
+        Ok(line) if line == "ready" => {}
+        Ok(line) => panic!("unexpected line before ready: {line}"),
+        Err(error) => panic!("load never became ready: {error}"),
     }
 }
 
@@ -62,9 +75,16 @@ fn audit(dir: &Path, acked: &Path) -> serde_json::Value {
         .arg(acked)
         .output()
         .expect("run tessera audit");
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|_| panic!("audit printed no JSON: {}", String::from_utf8_lossy(&output.stderr)));
-    assert!(output.status.success(), "audit found discrepancies: {report}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|_| {
+        panic!(
+            "audit printed no JSON: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    assert!(
+        output.status.success(),
+        "audit found discrepancies: {report}"
+    );
     report
 }
 
@@ -83,7 +103,8 @@ fn kill_nine_loses_no_acknowledged_transfer() {
     let mut total_acked = 0usize;
     for kill in 0..KILL_POINTS {
         let batch_size = [1, 7, 64, 500][rng.random_range(0..4)];
-        let (mut child, receiver) = start_load(&data, &format!("k{kill}"), rng.random(), batch_size);
+        let (mut child, receiver) =
+            start_load(&data, &format!("k{kill}"), rng.random(), batch_size);
         wait_ready(&receiver);
         std::thread::sleep(Duration::from_millis(rng.random_range(20..400)));
         child.kill().expect("SIGKILL the load");
@@ -102,5 +123,8 @@ fn kill_nine_loses_no_acknowledged_transfer() {
         assert!(report["missing"].as_array().unwrap().is_empty(), "{report}");
         println!("kill {kill}: batch {batch_size}, {acked_now} acknowledged before the kill");
     }
-    assert!(total_acked > 0, "the load acknowledged nothing: the test proved nothing");
+    assert!(
+        total_acked > 0,
+        "the load acknowledged nothing: the test proved nothing"
+    );
 }

@@ -134,7 +134,12 @@ pub(crate) struct Job {
 impl Job {
     fn answer(self, results: Vec<CommandResult>) {
         if let Origin::Client(reply) = self.origin {
-            let answer = self.items.iter().map(|item| item.index).zip(results).collect();
+            let answer = self
+                .items
+                .iter()
+                .map(|item| item.index)
+                .zip(results)
+                .collect();
             // The caller may have given up; nothing to do then.
             let _ = reply.send(answer);
         }
@@ -217,7 +222,9 @@ impl AccountActor {
         if self.in_flight || self.pending.is_empty() {
             return;
         }
-        let Some(state) = self.state.as_ref() else { return };
+        let Some(state) = self.state.as_ref() else {
+            return;
+        };
         let mut jobs = Vec::new();
         let mut items = 0;
         while let Some(job) = self.pending.front() {
@@ -266,20 +273,31 @@ impl AccountActor {
             }
             Err(CommitError::Rejected(error)) => {
                 tracing::warn!(account = %self.id, %error, "commit rejected by the store");
-                jobs.into_iter().for_each(|job| self.fail_job(job, ErrorCode::Unavailable));
+                jobs.into_iter()
+                    .for_each(|job| self.fail_job(job, ErrorCode::Unavailable));
             }
             Err(CommitError::Unknown { detail }) => {
                 tracing::error!(account = %self.id, %detail, "commit outcome unknown; reloading");
-                jobs.into_iter().for_each(|job| self.fail_job(job, ErrorCode::OutcomeUnknown));
+                jobs.into_iter()
+                    .for_each(|job| self.fail_job(job, ErrorCode::OutcomeUnknown));
                 self.stop_failing(ErrorCode::Unavailable, ctx);
             }
         }
     }
 
     fn on_committed(&mut self, jobs: Vec<Job>, mut delta: Delta) {
-        let Some(state) = self.state.as_mut() else { return };
+        let Some(state) = self.state.as_mut() else {
+            return;
+        };
         delta.apply_to(state);
-        let Delta { results, credits, finalized, debits, credits_applied, .. } = delta;
+        let Delta {
+            results,
+            credits,
+            finalized,
+            debits,
+            credits_applied,
+            ..
+        } = delta;
         for (hold, final_state) in finalized {
             if self.recent_final.len() >= RECENT_FINAL_HOLDS_MAX {
                 self.recent_final.clear();
@@ -287,8 +305,12 @@ impl AccountActor {
             self.recent_final.insert(hold, final_state);
         }
         let stats = &self.shared.stats;
-        stats.debits_committed.fetch_add(debits, std::sync::atomic::Ordering::AcqRel);
-        stats.credits_committed.fetch_add(credits_applied, std::sync::atomic::Ordering::AcqRel);
+        stats
+            .debits_committed
+            .fetch_add(debits, std::sync::atomic::Ordering::AcqRel);
+        stats
+            .credits_committed
+            .fetch_add(credits_applied, std::sync::atomic::Ordering::AcqRel);
         metrics::counter!("tessera_actors_debits_committed_total").increment(debits);
         metrics::counter!("tessera_actors_credits_committed_total").increment(credits_applied);
         let mut results = results.into_iter();
@@ -312,18 +334,30 @@ impl AccountActor {
     /// Fails a job: callers get `code`; credit legs stay in the durable outbox and the
     /// relay is asked to rescan it.
     fn fail_job(&self, job: Job, code: ErrorCode) {
-        if job.items.iter().any(|item| matches!(item.work, Work::Credit(_))) {
+        if job
+            .items
+            .iter()
+            .any(|item| matches!(item.work, Work::Credit(_)))
+        {
             self.shared.request_outbox_rescan();
         }
         job.fail(code);
     }
 
-    fn on_precondition_failed(&mut self, keys: Vec<Vec<u8>>, mut jobs: Vec<Job>, ctx: &mut Context<Self>) {
-        let Some(state) = self.state.as_ref() else { return };
+    fn on_precondition_failed(
+        &mut self,
+        keys: Vec<Vec<u8>>,
+        mut jobs: Vec<Job>,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(state) = self.state.as_ref() else {
+            return;
+        };
         let epoch_key = self.shared.space.slot_epoch(state.slot);
         if keys.contains(&epoch_key) {
             tracing::warn!(account = %self.id, "slot epoch changed: no longer the owner");
-            jobs.into_iter().for_each(|job| self.fail_job(job, ErrorCode::NotOwner));
+            jobs.into_iter()
+                .for_each(|job| self.fail_job(job, ErrorCode::NotOwner));
             self.stop_failing(ErrorCode::NotOwner, ctx);
             return;
         }
@@ -335,17 +369,22 @@ impl AccountActor {
             (conflicted, store.get_many(reads).await)
         };
         self.in_flight = true;
-        ctx.spawn(fut.into_actor(self).map(move |(conflicted, values), actor, ctx| {
-            actor.in_flight = false;
-            match values {
-                Ok(values) => {
-                    draft::settle_duplicates(&mut jobs, conflicted, values);
-                    actor.requeue_front(jobs);
-                }
-                Err(_) => jobs.into_iter().for_each(|job| actor.fail_job(job, ErrorCode::Unavailable)),
-            }
-            actor.seal(ctx);
-        }));
+        ctx.spawn(
+            fut.into_actor(self)
+                .map(move |(conflicted, values), actor, ctx| {
+                    actor.in_flight = false;
+                    match values {
+                        Ok(values) => {
+                            draft::settle_duplicates(&mut jobs, conflicted, values);
+                            actor.requeue_front(jobs);
+                        }
+                        Err(_) => jobs
+                            .into_iter()
+                            .for_each(|job| actor.fail_job(job, ErrorCode::Unavailable)),
+                    }
+                    actor.seal(ctx);
+                }),
+        );
     }
 
     fn requeue_front(&mut self, jobs: Vec<Job>) {
@@ -380,7 +419,9 @@ impl AccountActor {
 
     /// Periodic housekeeping: hold expiry, netting for `append` accounts, passivation.
     fn tick(&mut self, ctx: &mut Context<Self>) {
-        let Some(state) = self.state.as_ref() else { return };
+        let Some(state) = self.state.as_ref() else {
+            return;
+        };
         let now = now_ms();
         let expired: Vec<HoldId> = state
             .holds
@@ -392,12 +433,32 @@ impl AccountActor {
         if !expired.is_empty() {
             let items = expired
                 .into_iter()
-                .map(|hold| Item { index: 0, work: Work::Expire(hold), settled: None })
+                .map(|hold| Item {
+                    index: 0,
+                    work: Work::Expire(hold),
+                    settled: None,
+                })
                 .collect();
-            self.enqueue(Job { origin: Origin::Internal, items }, ctx);
+            self.enqueue(
+                Job {
+                    origin: Origin::Internal,
+                    items,
+                },
+                ctx,
+            );
         } else if unnetted > 0 && !self.in_flight && self.pending.is_empty() {
-            let items = vec![Item { index: 0, work: Work::Net, settled: None }];
-            self.enqueue(Job { origin: Origin::Internal, items }, ctx);
+            let items = vec![Item {
+                index: 0,
+                work: Work::Net,
+                settled: None,
+            }];
+            self.enqueue(
+                Job {
+                    origin: Origin::Internal,
+                    items,
+                },
+                ctx,
+            );
         } else if self.idle() && self.shared.retire(&self.id, &ctx.address(), true) {
             ctx.stop();
         }
@@ -424,21 +485,24 @@ impl Actor for AccountActor {
         let shared = Arc::clone(&self.shared);
         let id = self.id.clone();
         let load = async move { load::load(&shared, &id).await };
-        ctx.wait(load.into_actor(self).map(|result, actor, ctx| match result {
-            Ok(state) => {
-                actor.shared.remember(Arc::clone(&state.spec));
-                actor.state = Some(state);
-                let tick = actor.shared.config.tick;
-                ctx.run_interval(tick, |actor, ctx| actor.tick(ctx));
-            }
-            Err(error) => {
-                let code = error.code();
-                if code != ErrorCode::UnknownAccount {
-                    tracing::error!(account = %actor.id, %error, "cannot load account");
-                }
-                actor.stop_failing(code, ctx);
-            }
-        }));
+        ctx.wait(
+            load.into_actor(self)
+                .map(|result, actor, ctx| match result {
+                    Ok(state) => {
+                        actor.shared.remember(Arc::clone(&state.spec));
+                        actor.state = Some(state);
+                        let tick = actor.shared.config.tick;
+                        ctx.run_interval(tick, |actor, ctx| actor.tick(ctx));
+                    }
+                    Err(error) => {
+                        let code = error.code();
+                        if code != ErrorCode::UnknownAccount {
+                            tracing::error!(account = %actor.id, %error, "cannot load account");
+                        }
+                        actor.stop_failing(code, ctx);
+                    }
+                }),
+        );
     }
 
     fn stopped(&mut self, ctx: &mut Self::Context) {
@@ -458,9 +522,19 @@ impl Handler<Execute> for AccountActor {
         let items = message
             .commands
             .into_iter()
-            .map(|(index, command)| Item { index, work: Work::Client(command), settled: None })
+            .map(|(index, command)| Item {
+                index,
+                work: Work::Client(command),
+                settled: None,
+            })
             .collect();
-        self.enqueue(Job { origin: Origin::Client(message.reply), items }, ctx);
+        self.enqueue(
+            Job {
+                origin: Origin::Client(message.reply),
+                items,
+            },
+            ctx,
+        );
         self.stop_when_drained(ctx);
     }
 }
@@ -473,9 +547,19 @@ impl Handler<ApplyCredits> for AccountActor {
         let items = message
             .0
             .into_iter()
-            .map(|leg| Item { index: 0, work: Work::Credit(leg), settled: None })
+            .map(|leg| Item {
+                index: 0,
+                work: Work::Credit(leg),
+                settled: None,
+            })
             .collect();
-        self.enqueue(Job { origin: Origin::Internal, items }, ctx);
+        self.enqueue(
+            Job {
+                origin: Origin::Internal,
+                items,
+            },
+            ctx,
+        );
         self.stop_when_drained(ctx);
     }
 }

@@ -44,7 +44,7 @@ impl Default for LedgerConfig {
             active_accounts_max: 1_000_000,
             idle_timeout: Duration::from_secs(30),
             netting_postings: 10_000,
-            tick: Duration::from_millis(100),
+            tick: Duration::from_secs(1),
         }
     }
 }

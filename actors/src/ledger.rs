@@ -18,7 +18,9 @@ use cells::ledger::{
     validate_account_spec, Command, CommandResult, ErrorCode, HoldView, Outcome, TransferStatus,
     TransferView, BATCH_COMMANDS_MAX,
 };
-use cells::records::{self, AccountRecord, AccountSpec, HoldRecord, OutboxKind, TransferOutcome, TransferRecord};
+use cells::records::{
+    self, AccountRecord, AccountSpec, HoldRecord, OutboxKind, TransferOutcome, TransferRecord,
+};
 use cells::slot::slot_of;
 use cells::store::{CommitError, Store};
 use futures::channel::oneshot;
@@ -67,11 +69,13 @@ impl Ledger {
         let relay_arbiter = handles[0].clone();
         let shared = Arc::new(Shared::new(store, config, handles));
         let relay_shared = Arc::clone(&shared);
-        let relay = OutboxRelay::start_in_arbiter(&relay_arbiter, move |_| {
-            OutboxRelay::new(relay_shared)
-        });
+        let relay =
+            OutboxRelay::start_in_arbiter(&relay_arbiter, move |_| OutboxRelay::new(relay_shared));
         shared.set_relay(relay);
-        Ledger { shared, _arbiters: Arc::new(arbiters) }
+        Ledger {
+            shared,
+            _arbiters: Arc::new(arbiters),
+        }
     }
 
     pub fn stats(&self) -> &Arc<LedgerStats> {
@@ -94,7 +98,9 @@ impl Ledger {
     /// Runs a batch of commands; one result per command, in order.
     pub async fn execute(&self, commands: Vec<Command>) -> Result<Vec<CommandResult>, BatchError> {
         if commands.len() > BATCH_COMMANDS_MAX {
-            return Err(BatchError::TooLarge { len: commands.len() });
+            return Err(BatchError::TooLarge {
+                len: commands.len(),
+            });
         }
         let mut results: Vec<Option<CommandResult>> = vec![None; commands.len()];
         mark_duplicate_ids(&commands, &mut results);
@@ -121,7 +127,10 @@ impl Ledger {
             }
         }
         self.dispatch(routed, &mut results).await;
-        Ok(results.into_iter().map(|r| r.unwrap_or(Err(ErrorCode::Internal))).collect())
+        Ok(results
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(ErrorCode::Internal)))
+            .collect())
     }
 
     async fn dispatch(&self, routed: Routed, results: &mut [Option<CommandResult>]) {
@@ -130,24 +139,32 @@ impl Ledger {
             let indexes: Vec<usize> = commands.iter().map(|(i, _)| *i).collect();
             let (reply, answer) = oneshot::channel::<ExecuteReply>();
             let sent = match self.shared.reserve(&account) {
-                Ok(place) => place.send(Execute { commands, reply }).map_err(|_| ErrorCode::Overloaded),
+                Ok(place) => place
+                    .send(Execute { commands, reply })
+                    .map_err(|_| ErrorCode::Overloaded),
                 Err(code) => Err(code),
             };
             match sent {
                 Ok(()) => waiting.push((indexes, answer)),
                 Err(code) => {
                     metrics::counter!("tessera_actors_overloaded_total").increment(1);
-                    indexes.into_iter().for_each(|i| results[i] = Some(Err(code)));
+                    indexes
+                        .into_iter()
+                        .for_each(|i| results[i] = Some(Err(code)));
                 }
             }
         }
-        let answers = join_all(waiting.into_iter().map(|(indexes, answer)| async move {
-            (indexes, answer.await)
-        }))
+        let answers = join_all(
+            waiting
+                .into_iter()
+                .map(|(indexes, answer)| async move { (indexes, answer.await) }),
+        )
         .await;
         for (indexes, answer) in answers {
             match answer {
-                Ok(pairs) => pairs.into_iter().for_each(|(i, result)| results[i] = Some(result)),
+                Ok(pairs) => pairs
+                    .into_iter()
+                    .for_each(|(i, result)| results[i] = Some(result)),
                 // The actor stopped before answering: nothing it had not answered committed
                 // without its caller hearing of it, except an unknown outcome.
                 Err(_) => indexes
@@ -164,8 +181,20 @@ impl Ledger {
         specs: &HashMap<AccountId, Option<Arc<AccountSpec>>>,
         holds: &HashMap<HoldId, Option<HoldRecord>>,
     ) -> Result<Option<(AccountId, AccountCommand)>, ErrorCode> {
-        let spec = |id: &AccountId| specs.get(id).cloned().flatten().ok_or(ErrorCode::UnknownAccount);
-        let hold = |id: &HoldId| holds.get(id).cloned().flatten().ok_or(ErrorCode::UnknownHold);
+        let spec = |id: &AccountId| {
+            specs
+                .get(id)
+                .cloned()
+                .flatten()
+                .ok_or(ErrorCode::UnknownAccount)
+        };
+        let hold = |id: &HoldId| {
+            holds
+                .get(id)
+                .cloned()
+                .flatten()
+                .ok_or(ErrorCode::UnknownHold)
+        };
         match command {
             Command::CreateAccount(_) => Err(ErrorCode::Internal),
             Command::Transfer(request) => {
@@ -176,19 +205,28 @@ impl Ledger {
                 if from.currency != request.currency || to.currency != request.currency {
                     return Err(ErrorCode::CurrencyMismatch);
                 }
-                Ok(Some((request.from.clone(), AccountCommand::Transfer(request.clone()))))
+                Ok(Some((
+                    request.from.clone(),
+                    AccountCommand::Transfer(request.clone()),
+                )))
             }
             Command::Hold(request) => {
                 let account = spec(&request.account)?;
                 if account.currency != request.currency {
                     return Err(ErrorCode::CurrencyMismatch);
                 }
-                Ok(Some((request.account.clone(), AccountCommand::Hold(request.clone()))))
+                Ok(Some((
+                    request.account.clone(),
+                    AccountCommand::Hold(request.clone()),
+                )))
             }
             Command::Release(id) => {
                 let record = hold(id)?;
                 let account = record.account.clone();
-                Ok(Some((account, AccountCommand::Release(id.clone(), Box::new(record)))))
+                Ok(Some((
+                    account,
+                    AccountCommand::Release(id.clone(), Box::new(record)),
+                )))
             }
             Command::Capture(request) => {
                 let record = hold(&request.hold)?;
@@ -199,7 +237,10 @@ impl Ledger {
                     return Err(ErrorCode::CurrencyMismatch);
                 }
                 let account = record.account.clone();
-                Ok(Some((account, AccountCommand::Capture(request.clone(), Box::new(record)))))
+                Ok(Some((
+                    account,
+                    AccountCommand::Capture(request.clone(), Box::new(record)),
+                )))
             }
             Command::LookupAccount(id) => {
                 spec(id)?;
@@ -218,8 +259,12 @@ impl Ledger {
         let store = &self.shared.store;
         match command {
             Command::LookupTransfer(id) => {
-                let bytes = store.get(&space.transfer(id)).await.map_err(|_| ErrorCode::Unavailable)?;
-                let record: TransferRecord = decode("transfer", bytes.ok_or(ErrorCode::UnknownTransfer)?)?;
+                let bytes = store
+                    .get(&space.transfer(id))
+                    .await
+                    .map_err(|_| ErrorCode::Unavailable)?;
+                let record: TransferRecord =
+                    decode("transfer", bytes.ok_or(ErrorCode::UnknownTransfer)?)?;
                 let status = match record.outcome {
                     TransferOutcome::Rejected(code) => TransferStatus::Rejected(code),
                     TransferOutcome::Accepted => {
@@ -245,7 +290,10 @@ impl Ledger {
                 }))
             }
             Command::LookupHold(id) => {
-                let bytes = store.get(&space.hold(id)).await.map_err(|_| ErrorCode::Unavailable)?;
+                let bytes = store
+                    .get(&space.hold(id))
+                    .await
+                    .map_err(|_| ErrorCode::Unavailable)?;
                 let record: HoldRecord = decode("hold", bytes.ok_or(ErrorCode::UnknownHold)?)?;
                 Ok(Outcome::Hold(HoldView {
                     id: id.clone(),
@@ -262,7 +310,10 @@ impl Ledger {
 
     async fn load_spec(&self, account: &AccountId) -> Result<Arc<AccountSpec>, ErrorCode> {
         let mut specs = self.shared.specs(vec![account.clone()]).await?;
-        specs.remove(account).flatten().ok_or(ErrorCode::UnknownAccount)
+        specs
+            .remove(account)
+            .flatten()
+            .ok_or(ErrorCode::UnknownAccount)
     }
 
     /// Specs of every account the batch names (creations are already done).
@@ -316,7 +367,12 @@ impl Ledger {
             return Ok(HashMap::new());
         }
         let keys = ids.iter().map(|id| self.shared.space.hold(id)).collect();
-        let values = self.shared.store.get_many(keys).await.map_err(|_| ErrorCode::Unavailable)?;
+        let values = self
+            .shared
+            .store
+            .get_many(keys)
+            .await
+            .map_err(|_| ErrorCode::Unavailable)?;
         let mut holds = HashMap::with_capacity(ids.len());
         for (id, value) in ids.into_iter().zip(values) {
             let record = match value {
@@ -361,20 +417,27 @@ impl Ledger {
                     } else {
                         ErrorCode::Unavailable
                     };
-                    todo.drain(..).for_each(|(index, _)| results[index] = Some(Err(code)));
+                    todo.drain(..)
+                        .for_each(|(index, _)| results[index] = Some(Err(code)));
                 }
             }
         }
-        todo.drain(..).for_each(|(index, _)| results[index] = Some(Err(ErrorCode::Unavailable)));
+        todo.drain(..)
+            .for_each(|(index, _)| results[index] = Some(Err(ErrorCode::Unavailable)));
     }
 
     async fn try_create(&self, todo: &[(usize, AccountSpec)]) -> Result<(), CommitError> {
         let mut txn = self.shared.store.begin().map_err(CommitError::Rejected)?;
         for (_, spec) in todo {
             let key = self.shared.space.account(&spec.id);
-            let record = AccountRecord { spec: spec.clone(), balance: 0, balance_through_seq: 0 };
+            let record = AccountRecord {
+                spec: spec.clone(),
+                balance: 0,
+                balance_through_seq: 0,
+            };
             txn.require(&key, None).map_err(CommitError::Rejected)?;
-            txn.set(&key, &records::encode(&record)).map_err(CommitError::Rejected)?;
+            txn.set(&key, &records::encode(&record))
+                .map_err(CommitError::Rejected)?;
         }
         txn.commit().await.map(|_| ())
     }
@@ -386,24 +449,33 @@ impl Ledger {
         results: &mut [Option<CommandResult>],
     ) {
         let space = self.shared.space;
-        let (existing, rest): (Vec<_>, Vec<_>) =
-            todo.drain(..).partition(|(_, spec)| failed.contains(&space.account(&spec.id)));
+        let (existing, rest): (Vec<_>, Vec<_>) = todo
+            .drain(..)
+            .partition(|(_, spec)| failed.contains(&space.account(&spec.id)));
         *todo = rest;
-        let keys = existing.iter().map(|(_, spec)| space.account(&spec.id)).collect();
+        let keys = existing
+            .iter()
+            .map(|(_, spec)| space.account(&spec.id))
+            .collect();
         let values = self.shared.store.get_many(keys).await;
         for (position, (index, spec)) in existing.into_iter().enumerate() {
             let stored = values.as_ref().ok().and_then(|v| v[position].clone());
-            results[index] = Some(match stored.map(|bytes| decode::<AccountRecord>("account", bytes)) {
-                Some(Ok(record)) if record.spec == spec => Err(ErrorCode::AccountExists),
-                Some(Ok(_)) => Err(ErrorCode::AccountExistsWithDifferentFields),
-                Some(Err(code)) => Err(code),
-                None => Err(ErrorCode::Unavailable),
-            });
+            results[index] = Some(
+                match stored.map(|bytes| decode::<AccountRecord>("account", bytes)) {
+                    Some(Ok(record)) if record.spec == spec => Err(ErrorCode::AccountExists),
+                    Some(Ok(_)) => Err(ErrorCode::AccountExistsWithDifferentFields),
+                    Some(Err(code)) => Err(code),
+                    None => Err(ErrorCode::Unavailable),
+                },
+            );
         }
     }
 }
 
-fn decode<T: serde::de::DeserializeOwned>(name: &'static str, bytes: Vec<u8>) -> Result<T, ErrorCode> {
+fn decode<T: serde::de::DeserializeOwned>(
+    name: &'static str,
+    bytes: Vec<u8>,
+) -> Result<T, ErrorCode> {
     records::decode(name, &bytes).map_err(|error| {
         tracing::error!(%error, "undecodable record");
         ErrorCode::Internal
@@ -411,7 +483,10 @@ fn decode<T: serde::de::DeserializeOwned>(name: &'static str, bytes: Vec<u8>) ->
 }
 
 fn fill(results: Vec<Option<CommandResult>>, code: ErrorCode) -> Vec<CommandResult> {
-    results.into_iter().map(|r| r.unwrap_or(Err(code))).collect()
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or(Err(code)))
+        .collect()
 }
 
 /// Marks every repeat of an id within the batch (the first occurrence runs).

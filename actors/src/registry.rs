@@ -130,7 +130,10 @@ impl Shared {
             return Err(ErrorCode::Overloaded);
         }
         live.queued.fetch_add(1, Ordering::AcqRel);
-        Ok(Reserved { addr: live.addr, queued: live.queued })
+        Ok(Reserved {
+            addr: live.addr,
+            queued: live.queued,
+        })
     }
 
     fn start(self: &Arc<Self>, account: &AccountId) -> Live {
@@ -149,8 +152,15 @@ impl Shared {
 
     /// Removes `account`'s entry if it still points at `addr` and, when `only_if_idle`,
     /// nothing is reserved in its mailbox. Returns whether the entry is gone.
-    pub(crate) fn retire(&self, account: &AccountId, addr: &Addr<AccountActor>, only_if_idle: bool) -> bool {
-        let Ok(mut actors) = self.actors.lock() else { return false };
+    pub(crate) fn retire(
+        &self,
+        account: &AccountId,
+        addr: &Addr<AccountActor>,
+        only_if_idle: bool,
+    ) -> bool {
+        let Ok(mut actors) = self.actors.lock() else {
+            return false;
+        };
         let retired = match actors.get(account) {
             Some(live) if &live.addr == addr => {
                 if only_if_idle && live.queued.load(Ordering::Acquire) > 0 {
@@ -198,7 +208,11 @@ impl Shared {
             return Ok(found);
         }
         let keys = missing.iter().map(|a| self.space.account(a)).collect();
-        let values = self.store.get_many(keys).await.map_err(|_| ErrorCode::Unavailable)?;
+        let values = self
+            .store
+            .get_many(keys)
+            .await
+            .map_err(|_| ErrorCode::Unavailable)?;
         for (account, value) in missing.into_iter().zip(values) {
             let spec = match value {
                 Some(bytes) => {

@@ -36,7 +36,11 @@ pub struct OutboxRelay {
 
 impl OutboxRelay {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        OutboxRelay { shared, retry: VecDeque::new(), scanning: false }
+        OutboxRelay {
+            shared,
+            retry: VecDeque::new(),
+            scanning: false,
+        }
     }
 
     fn route(&mut self, legs: Vec<CreditLeg>) {
@@ -91,7 +95,8 @@ impl OutboxRelay {
                     return;
                 }
             };
-            let next = (page.len() == RESCAN_PAGE_ROWS).then(|| page.last().map(|(k, _)| k.clone()));
+            let next =
+                (page.len() == RESCAN_PAGE_ROWS).then(|| page.last().map(|(k, _)| k.clone()));
             let mut legs = Vec::with_capacity(page.len());
             for (key, value) in page {
                 match records::decode::<OutboxRecord>("outbox", &value) {
@@ -117,7 +122,11 @@ impl Actor for OutboxRelay {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(RELAY_MAILBOX_CAPACITY);
-        let tick = self.shared.config.tick.min(std::time::Duration::from_millis(10));
+        let tick = self
+            .shared
+            .config
+            .tick
+            .min(std::time::Duration::from_millis(10));
         ctx.run_interval(tick, |relay, ctx| relay.tick(ctx));
         self.tick(ctx);
     }

@@ -2,8 +2,8 @@
 
 mod common;
 
-use cells::ledger::{ErrorCode, Outcome};
 use cells::ledger::audit::audit;
+use cells::ledger::{ErrorCode, Outcome};
 use common::*;
 
 #[actix_rt::test]
@@ -11,17 +11,33 @@ async fn transfer_moves_money_and_completes() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path());
     let ledger = ledger(store.clone());
-    let created = run(&ledger, vec![create_system("world"), create("alice"), create("bob")]).await;
-    assert!(created.iter().all(|r| *r == Ok(Outcome::AccountCreated)), "{created:?}");
+    let created = run(
+        &ledger,
+        vec![create_system("world"), create("alice"), create("bob")],
+    )
+    .await;
+    assert!(
+        created.iter().all(|r| *r == Ok(Outcome::AccountCreated)),
+        "{created:?}"
+    );
     let results = run(&ledger, vec![transfer("fund-1", "world", "alice", 10_000)]).await;
     assert_eq!(results, vec![Ok(Outcome::TransferAccepted)]);
     settle(&ledger).await;
     let results = run(
         &ledger,
-        vec![transfer("t1", "alice", "bob", 2_500), transfer("t2", "alice", "bob", 9_000)],
+        vec![
+            transfer("t1", "alice", "bob", 2_500),
+            transfer("t2", "alice", "bob", 9_000),
+        ],
     )
     .await;
-    assert_eq!(results, vec![Ok(Outcome::TransferAccepted), Err(ErrorCode::InsufficientFunds)]);
+    assert_eq!(
+        results,
+        vec![
+            Ok(Outcome::TransferAccepted),
+            Err(ErrorCode::InsufficientFunds)
+        ]
+    );
     settle(&ledger).await;
     assert_eq!(balance(&ledger, "alice").await, (7_500, 7_500));
     assert_eq!(balance(&ledger, "bob").await, (2_500, 2_500));
@@ -32,7 +48,10 @@ async fn transfer_moves_money_and_completes() {
     let retry = run(&ledger, vec![transfer("t2", "alice", "bob", 9_000)]).await;
     assert_eq!(retry, vec![Err(ErrorCode::InsufficientFunds)]);
     let other = run(&ledger, vec![transfer("t1", "alice", "bob", 1)]).await;
-    assert_eq!(other, vec![Err(ErrorCode::TransferExistsWithDifferentFields)]);
+    assert_eq!(
+        other,
+        vec![Err(ErrorCode::TransferExistsWithDifferentFields)]
+    );
     settle(&ledger).await;
     assert_eq!(balance(&ledger, "alice").await, (7_500, 7_500));
     let report = audit(store.as_ref(), ledger.keyspace()).unwrap();
@@ -45,11 +64,25 @@ async fn holds_freeze_release_and_capture() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path());
     let ledger = ledger(store.clone());
-    run(&ledger, vec![create_system("world"), create("payer"), create("shop")]).await;
+    run(
+        &ledger,
+        vec![create_system("world"), create("payer"), create("shop")],
+    )
+    .await;
     run(&ledger, vec![transfer("fund", "world", "payer", 1_000)]).await;
     settle(&ledger).await;
-    let results = run(&ledger, vec![hold("h1", "payer", 600, None), hold("h2", "payer", 600, None)]).await;
-    assert_eq!(results, vec![Ok(Outcome::HoldCreated), Err(ErrorCode::InsufficientFunds)]);
+    let results = run(
+        &ledger,
+        vec![
+            hold("h1", "payer", 600, None),
+            hold("h2", "payer", 600, None),
+        ],
+    )
+    .await;
+    assert_eq!(
+        results,
+        vec![Ok(Outcome::HoldCreated), Err(ErrorCode::InsufficientFunds)]
+    );
     assert_eq!(balance(&ledger, "payer").await, (1_000, 400));
     let results = run(&ledger, vec![capture("h1", "shop", Some(250))]).await;
     assert_eq!(results, vec![Ok(Outcome::HoldCaptured)]);
@@ -57,12 +90,27 @@ async fn holds_freeze_release_and_capture() {
     assert_eq!(balance(&ledger, "payer").await, (750, 750));
     assert_eq!(balance(&ledger, "shop").await, (250, 250));
     // Retries and wrong states.
-    assert_eq!(run(&ledger, vec![capture("h1", "shop", Some(250))]).await, vec![Ok(Outcome::HoldCaptured)]);
-    assert_eq!(run(&ledger, vec![release("h1")]).await, vec![Err(ErrorCode::HoldNotActive)]);
-    assert_eq!(run(&ledger, vec![release("nope")]).await, vec![Err(ErrorCode::UnknownHold)]);
+    assert_eq!(
+        run(&ledger, vec![capture("h1", "shop", Some(250))]).await,
+        vec![Ok(Outcome::HoldCaptured)]
+    );
+    assert_eq!(
+        run(&ledger, vec![release("h1")]).await,
+        vec![Err(ErrorCode::HoldNotActive)]
+    );
+    assert_eq!(
+        run(&ledger, vec![release("nope")]).await,
+        vec![Err(ErrorCode::UnknownHold)]
+    );
     run(&ledger, vec![hold("h3", "payer", 700, None)]).await;
-    assert_eq!(run(&ledger, vec![release("h3")]).await, vec![Ok(Outcome::HoldReleased)]);
-    assert_eq!(run(&ledger, vec![release("h3")]).await, vec![Ok(Outcome::HoldReleased)]);
+    assert_eq!(
+        run(&ledger, vec![release("h3")]).await,
+        vec![Ok(Outcome::HoldReleased)]
+    );
+    assert_eq!(
+        run(&ledger, vec![release("h3")]).await,
+        vec![Ok(Outcome::HoldReleased)]
+    );
     assert_eq!(
         run(&ledger, vec![capture("h3", "shop", None)]).await,
         vec![Err(ErrorCode::HoldNotActive)]
@@ -77,7 +125,11 @@ async fn bad_input_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path());
     let ledger = ledger(store.clone());
-    run(&ledger, vec![create_system("world"), create("a"), create("b")]).await;
+    run(
+        &ledger,
+        vec![create_system("world"), create("a"), create("b")],
+    )
+    .await;
     run(&ledger, vec![transfer("fund", "world", "a", 100)]).await;
     settle(&ledger).await;
     let results = run(

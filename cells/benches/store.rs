@@ -70,14 +70,18 @@ fn open(dir: &Path) -> Arc<EmbeddedStore> {
 
 fn commit_throughput(criterion: &mut Criterion) {
     let mut group = criterion.benchmark_group("embedded_commit");
-    group.sample_size(10).measurement_time(Duration::from_secs(5));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5));
     for threads in THREAD_COUNTS {
         let dir = tempfile::tempdir().expect("dir");
         let store = open(dir.path());
         group.throughput(Throughput::Elements(WRITES_PER_TRANSACTION as u64));
-        group.bench_with_input(BenchmarkId::new("threads", threads), &threads, |bench, &n| {
-            bench.iter_custom(|iterations| run(&store, n, 1, iterations.max(n as u64)))
-        });
+        group.bench_with_input(
+            BenchmarkId::new("threads", threads),
+            &threads,
+            |bench, &n| bench.iter_custom(|iterations| run(&store, n, 1, iterations.max(n as u64))),
+        );
     }
     group.finish();
 }
@@ -97,8 +101,11 @@ fn report() {
             for _ in 0..3 {
                 let dir = tempfile::tempdir().expect("dir");
                 let store = open(dir.path());
-                let count =
-                    if depth == 1 && threads == 1 { TRANSACTIONS / 20 } else { TRANSACTIONS };
+                let count = if depth == 1 && threads == 1 {
+                    TRANSACTIONS / 20
+                } else {
+                    TRANSACTIONS
+                };
                 let elapsed = run(&store, threads, depth, count);
                 rates.push(store.stats().transactions_committed as f64 / elapsed.as_secs_f64());
                 fsyncs = store.stats().durable_writes;

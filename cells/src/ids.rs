@@ -137,7 +137,10 @@ mod tests {
     #[test]
     fn rejects_bad_ids_with_typed_errors() {
         assert_eq!(AccountId::new(""), Err(IdError::Empty));
-        assert_eq!(AccountId::new(&"a".repeat(65)), Err(IdError::TooLong { len: 65 }));
+        assert_eq!(
+            AccountId::new(&"a".repeat(65)),
+            Err(IdError::TooLong { len: 65 })
+        );
         assert_eq!(
             AccountId::new("a b"),
             Err(IdError::InvalidCharacter { character: ' ' })

@@ -141,7 +141,10 @@ mod tests {
     fn postings_sort_by_sequence_within_an_account() {
         let account = AccountId::new("a").unwrap();
         let space = Keyspace::Real;
-        let keys: Vec<_> = [1u64, 2, 255, 256, 70_000].iter().map(|s| space.posting(&account, *s)).collect();
+        let keys: Vec<_> = [1u64, 2, 255, 256, 70_000]
+            .iter()
+            .map(|s| space.posting(&account, *s))
+            .collect();
         let mut sorted = keys.clone();
         sorted.sort();
         assert_eq!(keys, sorted);
@@ -157,7 +160,10 @@ mod tests {
     #[test]
     fn shadow_keys_never_equal_real_keys() {
         let account = AccountId::new("merchant").unwrap();
-        assert_ne!(Keyspace::Real.account(&account), Keyspace::Shadow.account(&account));
+        assert_ne!(
+            Keyspace::Real.account(&account),
+            Keyspace::Shadow.account(&account)
+        );
         let real = Keyspace::Real.accounts_prefix();
         assert!(!Keyspace::Shadow.account(&account).starts_with(&real));
     }

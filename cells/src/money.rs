@@ -36,12 +36,45 @@ pub struct Currency {
 
 /// The currencies Tessera knows, with their minor-unit scale (ISO 4217).
 const CURRENCIES: &[(&str, u8)] = &[
-    ("AED", 2), ("AUD", 2), ("BHD", 3), ("BRL", 2), ("CAD", 2), ("CHF", 2), ("CLP", 0),
-    ("CNY", 2), ("CZK", 2), ("DKK", 2), ("EUR", 2), ("GBP", 2), ("HKD", 2), ("HUF", 2),
-    ("IDR", 2), ("ILS", 2), ("INR", 2), ("ISK", 0), ("JOD", 3), ("JPY", 0), ("KRW", 0),
-    ("KWD", 3), ("MXN", 2), ("MYR", 2), ("NOK", 2), ("NZD", 2), ("OMR", 3), ("PHP", 2),
-    ("PLN", 2), ("SAR", 2), ("SEK", 2), ("SGD", 2), ("THB", 2), ("TND", 3), ("TRY", 2),
-    ("TWD", 2), ("USD", 2), ("VND", 0), ("ZAR", 2),
+    ("AED", 2),
+    ("AUD", 2),
+    ("BHD", 3),
+    ("BRL", 2),
+    ("CAD", 2),
+    ("CHF", 2),
+    ("CLP", 0),
+    ("CNY", 2),
+    ("CZK", 2),
+    ("DKK", 2),
+    ("EUR", 2),
+    ("GBP", 2),
+    ("HKD", 2),
+    ("HUF", 2),
+    ("IDR", 2),
+    ("ILS", 2),
+    ("INR", 2),
+    ("ISK", 0),
+    ("JOD", 3),
+    ("JPY", 0),
+    ("KRW", 0),
+    ("KWD", 3),
+    ("MXN", 2),
+    ("MYR", 2),
+    ("NOK", 2),
+    ("NZD", 2),
+    ("OMR", 3),
+    ("PHP", 2),
+    ("PLN", 2),
+    ("SAR", 2),
+    ("SEK", 2),
+    ("SGD", 2),
+    ("THB", 2),
+    ("TND", 3),
+    ("TRY", 2),
+    ("TWD", 2),
+    ("USD", 2),
+    ("VND", 0),
+    ("ZAR", 2),
 ];
 
 impl Currency {
@@ -52,9 +85,14 @@ impl Currency {
             .find(|(known, _)| *known == code)
             .map(|(known, scale)| {
                 let bytes = known.as_bytes();
-                Currency { code: [bytes[0], bytes[1], bytes[2]], scale: *scale }
+                Currency {
+                    code: [bytes[0], bytes[1], bytes[2]],
+                    scale: *scale,
+                }
             })
-            .ok_or_else(|| MoneyError::UnknownCurrency { code: code.to_string() })
+            .ok_or_else(|| MoneyError::UnknownCurrency {
+                code: code.to_string(),
+            })
     }
 
     pub fn code(&self) -> &str {
@@ -127,7 +165,10 @@ impl Amount {
         }
         let value = value.normalize();
         if value.scale() > currency.scale() {
-            return Err(MoneyError::TooManyDecimals { currency, scale: currency.scale() });
+            return Err(MoneyError::TooManyDecimals {
+                currency,
+                scale: currency.scale(),
+            });
         }
         let factor = Decimal::from(10u64.pow(currency.scale()));
         let units = value.checked_mul(factor).ok_or(MoneyError::Overflow)?;
@@ -140,9 +181,10 @@ impl Amount {
         let value = Decimal::from_str_exact(text).map_err(|error| match error {
             rust_decimal::Error::ExceedsMaximumPossibleValue
             | rust_decimal::Error::LessThanMinimumPossibleValue => MoneyError::Overflow,
-            rust_decimal::Error::Underflow => {
-                MoneyError::TooManyDecimals { currency, scale: currency.scale() }
-            }
+            rust_decimal::Error::Underflow => MoneyError::TooManyDecimals {
+                currency,
+                scale: currency.scale(),
+            },
             _ => MoneyError::NotANumber,
         })?;
         Self::from_decimal(value, currency)
@@ -197,10 +239,16 @@ mod tests {
         assert_eq!(Amount::parse("7", usd()).unwrap().minor_units(), 700);
         assert_eq!(
             Amount::parse("10.005", usd()),
-            Err(MoneyError::TooManyDecimals { currency: usd(), scale: 2 })
+            Err(MoneyError::TooManyDecimals {
+                currency: usd(),
+                scale: 2
+            })
         );
         let jpy = Currency::from_code("JPY").unwrap();
-        assert!(matches!(Amount::parse("1.5", jpy), Err(MoneyError::TooManyDecimals { .. })));
+        assert!(matches!(
+            Amount::parse("1.5", jpy),
+            Err(MoneyError::TooManyDecimals { .. })
+        ));
         assert_eq!(Amount::parse("100", jpy).unwrap().minor_units(), 100);
     }
 
@@ -209,23 +257,35 @@ mod tests {
         assert_eq!(Amount::parse("0", usd()), Err(MoneyError::NotPositive));
         assert_eq!(Amount::parse("0.00", usd()), Err(MoneyError::NotPositive));
         assert_eq!(Amount::parse("-1", usd()), Err(MoneyError::NotPositive));
-        assert_eq!(Amount::parse("92233720368547758.08", usd()), Err(MoneyError::Overflow));
+        assert_eq!(
+            Amount::parse("92233720368547758.08", usd()),
+            Err(MoneyError::Overflow)
+        );
         assert_eq!(Amount::parse("1e3", usd()), Err(MoneyError::NotANumber));
         assert_eq!(Amount::parse("ten", usd()), Err(MoneyError::NotANumber));
         assert_eq!(Amount::from_minor_units(0), Err(MoneyError::NotPositive));
-        assert_eq!(Amount::from_minor_units(u64::MAX), Err(MoneyError::Overflow));
+        assert_eq!(
+            Amount::from_minor_units(u64::MAX),
+            Err(MoneyError::Overflow)
+        );
     }
 
     #[test]
     fn largest_amount_round_trips() {
         let max = Amount::parse("92233720368547758.07", usd()).unwrap();
         assert_eq!(max.minor_units(), i64::MAX as u64);
-        assert_eq!(to_decimal(max.signed(), usd()).to_string(), "92233720368547758.07");
+        assert_eq!(
+            to_decimal(max.signed(), usd()).to_string(),
+            "92233720368547758.07"
+        );
     }
 
     #[test]
     fn unknown_currency() {
-        assert!(matches!(Currency::from_code("XXX"), Err(MoneyError::UnknownCurrency { .. })));
+        assert!(matches!(
+            Currency::from_code("XXX"),
+            Err(MoneyError::UnknownCurrency { .. })
+        ));
         assert!(Currency::from_code("usd").is_err());
     }
 }

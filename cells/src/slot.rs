@@ -97,6 +97,9 @@ mod tests {
             let user = UserId::new(&format!("user-{i}")).unwrap();
             per_cell[slot_of(&user).cell().index() as usize] += 1;
         }
-        assert!(per_cell.iter().all(|n| (800..1200).contains(n)), "{per_cell:?}");
+        assert!(
+            per_cell.iter().all(|n| (800..1200).contains(n)),
+            "{per_cell:?}"
+        );
     }
 }

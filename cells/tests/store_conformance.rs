@@ -21,7 +21,10 @@ impl Embedded {
             transaction_duration_ms_max: TEST_TRANSACTION_DURATION_MS_MAX,
             ..EmbeddedOptions::default()
         };
-        Embedded { dirs: Vec::new(), options }
+        Embedded {
+            dirs: Vec::new(),
+            options,
+        }
     }
 
     fn open_last(&self) -> Arc<dyn Store> {
@@ -32,12 +35,17 @@ impl Embedded {
 
 impl ConformanceTarget for Embedded {
     fn open(&mut self) -> Arc<dyn Store> {
-        self.dirs.push(tempfile::tempdir().expect("temporary directory"));
+        self.dirs
+            .push(tempfile::tempdir().expect("temporary directory"));
         self.open_last()
     }
 
     fn reopen(&mut self, store: Arc<dyn Store>) -> Arc<dyn Store> {
-        assert_eq!(Arc::strong_count(&store), 1, "the test holds the last handle");
+        assert_eq!(
+            Arc::strong_count(&store),
+            1,
+            "the test holds the last handle"
+        );
         drop(store);
         self.open_last()
     }

@@ -54,13 +54,29 @@ async fn setup(ledger: &Ledger, config: &CrashLoadConfig) -> Result<(), CrashLoa
         currency: currency(),
         kind,
         overdraft_limit: 0,
-        mode: if name == "c-1" { HotMode::Append } else { HotMode::Standard },
+        mode: if name == "c-1" {
+            HotMode::Append
+        } else {
+            HotMode::Standard
+        },
     };
-    let mut commands = vec![Command::CreateAccount(spec("world".into(), AccountKind::System))];
-    commands.extend((0..config.accounts).map(|i| Command::CreateAccount(spec(format!("c-{i}"), AccountKind::Customer))));
+    let mut commands = vec![Command::CreateAccount(spec(
+        "world".into(),
+        AccountKind::System,
+    ))];
+    commands.extend(
+        (0..config.accounts)
+            .map(|i| Command::CreateAccount(spec(format!("c-{i}"), AccountKind::Customer))),
+    );
     for chunk in commands.chunks(BATCH_COMMANDS_MAX) {
-        let results = ledger.execute(chunk.to_vec()).await.map_err(|e| CrashLoadError::Setup(e.code()))?;
-        if let Some(Err(code)) = results.into_iter().find(|r| !matches!(r, Ok(_) | Err(ErrorCode::AccountExists))) {
+        let results = ledger
+            .execute(chunk.to_vec())
+            .await
+            .map_err(|e| CrashLoadError::Setup(e.code()))?;
+        if let Some(Err(code)) = results
+            .into_iter()
+            .find(|r| !matches!(r, Ok(_) | Err(ErrorCode::AccountExists)))
+        {
             return Err(CrashLoadError::Setup(code));
         }
     }
@@ -77,7 +93,10 @@ async fn setup(ledger: &Ledger, config: &CrashLoadConfig) -> Result<(), CrashLoa
         })
         .collect();
     for chunk in funding.chunks(BATCH_COMMANDS_MAX) {
-        let results = ledger.execute(chunk.to_vec()).await.map_err(|e| CrashLoadError::Setup(e.code()))?;
+        let results = ledger
+            .execute(chunk.to_vec())
+            .await
+            .map_err(|e| CrashLoadError::Setup(e.code()))?;
         if let Some(Err(code)) = results.into_iter().find(|r| r.is_err()) {
             return Err(CrashLoadError::Setup(code));
         }
@@ -86,9 +105,15 @@ async fn setup(ledger: &Ledger, config: &CrashLoadConfig) -> Result<(), CrashLoa
 }
 
 /// Runs the load, printing to `out`; returns the number of acknowledged transfers.
-pub async fn run(ledger: &Ledger, config: &CrashLoadConfig, out: &mut impl Write) -> Result<u64, CrashLoadError> {
+pub async fn run(
+    ledger: &Ledger,
+    config: &CrashLoadConfig,
+    out: &mut impl Write,
+) -> Result<u64, CrashLoadError> {
     if config.accounts < 2 || config.batch_size == 0 || config.batch_size > BATCH_COMMANDS_MAX {
-        return Err(CrashLoadError::Config("need >= 2 accounts and 1..=8190 per batch".into()));
+        return Err(CrashLoadError::Config(
+            "need >= 2 accounts and 1..=8190 per batch".into(),
+        ));
     }
     setup(ledger, config).await?;
     writeln!(out, "ready")?;
@@ -113,7 +138,10 @@ pub async fn run(ledger: &Ledger, config: &CrashLoadConfig, out: &mut impl Write
             .collect();
         sent += count;
         let commands = batch.iter().cloned().map(Command::Transfer).collect();
-        let results = ledger.execute(commands).await.map_err(|e| CrashLoadError::Setup(e.code()))?;
+        let results = ledger
+            .execute(commands)
+            .await
+            .map_err(|e| CrashLoadError::Setup(e.code()))?;
         for (request, result) in batch.iter().zip(results) {
             match result {
                 Ok(_) => {

@@ -48,5 +48,9 @@ pub fn verify(
         }
     }
     let audit = audit(store, space)?;
-    Ok(VerifyReport { acknowledged: acknowledged.len() as u64, missing, audit })
+    Ok(VerifyReport {
+        acknowledged: acknowledged.len() as u64,
+        missing,
+        audit,
+    })
 }

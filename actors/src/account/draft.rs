@@ -12,12 +12,12 @@ use std::sync::Arc;
 use cells::ids::{HoldId, TransferId};
 use cells::keys::{self, Keyspace};
 use cells::ledger::{
-    within_limit, CaptureRequest, CommandResult, ErrorCode, HoldRequest, Outcome,
-    TransferRequest, BATCH_COMMANDS_MAX, HOLD_EXPIRY_MS_MAX,
+    within_limit, CaptureRequest, CommandResult, ErrorCode, HoldRequest, Outcome, TransferRequest,
+    BATCH_COMMANDS_MAX, HOLD_EXPIRY_MS_MAX,
 };
 use cells::records::{
-    self, AccountRecord, AccountSpec, HoldRecord, HoldState, HotMode, OutboxRecord,
-    PostingRecord, PostingSource, TransferOutcome, TransferRecord,
+    self, AccountRecord, AccountSpec, HoldRecord, HoldState, HotMode, OutboxRecord, PostingRecord,
+    PostingSource, TransferOutcome, TransferRecord,
 };
 use cells::store::{limits::TRANSACTION_BYTES_MAX, BoxFuture, CommitError, Transaction};
 
@@ -30,8 +30,9 @@ pub(crate) const ITEM_BYTES_MAX: usize = 1_200;
 /// Bytes of the per-commit records (account record, epoch precondition).
 const COMMIT_OVERHEAD_BYTES_MAX: usize = 10_000;
 
-const _: () =
-    assert!(BATCH_COMMANDS_MAX * ITEM_BYTES_MAX + COMMIT_OVERHEAD_BYTES_MAX <= TRANSACTION_BYTES_MAX);
+const _: () = assert!(
+    BATCH_COMMANDS_MAX * ITEM_BYTES_MAX + COMMIT_OVERHEAD_BYTES_MAX <= TRANSACTION_BYTES_MAX
+);
 
 /// A built commit and what it will change once durable.
 pub(crate) struct Sealed {
@@ -72,7 +73,11 @@ impl Delta {
         state.holds.extend(self.holds_added.drain());
         debug_assert_eq!(
             state.frozen,
-            state.holds.values().map(|h| i128::from(h.record.amount.signed())).sum::<i128>()
+            state
+                .holds
+                .values()
+                .map(|h| i128::from(h.record.amount.signed()))
+                .sum::<i128>()
         );
     }
 }
@@ -126,7 +131,11 @@ impl<'a> Draft<'a> {
 
     /// Builds the transaction for `jobs` and starts its commit.
     pub fn build(mut self, jobs: &[Job]) -> Result<Sealed, ErrorCode> {
-        let mut txn = self.shared.store.begin().map_err(|_| ErrorCode::Unavailable)?;
+        let mut txn = self
+            .shared
+            .store
+            .begin()
+            .map_err(|_| ErrorCode::Unavailable)?;
         self.expire_due_holds(txn.as_mut());
         for job in jobs {
             for item in &job.items {
@@ -135,12 +144,18 @@ impl<'a> Draft<'a> {
                     Some(result) => result.clone(),
                     None => self.apply(txn.as_mut(), &item.work),
                 };
-                assert!(txn.size_bytes() - before <= ITEM_BYTES_MAX, "item exceeds ITEM_BYTES_MAX");
+                assert!(
+                    txn.size_bytes() - before <= ITEM_BYTES_MAX,
+                    "item exceeds ITEM_BYTES_MAX"
+                );
                 self.delta.results.push(result);
             }
         }
         self.finish(txn.as_mut());
-        Ok(Sealed { commit: txn.commit(), outcome: self.delta })
+        Ok(Sealed {
+            commit: txn.commit(),
+            outcome: self.delta,
+        })
     }
 
     fn apply(&mut self, txn: &mut dyn Transaction, work: &Work) -> CommandResult {
@@ -209,7 +224,14 @@ impl<'a> Draft<'a> {
         let (outcome, result) = if within_limit(self.spec(), self.available() - i128::from(amount))
         {
             let source = PostingSource::Transfer(request.id.clone());
-            self.debit(txn, source, amount, request.to.clone(), request.currency, request.amount);
+            self.debit(
+                txn,
+                source,
+                amount,
+                request.to.clone(),
+                request.currency,
+                request.amount,
+            );
             (TransferOutcome::Accepted, Ok(Outcome::TransferAccepted))
         } else {
             let code = ErrorCode::InsufficientFunds;
@@ -223,7 +245,8 @@ impl<'a> Draft<'a> {
             outcome,
         };
         set(txn, &key, &records::encode(&record));
-        self.batch_transfers.insert(request.id.clone(), (request.clone(), result.clone()));
+        self.batch_transfers
+            .insert(request.id.clone(), (request.clone(), result.clone()));
         result
     }
 
@@ -237,11 +260,27 @@ impl<'a> Draft<'a> {
         currency: cells::money::Currency,
         positive: cells::money::Amount,
     ) {
-        let posting = PostingRecord { source, amount: -amount, counterparty: to };
+        let posting = PostingRecord {
+            source,
+            amount: -amount,
+            counterparty: to,
+        };
         self.post(txn, &posting);
-        let PostingRecord { source, counterparty: to, .. } = posting;
-        let record = OutboxRecord { source, from: self.base.spec.id.clone(), to, amount: positive, currency };
-        let key = self.space.outbox(self.base.slot.cell(), record.kind(), record.source.id());
+        let PostingRecord {
+            source,
+            counterparty: to,
+            ..
+        } = posting;
+        let record = OutboxRecord {
+            source,
+            from: self.base.spec.id.clone(),
+            to,
+            amount: positive,
+            currency,
+        };
+        let key = self
+            .space
+            .outbox(self.base.slot.cell(), record.kind(), record.source.id());
         let value = records::encode(&record);
         set(txn, &key, &value);
         self.delta.credits.push(CreditLeg { key, value, record });
@@ -252,14 +291,20 @@ impl<'a> Draft<'a> {
         if self.delta.holds_removed.contains(hold) {
             return None;
         }
-        self.delta.holds_added.get(hold).or_else(|| self.base.holds.get(hold))
+        self.delta
+            .holds_added
+            .get(hold)
+            .or_else(|| self.base.holds.get(hold))
     }
 
     fn hold(&mut self, txn: &mut dyn Transaction, request: &HoldRequest) -> CommandResult {
         if request.currency != self.spec().currency {
             return Err(ErrorCode::CurrencyMismatch);
         }
-        if request.expires_in_ms.is_some_and(|ms| ms == 0 || ms > HOLD_EXPIRY_MS_MAX) {
+        if request
+            .expires_in_ms
+            .is_some_and(|ms| ms == 0 || ms > HOLD_EXPIRY_MS_MAX)
+        {
             return Err(ErrorCode::InvalidExpiry);
         }
         if let Some((first, result)) = self.batch_holds.get(&request.id) {
@@ -290,14 +335,21 @@ impl<'a> Draft<'a> {
                 state: HoldState::Active,
             };
             set(txn, &key, &records::encode(&record));
-            set(txn, &self.space.account_hold(&request.account, &request.id), &[]);
+            set(
+                txn,
+                &self.space.account_hold(&request.account, &request.id),
+                &[],
+            );
             self.delta.frozen += amount;
-            self.delta.holds_added.insert(request.id.clone(), ActiveHold { record });
+            self.delta
+                .holds_added
+                .insert(request.id.clone(), ActiveHold { record });
             Ok(Outcome::HoldCreated)
         } else {
             Err(ErrorCode::InsufficientFunds)
         };
-        self.batch_holds.insert(request.id.clone(), (request.clone(), result.clone()));
+        self.batch_holds
+            .insert(request.id.clone(), (request.clone(), result.clone()));
         result
     }
 
@@ -313,7 +365,12 @@ impl<'a> Draft<'a> {
             .or_else(|| (snapshot.state != HoldState::Active).then(|| snapshot.state.clone()))
     }
 
-    fn release(&mut self, txn: &mut dyn Transaction, hold: &HoldId, snapshot: &HoldRecord) -> CommandResult {
+    fn release(
+        &mut self,
+        txn: &mut dyn Transaction,
+        hold: &HoldId,
+        snapshot: &HoldRecord,
+    ) -> CommandResult {
         if self.active_hold(hold).is_some() {
             self.finish_hold(txn, hold, HoldState::Released { expired: false });
             return Ok(Outcome::HoldReleased);
@@ -346,16 +403,28 @@ impl<'a> Draft<'a> {
         if amount > held {
             return Err(ErrorCode::CaptureExceedsHold);
         }
-        let state = HoldState::Captured { to: request.to.clone(), amount };
+        let state = HoldState::Captured {
+            to: request.to.clone(),
+            amount,
+        };
         self.finish_hold(txn, &request.hold, state);
         let source = PostingSource::Capture(request.hold.clone());
-        self.debit(txn, source, amount.signed(), request.to.clone(), currency, amount);
+        self.debit(
+            txn,
+            source,
+            amount.signed(),
+            request.to.clone(),
+            currency,
+            amount,
+        );
         Ok(Outcome::HoldCaptured)
     }
 
     /// Moves an active hold to a final state: unfreezes it and rewrites its record.
     fn finish_hold(&mut self, txn: &mut dyn Transaction, hold: &HoldId, state: HoldState) {
-        let Some(active) = self.active_hold(hold) else { return };
+        let Some(active) = self.active_hold(hold) else {
+            return;
+        };
         let mut record = active.record.clone();
         self.delta.frozen -= i128::from(record.amount.signed());
         record.state = state.clone();
@@ -384,7 +453,11 @@ impl<'a> Draft<'a> {
         if !self.batch_credits.insert(leg.key.clone()) {
             return Ok(Outcome::TransferAccepted);
         }
-        assert_eq!(leg.record.currency, self.spec().currency, "payer checked the currency");
+        assert_eq!(
+            leg.record.currency,
+            self.spec().currency,
+            "payer checked the currency"
+        );
         require(txn, &leg.key, Some(&leg.value));
         clear(txn, &leg.key);
         let posting = PostingRecord {
@@ -403,7 +476,8 @@ impl<'a> Draft<'a> {
         let write_record = match self.spec().mode {
             HotMode::Standard => unnetted > 0,
             HotMode::Append => {
-                unnetted >= self.shared.config.netting_postings || (self.net_requested && unnetted > 0)
+                unnetted >= self.shared.config.netting_postings
+                    || (self.net_requested && unnetted > 0)
             }
         };
         if write_record {
@@ -414,10 +488,18 @@ impl<'a> Draft<'a> {
                 balance: self.delta.balance,
                 balance_through_seq: self.delta.next_seq,
             };
-            set(txn, &self.space.account(&self.base.spec.id), &records::encode(&record));
+            set(
+                txn,
+                &self.space.account(&self.base.spec.id),
+                &records::encode(&record),
+            );
         }
         let epoch = keys::encode_epoch(self.base.epoch);
-        require(txn, &self.space.slot_epoch(self.base.slot), epoch.as_deref());
+        require(
+            txn,
+            &self.space.slot_epoch(self.base.slot),
+            epoch.as_deref(),
+        );
     }
 }
 
@@ -430,15 +512,18 @@ fn same_hold(record: &HoldRecord, request: &HoldRequest) -> bool {
 // Items are bounded (ITEM_BYTES_MAX) and a batch fits the transaction limit (checked at
 // compile time above), so the store's limit checks cannot fail here.
 fn set(txn: &mut dyn Transaction, key: &[u8], value: &[u8]) {
-    txn.set(key, value).expect("bounded items fit the transaction limits");
+    txn.set(key, value)
+        .expect("bounded items fit the transaction limits");
 }
 
 fn clear(txn: &mut dyn Transaction, key: &[u8]) {
-    txn.clear(key).expect("bounded items fit the transaction limits");
+    txn.clear(key)
+        .expect("bounded items fit the transaction limits");
 }
 
 fn require(txn: &mut dyn Transaction, key: &[u8], expected: Option<&[u8]>) {
-    txn.require(key, expected).expect("bounded items fit the transaction limits");
+    txn.require(key, expected)
+        .expect("bounded items fit the transaction limits");
 }
 
 /// The items whose uniqueness key is among `failed` keys: `(job, item, key)`. Credits among
@@ -506,7 +591,10 @@ pub(crate) fn settle_duplicates(
 }
 
 /// What a retry of `request` gets, given the transfer already recorded under its id.
-pub(crate) fn transfer_retry_outcome(record: &TransferRecord, request: &TransferRequest) -> CommandResult {
+pub(crate) fn transfer_retry_outcome(
+    record: &TransferRecord,
+    request: &TransferRequest,
+) -> CommandResult {
     let same = record.from == request.from
         && record.to == request.to
         && record.amount == request.amount

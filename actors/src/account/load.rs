@@ -43,18 +43,27 @@ impl LoadError {
 pub(crate) async fn load(shared: &Shared, id: &AccountId) -> Result<Loaded, LoadError> {
     let space = shared.space;
     let store = &shared.store;
-    let bytes = store.get(&space.account(id)).await?.ok_or(LoadError::Missing)?;
+    let bytes = store
+        .get(&space.account(id))
+        .await?
+        .ok_or(LoadError::Missing)?;
     let record: AccountRecord = records::decode("account", &bytes)?;
     let slot = slot_of(&record.spec.user);
     let epoch = match store.get(&space.slot_epoch(slot)).await? {
         None => 0,
         Some(bytes) => u64::from_be_bytes(
-            bytes.as_slice().try_into().map_err(|_| LoadError::Inconsistent("epoch".into()))?,
+            bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| LoadError::Inconsistent("epoch".into()))?,
         ),
     };
     let (balance, next_seq) = replay_tail(shared, &record).await?;
     let holds = load_holds(shared, id).await?;
-    let frozen = holds.values().map(|h| i128::from(h.record.amount.signed())).sum();
+    let frozen = holds
+        .values()
+        .map(|h| i128::from(h.record.amount.signed()))
+        .sum();
     Ok(Loaded {
         spec: Arc::new(record.spec),
         slot,
@@ -70,19 +79,28 @@ pub(crate) async fn load(shared: &Shared, id: &AccountId) -> Result<Loaded, Load
 
 /// Folds the postings written after the balance record into the balance.
 async fn replay_tail(shared: &Shared, record: &AccountRecord) -> Result<(i128, u64), LoadError> {
-    let (mut begin, end) = shared.space.postings_from(&record.spec.id, record.balance_through_seq);
+    let (mut begin, end) = shared
+        .space
+        .postings_from(&record.spec.id, record.balance_through_seq);
     let mut balance = record.balance;
     let mut next_seq = record.balance_through_seq;
     loop {
         let page = shared
             .store
-            .get_range(RangeRequest::new(begin.clone(), end.clone(), RANGE_ROWS_MAX))
+            .get_range(RangeRequest::new(
+                begin.clone(),
+                end.clone(),
+                RANGE_ROWS_MAX,
+            ))
             .await?;
         let full = page.len() == RANGE_ROWS_MAX;
         for (key, value) in &page {
-            let seq = keys::posting_seq(key).ok_or(LoadError::Inconsistent("posting key".into()))?;
+            let seq =
+                keys::posting_seq(key).ok_or(LoadError::Inconsistent("posting key".into()))?;
             if seq != next_seq {
-                return Err(LoadError::Inconsistent(format!("posting {seq}, expected {next_seq}")));
+                return Err(LoadError::Inconsistent(format!(
+                    "posting {seq}, expected {next_seq}"
+                )));
             }
             let posting: PostingRecord = records::decode("posting", value)?;
             balance += i128::from(posting.amount);
@@ -110,15 +128,20 @@ async fn load_holds(
         let full = page.len() == RANGE_ROWS_MAX;
         let ids: Vec<_> = page
             .iter()
-            .map(|(key, _)| keys::account_hold_id(key).ok_or(LoadError::Inconsistent("hold key".into())))
+            .map(|(key, _)| {
+                keys::account_hold_id(key).ok_or(LoadError::Inconsistent("hold key".into()))
+            })
             .collect::<Result<_, _>>()?;
         let hold_keys = ids.iter().map(|hold| shared.space.hold(hold)).collect();
         let values = shared.store.get_many(hold_keys).await?;
         for (hold, value) in ids.into_iter().zip(values) {
-            let bytes = value.ok_or_else(|| LoadError::Inconsistent(format!("hold {hold} indexed")))?;
+            let bytes =
+                value.ok_or_else(|| LoadError::Inconsistent(format!("hold {hold} indexed")))?;
             let record: HoldRecord = records::decode("hold", &bytes)?;
             if record.state != HoldState::Active {
-                return Err(LoadError::Inconsistent(format!("hold {hold} indexed but final")));
+                return Err(LoadError::Inconsistent(format!(
+                    "hold {hold} indexed but final"
+                )));
             }
             holds.insert(hold, ActiveHold { record });
         }

@@ -145,7 +145,10 @@ fn replay_postings(
         }
         *expected = seq + 1;
         *report.balances.entry(name.clone()).or_insert(0) += i128::from(posting.amount);
-        if accounts.get(&name).is_some_and(|a| seq < a.balance_through_seq) {
+        if accounts
+            .get(&name)
+            .is_some_and(|a| seq < a.balance_through_seq)
+        {
             *folded.entry(name).or_insert(0) += i128::from(posting.amount);
         }
         let entry = legs.entry(posting.source).or_default();
@@ -165,11 +168,17 @@ fn replay_postings(
         if replayed != record.balance {
             report.fail(
                 "replay",
-                format!("account {name}: balance record {} != replay {replayed}", record.balance),
+                format!(
+                    "account {name}: balance record {} != replay {replayed}",
+                    record.balance
+                ),
             );
         }
         if next_seq.get(name).copied().unwrap_or(0) < record.balance_through_seq {
-            report.fail("replay", format!("account {name}: balance covers missing postings"));
+            report.fail(
+                "replay",
+                format!("account {name}: balance covers missing postings"),
+            );
         }
         report.balances.entry(name.clone()).or_insert(0);
     }
@@ -193,8 +202,11 @@ fn check_transfers(
     })?;
     report.transfers = found.len() as u64;
     for (id, record) in found {
-        let transfer = crate::ids::TransferId::new(&id).map_err(|_| AuditError::Key("transfers"))?;
-        let payer = accounts.get(record.from.as_str()).ok_or(AuditError::Key("accounts"))?;
+        let transfer =
+            crate::ids::TransferId::new(&id).map_err(|_| AuditError::Key("transfers"))?;
+        let payer = accounts
+            .get(record.from.as_str())
+            .ok_or(AuditError::Key("accounts"))?;
         let cell = crate::slot::slot_of(&payer.spec.user).cell();
         let outbox_key = space.outbox(cell, records::OutboxKind::Transfer, &id);
         let pending = block_on(store.get(&outbox_key))?.is_some();
@@ -207,7 +219,9 @@ fn check_transfers(
         if (debits, credits) != expected {
             report.fail(
                 "INV-3",
-                format!("transfer {id}: {debits} debit(s), {credits} credit(s), expected {expected:?}"),
+                format!(
+                    "transfer {id}: {debits} debit(s), {credits} credit(s), expected {expected:?}"
+                ),
             );
         }
     }
@@ -239,7 +253,10 @@ fn check_holds(
         let indexed = block_on(store.get(&space.account_hold(&hold.account, &hold_id)))?.is_some();
         let active = hold.state == HoldState::Active;
         if indexed != active {
-            report.fail("holds", format!("hold {id}: active {active} but indexed {indexed}"));
+            report.fail(
+                "holds",
+                format!("hold {id}: active {active} but indexed {indexed}"),
+            );
         }
         if active {
             *frozen.entry(hold.account.as_str().to_string()).or_insert(0) +=
@@ -249,7 +266,10 @@ fn check_holds(
         let debits = legs.get(&source).map_or(0, |l| l.debits);
         let captured = matches!(hold.state, HoldState::Captured { .. });
         if debits != u32::from(captured) {
-            report.fail("INV-3", format!("hold {id}: captured {captured} with {debits} debit(s)"));
+            report.fail(
+                "INV-3",
+                format!("hold {id}: captured {captured} with {debits} debit(s)"),
+            );
         }
     }
     Ok(frozen)
@@ -267,8 +287,10 @@ fn check_outbox(
     })?;
     report.outbox_pending = pending.len() as u64;
     for entry in pending {
-        *report.net_by_currency.entry(entry.currency.code().to_string()).or_insert(0) +=
-            i128::from(entry.amount.signed());
+        *report
+            .net_by_currency
+            .entry(entry.currency.code().to_string())
+            .or_insert(0) += i128::from(entry.amount.signed());
     }
     Ok(())
 }
@@ -281,19 +303,30 @@ fn check_conservation_and_limits(
     let mut problems = Vec::new();
     for (name, record) in accounts {
         let balance = report.balances.get(name).copied().unwrap_or(0);
-        *report.net_by_currency.entry(record.spec.currency.code().to_string()).or_insert(0) +=
-            balance;
+        *report
+            .net_by_currency
+            .entry(record.spec.currency.code().to_string())
+            .or_insert(0) += balance;
         let available = balance - frozen.get(name).copied().unwrap_or(0);
         if !super::within_limit(&record.spec, available) {
-            problems.push(format!("account {name}: available {available} below its limit"));
+            problems.push(format!(
+                "account {name}: available {available} below its limit"
+            ));
         }
     }
     for detail in problems {
         report.fail("INV-5", detail);
     }
-    let unbalanced: Vec<_> =
-        report.net_by_currency.iter().filter(|(_, net)| **net != 0).map(|(c, n)| (c.clone(), *n)).collect();
+    let unbalanced: Vec<_> = report
+        .net_by_currency
+        .iter()
+        .filter(|(_, net)| **net != 0)
+        .map(|(c, n)| (c.clone(), *n))
+        .collect();
     for (currency, net) in unbalanced {
-        report.fail("INV-1", format!("{currency}: balances plus outbox sum to {net}, not 0"));
+        report.fail(
+            "INV-1",
+            format!("{currency}: balances plus outbox sum to {net}, not 0"),
+        );
     }
 }

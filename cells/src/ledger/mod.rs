@@ -15,7 +15,7 @@ pub use codes::{ErrorCode, ErrorCodeInfo};
 
 use crate::ids::{AccountId, HoldId, TransferId};
 use crate::money::{Amount, Currency};
-use crate::records::{AccountSpec, HotMode, AccountKind, HoldState};
+use crate::records::{AccountKind, AccountSpec, HoldState, HotMode};
 
 /// Most commands in one batch (and most postings in one account commit).
 pub const BATCH_COMMANDS_MAX: usize = 8_190;

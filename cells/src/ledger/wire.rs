@@ -23,7 +23,13 @@ pub enum WireCommand {
         #[serde(default)]
         mode: HotMode,
     },
-    Transfer { id: String, from: String, to: String, amount: String, currency: String },
+    Transfer {
+        id: String,
+        from: String,
+        to: String,
+        amount: String,
+        currency: String,
+    },
     Hold {
         id: String,
         account: String,
@@ -32,7 +38,9 @@ pub enum WireCommand {
         #[serde(default)]
         expires_in_ms: Option<u64>,
     },
-    Release { hold: String },
+    Release {
+        hold: String,
+    },
     Capture {
         hold: String,
         to: String,
@@ -40,9 +48,15 @@ pub enum WireCommand {
         amount: Option<String>,
         currency: Option<String>,
     },
-    LookupAccount { id: String },
-    LookupTransfer { id: String },
-    LookupHold { id: String },
+    LookupAccount {
+        id: String,
+    },
+    LookupTransfer {
+        id: String,
+    },
+    LookupHold {
+        id: String,
+    },
 }
 
 fn customer() -> AccountKind {
@@ -79,7 +93,14 @@ impl WireCommand {
     /// Parses into a typed command.
     pub fn parse(&self) -> Result<Command, ErrorCode> {
         match self {
-            WireCommand::CreateAccount { id, user, currency: code, kind, overdraft_limit, mode } => {
+            WireCommand::CreateAccount {
+                id,
+                user,
+                currency: code,
+                kind,
+                overdraft_limit,
+                mode,
+            } => {
                 let currency = currency(code)?;
                 let overdraft_limit = match overdraft_limit {
                     None => 0,
@@ -97,7 +118,13 @@ impl WireCommand {
                 super::validate_account_spec(&spec)?;
                 Ok(Command::CreateAccount(spec))
             }
-            WireCommand::Transfer { id, from, to, amount: text, currency: code } => {
+            WireCommand::Transfer {
+                id,
+                from,
+                to,
+                amount: text,
+                currency: code,
+            } => {
                 let currency = currency(code)?;
                 Ok(Command::Transfer(TransferRequest {
                     id: TransferId::new(id)?,
@@ -107,7 +134,13 @@ impl WireCommand {
                     currency,
                 }))
             }
-            WireCommand::Hold { id, account, amount: text, currency: code, expires_in_ms } => {
+            WireCommand::Hold {
+                id,
+                account,
+                amount: text,
+                currency: code,
+                expires_in_ms,
+            } => {
                 let currency = currency(code)?;
                 Ok(Command::Hold(HoldRequest {
                     id: HoldId::new(id)?,
@@ -118,7 +151,12 @@ impl WireCommand {
                 }))
             }
             WireCommand::Release { hold } => Ok(Command::Release(HoldId::new(hold)?)),
-            WireCommand::Capture { hold, to, amount: text, currency: code } => {
+            WireCommand::Capture {
+                hold,
+                to,
+                amount: text,
+                currency: code,
+            } => {
                 let amount = match (text, code) {
                     (Some(text), Some(code)) => Some(amount(text, currency(code)?)?),
                     (Some(_), None) => return Err(ErrorCode::UnknownCurrency),
@@ -131,9 +169,7 @@ impl WireCommand {
                 }))
             }
             WireCommand::LookupAccount { id } => Ok(Command::LookupAccount(AccountId::new(id)?)),
-            WireCommand::LookupTransfer { id } => {
-                Ok(Command::LookupTransfer(TransferId::new(id)?))
-            }
+            WireCommand::LookupTransfer { id } => Ok(Command::LookupTransfer(TransferId::new(id)?)),
             WireCommand::LookupHold { id } => Ok(Command::LookupHold(HoldId::new(id)?)),
         }
     }
@@ -158,7 +194,10 @@ mod tests {
         assert_eq!(t("10.005", "USD"), Err(ErrorCode::TooManyDecimals));
         assert_eq!(t("0", "USD"), Err(ErrorCode::AmountNotPositive));
         assert_eq!(t("-5", "USD"), Err(ErrorCode::AmountNotPositive));
-        assert_eq!(t("99999999999999999999", "USD"), Err(ErrorCode::AmountOverflow));
+        assert_eq!(
+            t("99999999999999999999", "USD"),
+            Err(ErrorCode::AmountOverflow)
+        );
         assert_eq!(t("abc", "USD"), Err(ErrorCode::InvalidAmount));
         assert_eq!(t("1", "XYZ"), Err(ErrorCode::UnknownCurrency));
         let bad_id = parse(

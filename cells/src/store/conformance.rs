@@ -104,7 +104,10 @@ fn scan(store: &Arc<dyn Store>, request: RangeRequest) -> Vec<KeyValue> {
 }
 
 fn rows(pairs: &[(&[u8], &[u8])]) -> Vec<KeyValue> {
-    pairs.iter().map(|(key, value)| (key.to_vec(), value.to_vec())).collect()
+    pairs
+        .iter()
+        .map(|(key, value)| (key.to_vec(), value.to_vec()))
+        .collect()
 }
 
 const EVERYTHING_END: &[u8] = &[0xff, 0xff];
@@ -116,33 +119,55 @@ pub fn check_key_order_and_ranges(target: &mut dyn ConformanceTarget) {
     for (index, key) in keys.iter().enumerate() {
         write(&store, &[(key, &[index as u8])]);
     }
-    let all = scan(&store, RangeRequest::new(Vec::new(), EVERYTHING_END.to_vec(), 100));
+    let all = scan(
+        &store,
+        RangeRequest::new(Vec::new(), EVERYTHING_END.to_vec(), 100),
+    );
     let order: Vec<&[u8]> = all.iter().map(|(key, _)| key.as_slice()).collect();
     let expected: [&[u8]; 8] = [&[], &[0], &[0, 0], &[1], b"a", b"ab", b"b", &[0xff]];
     assert_eq!(order, expected, "keys in byte order");
-    let first = scan(&store, RangeRequest::new(Vec::new(), EVERYTHING_END.to_vec(), 3));
+    let first = scan(
+        &store,
+        RangeRequest::new(Vec::new(), EVERYTHING_END.to_vec(), 3),
+    );
     assert_eq!(first, all[..3].to_vec(), "limit keeps the first rows");
     let mut request = RangeRequest::new(Vec::new(), EVERYTHING_END.to_vec(), 3);
     request.reverse = true;
     let last: Vec<KeyValue> = all.iter().rev().take(3).cloned().collect();
-    assert_eq!(scan(&store, request), last, "reverse with limit keeps the last rows");
+    assert_eq!(
+        scan(&store, request),
+        last,
+        "reverse with limit keeps the last rows"
+    );
     assert!(scan(&store, RangeRequest::new(b"c".to_vec(), b"d".to_vec(), 10)).is_empty());
     let prefix = scan(&store, RangeRequest::prefix(b"a", 10));
     assert_eq!(prefix, rows(&[(b"a", &[2]), (b"ab", &[5])]), "prefix range");
     let half_open = scan(&store, RangeRequest::new(b"a".to_vec(), b"b".to_vec(), 10));
     assert_eq!(half_open, prefix, "end is excluded");
-    let limit_zero = scan(&store, RangeRequest::new(Vec::new(), EVERYTHING_END.to_vec(), 0));
+    let limit_zero = scan(
+        &store,
+        RangeRequest::new(Vec::new(), EVERYTHING_END.to_vec(), 0),
+    );
     assert!(limit_zero.is_empty(), "limit 0 reads nothing");
     let inverted = block_on(store.get_range(RangeRequest::new(b"b".to_vec(), b"a".to_vec(), 1)));
-    assert!(matches!(inverted, Err(StoreError::InvalidRange)), "{inverted:?}");
+    assert!(
+        matches!(inverted, Err(StoreError::InvalidRange)),
+        "{inverted:?}"
+    );
     let many = block_on(store.get_many(vec![b"ab".to_vec(), b"zz".to_vec(), Vec::new()]));
-    assert_eq!(many.expect("get_many"), vec![Some(vec![5]), None, Some(vec![4])]);
+    assert_eq!(
+        many.expect("get_many"),
+        vec![Some(vec![5]), None, Some(vec![4])]
+    );
 }
 
 /// Reads inside a transaction see its own sets, clears and range clears, in key order.
 pub fn check_read_your_writes(target: &mut dyn ConformanceTarget) {
     let store = target.open();
-    write(&store, &[(b"a", b"1"), (b"b", b"2"), (b"c", b"3"), (b"e", b"5")]);
+    write(
+        &store,
+        &[(b"a", b"1"), (b"b", b"2"), (b"c", b"3"), (b"e", b"5")],
+    );
     let mut txn = begin(&store);
     txn.set(b"b", b"20").expect("set");
     txn.clear(b"c").expect("clear");
@@ -152,25 +177,45 @@ pub fn check_read_your_writes(target: &mut dyn ConformanceTarget) {
     assert_eq!(block_on(txn.get(b"d")).expect("get"), Some(b"4".to_vec()));
     let all = RangeRequest::new(Vec::new(), EVERYTHING_END.to_vec(), 100);
     let expected = rows(&[(b"a", b"1"), (b"b", b"20"), (b"d", b"4"), (b"e", b"5")]);
-    assert_eq!(block_on(txn.get_range(all.clone())).expect("range"), expected);
+    assert_eq!(
+        block_on(txn.get_range(all.clone())).expect("range"),
+        expected
+    );
     let mut reverse = RangeRequest::new(Vec::new(), EVERYTHING_END.to_vec(), 2);
     reverse.reverse = true;
     let expected = rows(&[(b"e", b"5"), (b"d", b"4")]);
     assert_eq!(block_on(txn.get_range(reverse)).expect("range"), expected);
     txn.clear_range(b"a", b"d").expect("clear_range");
     txn.set(b"b", b"21").expect("set after clear_range");
-    assert_eq!(block_on(txn.get(b"a")).expect("get"), None, "cleared by own clear_range");
+    assert_eq!(
+        block_on(txn.get(b"a")).expect("get"),
+        None,
+        "cleared by own clear_range"
+    );
     let expected = rows(&[(b"b", b"21"), (b"d", b"4"), (b"e", b"5")]);
-    assert_eq!(block_on(txn.get_range(all.clone())).expect("range"), expected);
-    assert_eq!(read(&store, b"b"), Some(b"2".to_vec()), "uncommitted writes stay invisible");
+    assert_eq!(
+        block_on(txn.get_range(all.clone())).expect("range"),
+        expected
+    );
+    assert_eq!(
+        read(&store, b"b"),
+        Some(b"2".to_vec()),
+        "uncommitted writes stay invisible"
+    );
     commit(txn).expect("commit");
-    assert_eq!(scan(&store, all), expected, "committed state equals what the txn read");
+    assert_eq!(
+        scan(&store, all),
+        expected,
+        "committed state equals what the txn read"
+    );
 }
 
 /// Clears and range clears remove exactly their keys, also after reopen.
 pub fn check_clears(target: &mut dyn ConformanceTarget) {
     let store = target.open();
-    let keys: Vec<Vec<u8>> = (0..10).map(|index| format!("k{index}").into_bytes()).collect();
+    let keys: Vec<Vec<u8>> = (0..10)
+        .map(|index| format!("k{index}").into_bytes())
+        .collect();
     let pairs: Vec<(&[u8], &[u8])> = keys.iter().map(|key| (key.as_slice(), &b"v"[..])).collect();
     write(&store, &pairs);
     let mut txn = begin(&store);
@@ -196,14 +241,21 @@ pub fn check_conflict_on_key(target: &mut dyn ConformanceTarget) {
     let mut first = begin(&store);
     let mut second = begin(&store);
     for txn in [&mut first, &mut second] {
-        assert_eq!(block_on(txn.get(b"balance")).expect("get"), Some(b"10".to_vec()));
+        assert_eq!(
+            block_on(txn.get(b"balance")).expect("get"),
+            Some(b"10".to_vec())
+        );
     }
     first.set(b"balance", b"11").expect("set");
     second.set(b"balance", b"12").expect("set");
     commit(first).expect("first commits");
     let result = commit(second);
     assert!(matches!(result, Err(CommitError::Conflict)), "{result:?}");
-    assert_eq!(read(&store, b"balance"), Some(b"11".to_vec()), "loser wrote nothing");
+    assert_eq!(
+        read(&store, b"balance"),
+        Some(b"11".to_vec()),
+        "loser wrote nothing"
+    );
     // A read of an absent key conflicts with its creation, too.
     let mut reader = begin(&store);
     assert_eq!(block_on(reader.get(b"fresh")).expect("get"), None);
@@ -254,8 +306,15 @@ pub fn check_blind_writes_never_conflict(target: &mut dyn ConformanceTarget) {
     let second_future = second.commit();
     let first_version = block_on(first_future).expect("blind write commits");
     let second_version = block_on(second_future).expect("blind write commits");
-    assert!(first_version < second_version, "{first_version} < {second_version}");
-    assert_eq!(read(&store, b"x"), Some(b"2".to_vec()), "the later commit wins");
+    assert!(
+        first_version < second_version,
+        "{first_version} < {second_version}"
+    );
+    assert_eq!(
+        read(&store, b"x"),
+        Some(b"2".to_vec()),
+        "the later commit wins"
+    );
 }
 
 /// Preconditions: absent, present, value mismatch; failing keys listed; nothing written.
@@ -295,25 +354,38 @@ pub fn check_atomic_visibility(target: &mut dyn ConformanceTarget) {
     const KEYS: usize = 10;
     const ROUNDS: usize = 200;
     let store = target.open();
-    let keys: Vec<Vec<u8>> =
-        (0..KEYS).map(|index| format!("atom/{index:02}").into_bytes()).collect();
+    let keys: Vec<Vec<u8>> = (0..KEYS)
+        .map(|index| format!("atom/{index:02}").into_bytes())
+        .collect();
     let writer_store = store.clone();
     let writer_keys = keys.clone();
     let writer = std::thread::spawn(move || {
         for round in 0..ROUNDS {
             let value = (round as u64).to_be_bytes();
-            let pairs: Vec<(&[u8], &[u8])> =
-                writer_keys.iter().map(|key| (key.as_slice(), &value[..])).collect();
+            let pairs: Vec<(&[u8], &[u8])> = writer_keys
+                .iter()
+                .map(|key| (key.as_slice(), &value[..]))
+                .collect();
             write(&writer_store, &pairs);
         }
     });
     let mut reads = 0;
     while !writer.is_finished() || reads < 10 {
         let values = block_on(store.get_many(keys.clone())).expect("get_many");
-        assert!(values.windows(2).all(|pair| pair[0] == pair[1]), "torn read: {values:?}");
+        assert!(
+            values.windows(2).all(|pair| pair[0] == pair[1]),
+            "torn read: {values:?}"
+        );
         let range = scan(&store, RangeRequest::prefix(b"atom/", 100));
-        assert!(range.is_empty() || range.len() == KEYS, "torn range: {} rows", range.len());
-        assert!(range.windows(2).all(|pair| pair[0].1 == pair[1].1), "torn range read");
+        assert!(
+            range.is_empty() || range.len() == KEYS,
+            "torn range: {} rows",
+            range.len()
+        );
+        assert!(
+            range.windows(2).all(|pair| pair[0].1 == pair[1].1),
+            "torn range read"
+        );
         reads += 1;
     }
     writer.join().expect("writer thread");
@@ -347,13 +419,25 @@ pub fn check_limits(target: &mut dyn ConformanceTarget) {
     let error = expect_error(block_on(store.get(&big_key)), "store get with a large key");
     assert!(matches!(error, StoreError::KeyTooLarge { .. }), "{error:?}");
     let too_many_rows = RangeRequest::new(b"a".to_vec(), b"b".to_vec(), RANGE_ROWS_MAX + 1);
-    let error = expect_error(block_on(store.get_range(too_many_rows.clone())), "store range");
-    assert!(matches!(error, StoreError::RequestTooLarge { .. }), "{error:?}");
+    let error = expect_error(
+        block_on(store.get_range(too_many_rows.clone())),
+        "store range",
+    );
+    assert!(
+        matches!(error, StoreError::RequestTooLarge { .. }),
+        "{error:?}"
+    );
     let error = expect_error(block_on(txn.get_range(too_many_rows)), "txn range");
-    assert!(matches!(error, StoreError::RequestTooLarge { .. }), "{error:?}");
+    assert!(
+        matches!(error, StoreError::RequestTooLarge { .. }),
+        "{error:?}"
+    );
     let keys = vec![b"k".to_vec(); GET_MANY_KEYS_MAX + 1];
     let error = expect_error(block_on(store.get_many(keys)), "get_many");
-    assert!(matches!(error, StoreError::RequestTooLarge { .. }), "{error:?}");
+    assert!(
+        matches!(error, StoreError::RequestTooLarge { .. }),
+        "{error:?}"
+    );
     let value = vec![b'v'; VALUE_BYTES_MAX];
     let mut result = Ok(());
     for index in 0..(TRANSACTION_BYTES_MAX / VALUE_BYTES_MAX + 1) {
@@ -363,8 +447,15 @@ pub fn check_limits(target: &mut dyn ConformanceTarget) {
         }
     }
     let error = expect_error(result, "transaction over 10 MB");
-    assert!(matches!(error, StoreError::TransactionTooLarge { .. }), "{error:?}");
-    assert!(txn.size_bytes() <= TRANSACTION_BYTES_MAX, "{}", txn.size_bytes());
+    assert!(
+        matches!(error, StoreError::TransactionTooLarge { .. }),
+        "{error:?}"
+    );
+    assert!(
+        txn.size_bytes() <= TRANSACTION_BYTES_MAX,
+        "{}",
+        txn.size_bytes()
+    );
 }
 
 /// A write refused for a limit leaves nothing behind: the rest of the transaction commits
@@ -374,24 +465,35 @@ pub fn check_limits_nothing_written(target: &mut dyn ConformanceTarget) {
     let mut txn = begin(&store);
     let big_key = vec![b'k'; KEY_BYTES_MAX + 1];
     assert!(txn.set(&big_key, b"v").is_err());
-    assert!(txn.set(b"big-value", &vec![b'v'; VALUE_BYTES_MAX + 1]).is_err());
+    assert!(txn
+        .set(b"big-value", &vec![b'v'; VALUE_BYTES_MAX + 1])
+        .is_err());
     txn.set(b"small", b"v").expect("set");
     commit(txn).expect("commit");
     assert_eq!(read(&store, b"small"), Some(b"v".to_vec()));
     assert_eq!(read(&store, b"big-value"), None);
-    let range = scan(&store, RangeRequest::new(Vec::new(), EVERYTHING_END.to_vec(), 10));
+    let range = scan(
+        &store,
+        RangeRequest::new(Vec::new(), EVERYTHING_END.to_vec(), 10),
+    );
     assert_eq!(range.len(), 1, "only the small key: {:?}", range.len());
     let mut txn = begin(&store);
     let value = vec![b'v'; VALUE_BYTES_MAX];
     let mut index = 0;
-    while txn.set(format!("big/{index:04}").as_bytes(), &value).is_ok() {
+    while txn
+        .set(format!("big/{index:04}").as_bytes(), &value)
+        .is_ok()
+    {
         index += 1;
     }
     drop(txn);
     assert!(scan(&store, RangeRequest::prefix(b"big/", 10)).is_empty());
     // The maximal value itself is accepted.
     write(&store, &[(&vec![b'k'; KEY_BYTES_MAX], &value)]);
-    assert_eq!(read(&store, &vec![b'k'; KEY_BYTES_MAX]).map(|v| v.len()), Some(VALUE_BYTES_MAX));
+    assert_eq!(
+        read(&store, &vec![b'k'; KEY_BYTES_MAX]).map(|v| v.len()),
+        Some(VALUE_BYTES_MAX)
+    );
 }
 
 /// A transaction older than the limit is rejected as too old and writes nothing.
@@ -403,7 +505,10 @@ pub fn check_transaction_too_old(target: &mut dyn ConformanceTarget) {
     std::thread::sleep(Duration::from_millis(max_ms + 50));
     let result = commit(txn);
     assert!(
-        matches!(result, Err(CommitError::Rejected(StoreError::TransactionTooOld { .. }))),
+        matches!(
+            result,
+            Err(CommitError::Rejected(StoreError::TransactionTooOld { .. }))
+        ),
         "{result:?}"
     );
     assert_eq!(read(&store, b"late"), None);
@@ -417,12 +522,16 @@ pub fn check_durability_across_reopen(target: &mut dyn ConformanceTarget) {
         write(&store, &[(key.as_bytes(), &index.to_be_bytes())]);
     }
     let mut txn = begin(&store);
-    txn.clear_range(b"durable/050", b"durable/060").expect("clear_range");
+    txn.clear_range(b"durable/050", b"durable/060")
+        .expect("clear_range");
     commit(txn).expect("commit");
     let before = scan(&store, RangeRequest::prefix(b"durable/", 1000));
     assert_eq!(before.len(), 90);
     let store = target.reopen(store);
-    assert_eq!(scan(&store, RangeRequest::prefix(b"durable/", 1000)), before);
+    assert_eq!(
+        scan(&store, RangeRequest::prefix(b"durable/", 1000)),
+        before
+    );
     let version = write(&store, &[(b"after-reopen", b"v")]);
     assert!(version > 0);
 }
@@ -463,7 +572,10 @@ pub fn check_concurrent_committers(target: &mut dyn ConformanceTarget) {
     let mut all_versions = Vec::new();
     for thread in threads {
         let versions = thread.join().expect("committer thread");
-        assert!(versions.windows(2).all(|pair| pair[0] < pair[1]), "per-thread order");
+        assert!(
+            versions.windows(2).all(|pair| pair[0] < pair[1]),
+            "per-thread order"
+        );
         all_versions.extend(versions);
     }
     let count = all_versions.len();
@@ -472,7 +584,10 @@ pub fn check_concurrent_committers(target: &mut dyn ConformanceTarget) {
     assert_eq!(all_versions.len(), count, "versions unique across threads");
     let store = target.reopen(store);
     let rows = scan(&store, RangeRequest::prefix(b"c/", RANGE_ROWS_MAX));
-    assert_eq!(rows.len(), CONCURRENT_THREADS * CONCURRENT_TRANSACTIONS_PER_THREAD * 3);
+    assert_eq!(
+        rows.len(),
+        CONCURRENT_THREADS * CONCURRENT_TRANSACTIONS_PER_THREAD * 3
+    );
 }
 
 /// Sequential commits get strictly increasing versions, also across a reopen.
@@ -486,5 +601,8 @@ pub fn check_commit_versions_increase(target: &mut dyn ConformanceTarget) {
     }
     let store = target.reopen(store);
     let version = write(&store, &[(b"counter", b"after")]);
-    assert!(version > last, "version {version} after reopen, last {last}");
+    assert!(
+        version > last,
+        "version {version} after reopen, last {last}"
+    );
 }

@@ -77,7 +77,10 @@ pub enum StoreError {
 impl StoreError {
     /// Whether the same request may succeed if tried again unchanged.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::TransactionTooOld { .. } | StoreError::Backend { .. })
+        matches!(
+            self,
+            StoreError::TransactionTooOld { .. } | StoreError::Backend { .. }
+        )
     }
 }
 
@@ -125,7 +128,12 @@ pub struct RangeRequest {
 
 impl RangeRequest {
     pub fn new(begin: Vec<u8>, end: Vec<u8>, limit: usize) -> Self {
-        RangeRequest { begin, end, limit, reverse: false }
+        RangeRequest {
+            begin,
+            end,
+            limit,
+            reverse: false,
+        }
     }
 
     /// All keys that start with `prefix`.
@@ -164,7 +172,10 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 /// Checks a key against [`limits::KEY_BYTES_MAX`].
 pub fn check_key(key: &[u8]) -> Result<(), StoreError> {
     if key.len() > limits::KEY_BYTES_MAX {
-        return Err(StoreError::KeyTooLarge { len: key.len(), max: limits::KEY_BYTES_MAX });
+        return Err(StoreError::KeyTooLarge {
+            len: key.len(),
+            max: limits::KEY_BYTES_MAX,
+        });
     }
     Ok(())
 }
@@ -172,7 +183,10 @@ pub fn check_key(key: &[u8]) -> Result<(), StoreError> {
 /// Checks a value against [`limits::VALUE_BYTES_MAX`].
 pub fn check_value(value: &[u8]) -> Result<(), StoreError> {
     if value.len() > limits::VALUE_BYTES_MAX {
-        return Err(StoreError::ValueTooLarge { len: value.len(), max: limits::VALUE_BYTES_MAX });
+        return Err(StoreError::ValueTooLarge {
+            len: value.len(),
+            max: limits::VALUE_BYTES_MAX,
+        });
     }
     Ok(())
 }
@@ -200,8 +214,10 @@ pub trait Store: Send + Sync + 'static {
         keys: Vec<Vec<u8>>,
     ) -> BoxFuture<'static, Result<Vec<Option<Vec<u8>>>, StoreError>>;
     /// Reads a range at the latest committed state.
-    fn get_range(&self, request: RangeRequest)
-        -> BoxFuture<'static, Result<Vec<KeyValue>, StoreError>>;
+    fn get_range(
+        &self,
+        request: RangeRequest,
+    ) -> BoxFuture<'static, Result<Vec<KeyValue>, StoreError>>;
     /// Counters about the backend.
     fn stats(&self) -> StoreStats;
 }

@@ -101,7 +101,9 @@ impl EngineBenchConfig {
             )));
         }
         if self.in_flight == 0 || self.in_flight > IN_FLIGHT_MAX {
-            return Err(BenchError::Config(format!("--in-flight must be between 1 and {IN_FLIGHT_MAX}")));
+            return Err(BenchError::Config(format!(
+                "--in-flight must be between 1 and {IN_FLIGHT_MAX}"
+            )));
         }
         Ok(())
     }
@@ -175,10 +177,16 @@ async fn setup(ledger: &Ledger, config: &EngineBenchConfig) -> Result<(), BenchE
         Command::CreateAccount(spec(account_id("merchant"), AccountKind::Customer)),
         Command::CreateAccount(spec(account_id("payer"), AccountKind::Customer)),
     ];
-    creations.extend((0..config.accounts).map(|i| Command::CreateAccount(spec(customer(i), AccountKind::Customer))));
+    creations.extend(
+        (0..config.accounts)
+            .map(|i| Command::CreateAccount(spec(customer(i), AccountKind::Customer))),
+    );
     for chunk in creations.chunks(BATCH_COMMANDS_MAX) {
         let results = execute(ledger, chunk.to_vec()).await?;
-        if let Some(bad) = results.iter().find(|r| !matches!(r, Ok(_) | Err(ErrorCode::AccountExists))) {
+        if let Some(bad) = results
+            .iter()
+            .find(|r| !matches!(r, Ok(_) | Err(ErrorCode::AccountExists)))
+        {
             return Err(BenchError::Setup(format!("account creation: {bad:?}")));
         }
     }
@@ -204,8 +212,14 @@ fn fund(account: &str, units: u64) -> Command {
     })
 }
 
-async fn execute(ledger: &Ledger, commands: Vec<Command>) -> Result<Vec<CommandResult>, BenchError> {
-    ledger.execute(commands).await.map_err(|error| BenchError::Setup(error.to_string()))
+async fn execute(
+    ledger: &Ledger,
+    commands: Vec<Command>,
+) -> Result<Vec<CommandResult>, BenchError> {
+    ledger
+        .execute(commands)
+        .await
+        .map_err(|error| BenchError::Setup(error.to_string()))
 }
 
 async fn wait_settled(ledger: &Ledger) -> Result<(), BenchError> {
@@ -229,19 +243,30 @@ struct Progress {
 }
 
 /// Runs the benchmark on a started ledger over a fresh store.
-pub async fn run(ledger: &Ledger, config: &EngineBenchConfig) -> Result<EngineBenchReport, BenchError> {
+pub async fn run(
+    ledger: &Ledger,
+    config: &EngineBenchConfig,
+) -> Result<EngineBenchReport, BenchError> {
     config.validate()?;
     setup(ledger, config).await?;
-    let bar = if config.progress { ProgressBar::new(config.transfers) } else { ProgressBar::hidden() };
+    let bar = if config.progress {
+        ProgressBar::new(config.transfers)
+    } else {
+        ProgressBar::hidden()
+    };
     bar.set_style(
-        ProgressStyle::with_template("{spinner} {pos}/{len} transfers {per_sec} [{elapsed_precise}] {wide_bar}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{spinner} {pos}/{len} transfers {per_sec} [{elapsed_precise}] {wide_bar}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let progress = Arc::new(Progress {
         next_batch: AtomicU64::new(0),
         accepted: AtomicU64::new(0),
         rejected: Mutex::new(Default::default()),
-        batch_latency_us: Mutex::new(Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")),
+        batch_latency_us: Mutex::new(
+            Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
+        ),
         bar,
     });
     let store = ledger.store().stats();
@@ -249,7 +274,8 @@ pub async fn run(ledger: &Ledger, config: &EngineBenchConfig) -> Result<EngineBe
     let debits_before = ledger.stats().debits();
     ledger.stats().take_commit_latency();
     let started = Instant::now();
-    let workers = (0..config.in_flight).map(|_| worker(ledger.clone(), config.clone(), Arc::clone(&progress)));
+    let workers = (0..config.in_flight)
+        .map(|_| worker(ledger.clone(), config.clone(), Arc::clone(&progress)));
     futures::future::join_all(workers).await;
     let acknowledged = started.elapsed();
     wait_settled(ledger).await?;
@@ -260,7 +286,11 @@ pub async fn run(ledger: &Ledger, config: &EngineBenchConfig) -> Result<EngineBe
     let debits = ledger.stats().debits() - debits_before;
     assert_eq!(credits, debits, "every debit of the run has its credit");
     let commit = ledger.stats().take_commit_latency();
-    let batch = progress.batch_latency_us.lock().map(|h| h.clone()).unwrap_or_else(|_| Histogram::new(3).expect("valid"));
+    let batch = progress
+        .batch_latency_us
+        .lock()
+        .map(|h| h.clone())
+        .unwrap_or_else(|_| Histogram::new(3).expect("valid"));
     let fsyncs = store_after.durable_writes - store.durable_writes;
     let commits = store_after.transactions_committed - store.transactions_committed;
     let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1_000.0;
@@ -272,8 +302,16 @@ pub async fn run(ledger: &Ledger, config: &EngineBenchConfig) -> Result<EngineBe
         in_flight: config.in_flight,
         seed: config.seed,
         accepted: progress.accepted.load(Ordering::Relaxed),
-        rejected: progress.rejected.lock().map(|m| m.values().sum()).unwrap_or(0),
-        rejected_by_code: progress.rejected.lock().map(|m| m.clone()).unwrap_or_default(),
+        rejected: progress
+            .rejected
+            .lock()
+            .map(|m| m.values().sum())
+            .unwrap_or(0),
+        rejected_by_code: progress
+            .rejected
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default(),
         acknowledged_seconds: acknowledged.as_secs_f64(),
         completed_seconds: completed.as_secs_f64(),
         acknowledged_per_second: config.transfers as f64 / acknowledged.as_secs_f64(),
@@ -304,13 +342,16 @@ async fn worker(ledger: Ledger, config: EngineBenchConfig, progress: Arc<Progres
         }
         let first = batch * config.batch_size as u64;
         let count = (config.batch_size as u64).min(config.transfers - first);
-        let mut rng = StdRng::seed_from_u64(config.seed ^ batch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut rng =
+            StdRng::seed_from_u64(config.seed ^ batch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let (commands, follow_ups) = build_batch(&config, &mut rng, first, count);
         let started = Instant::now();
         let mut results = ledger.execute(commands).await.unwrap_or_default();
         let (positions, second): (Vec<usize>, Vec<Command>) = follow_ups
             .into_iter()
-            .filter(|(position, _)| matches!(results.get(*position), Some(Ok(Outcome::HoldCreated))))
+            .filter(|(position, _)| {
+                matches!(results.get(*position), Some(Ok(Outcome::HoldCreated)))
+            })
             .unzip();
         if !second.is_empty() {
             let second = ledger.execute(second).await.unwrap_or_default();
@@ -374,7 +415,11 @@ fn build_batch(
                 expires_in_ms: Some(600_000),
             }));
             let follow_up = if rng.random_bool(2.0 / 3.0) {
-                Command::Capture(CaptureRequest { hold, to, amount: None })
+                Command::Capture(CaptureRequest {
+                    hold,
+                    to,
+                    amount: None,
+                })
             } else {
                 Command::Release(hold)
             };

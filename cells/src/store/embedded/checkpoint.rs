@@ -27,7 +27,9 @@ pub(crate) struct CheckpointJob {
 }
 
 pub(crate) fn fjall(error: fjall::Error) -> StoreError {
-    StoreError::Backend { detail: format!("checkpoint store: {error}") }
+    StoreError::Backend {
+        detail: format!("checkpoint store: {error}"),
+    }
 }
 
 pub(crate) fn open_checkpoint(
@@ -38,8 +40,9 @@ pub(crate) fn open_checkpoint(
         .worker_threads(1)
         .open()
         .map_err(fjall)?;
-    let keyspace =
-        database.keyspace(KEYSPACE_NAME, fjall::KeyspaceCreateOptions::default).map_err(fjall)?;
+    let keyspace = database
+        .keyspace(KEYSPACE_NAME, fjall::KeyspaceCreateOptions::default)
+        .map_err(fjall)?;
     Ok((database, keyspace))
 }
 
@@ -50,9 +53,17 @@ pub(crate) fn read_position(dir: &Path) -> Result<u64, StoreError> {
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(0),
         Err(error) => return Err(error.into()),
     };
-    let corrupt = || StoreError::Corrupt { detail: "checkpoint position file".to_string() };
-    let version: [u8; 8] = bytes.get(0..8).and_then(|b| b.try_into().ok()).ok_or_else(corrupt)?;
-    let crc: [u8; 4] = bytes.get(8..12).and_then(|b| b.try_into().ok()).ok_or_else(corrupt)?;
+    let corrupt = || StoreError::Corrupt {
+        detail: "checkpoint position file".to_string(),
+    };
+    let version: [u8; 8] = bytes
+        .get(0..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(corrupt)?;
+    let crc: [u8; 4] = bytes
+        .get(8..12)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(corrupt)?;
     if bytes.len() != 12 || crc32fast::hash(&version) != u32::from_le_bytes(crc) {
         return Err(corrupt());
     }
@@ -73,8 +84,9 @@ pub(crate) fn spawn(
     shared: Arc<Shared>,
     jobs: Receiver<CheckpointJob>,
 ) -> Result<JoinHandle<()>, StoreError> {
-    let thread =
-        std::thread::Builder::new().name("store-checkpoint".to_string()).spawn(move || {
+    let thread = std::thread::Builder::new()
+        .name("store-checkpoint".to_string())
+        .spawn(move || {
             while let Ok(job) = jobs.recv() {
                 let span = tracing::info_span!("store_checkpoint", next_version = job.next_version);
                 let _entered = span.enter();

@@ -136,7 +136,9 @@ impl Committer {
                 match self.commit_group(&mut batch[start..]) {
                     Ok(processed) => start += processed,
                     Err(error) => {
-                        batch[start..].iter_mut().for_each(|pending| pending.answer(Err(closed())));
+                        batch[start..]
+                            .iter_mut()
+                            .for_each(|pending| pending.answer(Err(closed())));
                         return self.fail(&error);
                     }
                 }
@@ -182,7 +184,11 @@ impl Committer {
         let group = &mut group[..verdicts.len()];
         self.buffer.clear();
         for (pending, verdict) in group.iter().zip(&verdicts) {
-            if let Verdict::Accepted { version, logged: true } = verdict {
+            if let Verdict::Accepted {
+                version,
+                logged: true,
+            } = verdict
+            {
                 encode_record(&mut self.buffer, *version, &pending.writes);
             }
         }
@@ -206,9 +212,13 @@ impl Committer {
         }
         let counters = &self.shared.counters;
         if let Some(version) = last_version {
-            counters.version_committed.fetch_max(version, Ordering::AcqRel);
+            counters
+                .version_committed
+                .fetch_max(version, Ordering::AcqRel);
         }
-        counters.transactions_committed.fetch_add(accepted, Ordering::Relaxed);
+        counters
+            .transactions_committed
+            .fetch_add(accepted, Ordering::Relaxed);
         metrics::counter!("tessera_store_commits_total").increment(accepted);
         metrics::histogram!("tessera_store_commit_group_transactions").record(group.len() as f64);
         applied.map(|()| group.len())
@@ -216,13 +226,17 @@ impl Committer {
 
     /// Appends the encoded group and syncs it (or injects the torn-write fault).
     fn write_group(&mut self) -> Result<(), StoreError> {
-        if let Some(Failpoint::TornGroupWrite { after_groups, bytes_written }) =
-            self.shared.options.failpoint
+        if let Some(Failpoint::TornGroupWrite {
+            after_groups,
+            bytes_written,
+        }) = self.shared.options.failpoint
         {
             if self.groups == after_groups {
                 let torn = &self.buffer[..bytes_written.min(self.buffer.len())];
                 self.wal.append_unsynced(torn)?;
-                return Err(StoreError::Io(std::io::Error::other("failpoint: torn group write")));
+                return Err(StoreError::Io(std::io::Error::other(
+                    "failpoint: torn group write",
+                )));
             }
         }
         self.wal.append(&self.buffer)?;
@@ -282,7 +296,10 @@ impl Committer {
             if logged {
                 self.next_version += 1;
             }
-            verdicts.push(Verdict::Accepted { version: self.next_version - 1, logged });
+            verdicts.push(Verdict::Accepted {
+                version: self.next_version - 1,
+                logged,
+            });
             if let Some(overlay) = &mut overlay {
                 add_to_overlay(overlay, &pending.writes, &mut overlay_has_range);
             }
@@ -316,7 +333,10 @@ impl Committer {
             bytes = memtable.bytes(),
             "memtable frozen"
         );
-        let job = CheckpointJob { memtable, next_version: self.next_version };
+        let job = CheckpointJob {
+            memtable,
+            next_version: self.next_version,
+        };
         // At most one memtable is frozen, so the checkpointer has no job waiting; if it is
         // gone, the frozen memtable keeps serving reads and the log keeps every record.
         if let Err(error) = self.jobs.try_send(job) {
@@ -342,7 +362,7 @@ fn build_overlay<'a>(
     verdicts: &[Verdict],
     has_range: &mut bool,
 ) -> Overlay<'a> {
-    let mut overlay = Overlay::with_capacity(4_096);
+    let mut overlay = Overlay::with_capacity_and_hasher(4_096, Default::default());
     for (pending, verdict) in accepted_before.iter().zip(verdicts) {
         if matches!(verdict, Verdict::Accepted { .. }) {
             add_to_overlay(&mut overlay, &pending.writes, has_range);
@@ -404,7 +424,10 @@ fn reads_unchanged(view: &View<'_>, reads: &ReadSet) -> Result<bool, StoreError>
     }
     for range in &reads.ranges {
         let mut hasher = RowsHasher::default();
-        for row in view.range(&range.begin, &range.end, range.reverse).take(range.rows + 1) {
+        for row in view
+            .range(&range.begin, &range.end, range.reverse)
+            .take(range.rows + 1)
+        {
             let (key, value) = row?;
             hasher.add(&key, &value);
         }

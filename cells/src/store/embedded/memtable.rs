@@ -20,7 +20,7 @@ pub(crate) const ENTRY_OVERHEAD_BYTES: usize = 64;
 
 /// Writes of earlier transactions of the group being validated (not durable yet). A hash
 /// map: point lookups are the hot path; the rare range validation sorts what it needs.
-pub(crate) type Overlay<'a> = HashMap<&'a [u8], Option<&'a [u8]>>;
+pub(crate) type Overlay<'a> = HashMap<&'a [u8], Option<&'a [u8]>, xxhash_rust::xxh3::Xxh3Builder>;
 
 /// Key bytes ordered exactly like `[u8]`, but compared eight bytes at a time inline: the
 /// memtable's B-tree compares keys with long shared prefixes (tuple-encoded), and a libc
@@ -133,10 +133,16 @@ impl Memtable {
     }
 
     fn range_source<'a>(&'a self, begin: &[u8], end: &[u8], reverse: bool) -> Source<'a> {
-        let bounds = (Bound::Included(KeyBytes::new(begin)), Bound::Excluded(KeyBytes::new(end)));
+        let bounds = (
+            Bound::Included(KeyBytes::new(begin)),
+            Bound::Excluded(KeyBytes::new(end)),
+        );
         let range = self.map.range::<KeyBytes, _>(bounds);
         let entry = |(key, value): (&'a MemKey, &'a Option<Vec<u8>>)| {
-            Ok((Cow::Borrowed(key.as_slice()), value.as_deref().map(Cow::Borrowed)))
+            Ok((
+                Cow::Borrowed(key.as_slice()),
+                value.as_deref().map(Cow::Borrowed),
+            ))
         };
         if reverse {
             Box::new(range.rev().map(entry))
@@ -158,7 +164,11 @@ pub(crate) struct Tables {
 
 impl Tables {
     pub(crate) fn new(checkpoint_empty: bool) -> Self {
-        Tables { active: Memtable::default(), frozen: None, checkpoint_empty }
+        Tables {
+            active: Memtable::default(),
+            frozen: None,
+            checkpoint_empty,
+        }
     }
 
     pub(crate) fn view<'a>(

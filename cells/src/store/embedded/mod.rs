@@ -102,7 +102,10 @@ pub enum Failpoint {
     /// After `after_groups` durable groups, write only the first `bytes_written` bytes of the
     /// next group, skip its sync and its application, resolve its commits
     /// [`CommitError::Unknown`] and fail the store, as if the machine crashed mid-write.
-    TornGroupWrite { after_groups: u64, bytes_written: usize },
+    TornGroupWrite {
+        after_groups: u64,
+        bytes_written: usize,
+    },
 }
 
 /// Options of [`EmbeddedStore::open`]. The default is durable.
@@ -137,7 +140,11 @@ impl Default for EmbeddedOptions {
 impl EmbeddedOptions {
     /// Checks the options.
     pub fn validate(&self) -> Result<(), StoreError> {
-        let invalid = |detail: &str| Err(StoreError::Backend { detail: detail.to_string() });
+        let invalid = |detail: &str| {
+            Err(StoreError::Backend {
+                detail: detail.to_string(),
+            })
+        };
         if self.memtable_bytes_max == 0 || self.wal_bytes_max == 0 {
             return invalid("memtable_bytes_max and wal_bytes_max must be positive");
         }
@@ -192,7 +199,9 @@ pub struct EmbeddedStore {
 
 impl std::fmt::Debug for EmbeddedStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmbeddedStore").field("dir", &self.shared.dir).finish_non_exhaustive()
+        f.debug_struct("EmbeddedStore")
+            .field("dir", &self.shared.dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -230,7 +239,10 @@ impl EmbeddedStore {
             options,
             dir: dir.to_path_buf(),
         });
-        shared.counters.version_committed.store(replay.last_version, Ordering::Relaxed);
+        shared
+            .counters
+            .version_committed
+            .store(replay.last_version, Ordering::Relaxed);
         let (jobs, job_receiver) = std::sync::mpsc::sync_channel(1);
         let checkpointer = checkpoint::spawn(shared.clone(), job_receiver)?;
         let committer = committer::spawn(
@@ -261,7 +273,10 @@ impl Drop for EmbeddedStore {
         self.shared.queue_ready.notify_all();
         // The committer drains the queue, then drops the checkpoint job sender, which ends
         // the checkpointer after its job in flight.
-        let handles = [self.committer.lock().take(), self.checkpointer.lock().take()];
+        let handles = [
+            self.committer.lock().take(),
+            self.checkpointer.lock().take(),
+        ];
         for handle in handles.into_iter().flatten() {
             if handle.join().is_err() {
                 tracing::error!("embedded store thread panicked");
@@ -279,12 +294,15 @@ impl Store for EmbeddedStore {
         if self.shared.commits_refused.load(Ordering::Acquire) {
             return Err(StoreError::Closed);
         }
-        Ok(Box::new(transaction::EmbeddedTransaction::new(self.shared.clone())))
+        Ok(Box::new(transaction::EmbeddedTransaction::new(
+            self.shared.clone(),
+        )))
     }
 
     fn get(&self, key: &[u8]) -> BoxFuture<'static, Result<Option<Vec<u8>>, StoreError>> {
         let result = check_key(key).and_then(|()| {
-            self.shared.with_view(|view| Ok(view.get(key)?.map(|value| value.into_owned())))
+            self.shared
+                .with_view(|view| Ok(view.get(key)?.map(|value| value.into_owned())))
         });
         ready(result)
     }
@@ -331,7 +349,9 @@ impl EmbeddedStore {
         }
         keys.iter().try_for_each(|key| check_key(key))?;
         self.shared.with_view(|view| {
-            keys.iter().map(|key| Ok(view.get(key)?.map(|value| value.into_owned()))).collect()
+            keys.iter()
+                .map(|key| Ok(view.get(key)?.map(|value| value.into_owned())))
+                .collect()
         })
     }
 }

@@ -34,7 +34,11 @@ fn everything(store: &EmbeddedStore) -> Vec<(Vec<u8>, Vec<u8>)> {
 }
 
 fn last_segment(dir: &Path) -> std::path::PathBuf {
-    list_segments(dir).expect("segments").pop().expect("a segment").1
+    list_segments(dir)
+        .expect("segments")
+        .pop()
+        .expect("a segment")
+        .1
 }
 
 #[test]
@@ -74,17 +78,28 @@ fn checksum_flip_in_the_middle_is_corrupt() {
     bytes[middle] ^= 0x40;
     std::fs::write(&segment, &bytes).expect("write");
     let result = EmbeddedStore::open(dir.path(), EmbeddedOptions::default());
-    assert!(matches!(result, Err(StoreError::Corrupt { .. })), "{result:?}");
+    assert!(
+        matches!(result, Err(StoreError::Corrupt { .. })),
+        "{result:?}"
+    );
 }
 
 #[test]
 fn crash_between_write_and_sync_keeps_transactions_whole() {
     let dir = tempfile::tempdir().expect("dir");
-    let failpoint = Failpoint::TornGroupWrite { after_groups: 3, bytes_written: 700 };
-    let options = EmbeddedOptions { failpoint: Some(failpoint), ..EmbeddedOptions::default() };
+    let failpoint = Failpoint::TornGroupWrite {
+        after_groups: 3,
+        bytes_written: 700,
+    };
+    let options = EmbeddedOptions {
+        failpoint: Some(failpoint),
+        ..EmbeddedOptions::default()
+    };
     let store = open(dir.path(), options);
     let pairs = |txn: usize| -> Vec<(Vec<u8>, Vec<u8>)> {
-        (0..3).map(|part| (key(txn * 10 + part), vec![txn as u8; 100])).collect()
+        (0..3)
+            .map(|part| (key(txn * 10 + part), vec![txn as u8; 100]))
+            .collect()
     };
     for txn in 0..3 {
         put(&store, &pairs(txn)).expect("durable group");
@@ -100,14 +115,25 @@ fn crash_between_write_and_sync_keeps_transactions_whole() {
         .collect();
     let futures: Vec<_> = transactions.into_iter().map(|txn| txn.commit()).collect();
     let outcomes: Vec<_> = futures.into_iter().map(block_on).collect();
-    assert!(outcomes.iter().any(|outcome| matches!(outcome, Err(CommitError::Unknown { .. }))));
-    assert!(matches!(store.begin().err(), Some(StoreError::Closed)), "a failed store refuses");
+    assert!(outcomes
+        .iter()
+        .any(|outcome| matches!(outcome, Err(CommitError::Unknown { .. }))));
+    assert!(
+        matches!(store.begin().err(), Some(StoreError::Closed)),
+        "a failed store refuses"
+    );
     drop(store);
     let store = open(dir.path(), EmbeddedOptions::default());
     let rows: BTreeMap<Vec<u8>, Vec<u8>> = everything(&store).into_iter().collect();
     for (txn, outcome) in (3..12).zip(&outcomes) {
-        let present = pairs(txn).iter().filter(|(key, _)| rows.contains_key(key)).count();
-        assert!(present == 0 || present == 3, "transaction {txn} is torn: {present} of 3");
+        let present = pairs(txn)
+            .iter()
+            .filter(|(key, _)| rows.contains_key(key))
+            .count();
+        assert!(
+            present == 0 || present == 3,
+            "transaction {txn} is torn: {present} of 3"
+        );
         match outcome {
             Ok(_) => assert_eq!(present, 3, "acknowledged transaction {txn} lost"),
             Err(CommitError::Unknown { .. }) => {}
@@ -165,7 +191,10 @@ fn checkpoint_and_restart_keep_final_values() {
     assert_eq!(everything(&store), expected);
     let segments = list_segments(dir.path()).expect("segments").len();
     assert!(segments <= 2, "covered segments deleted: {segments} left");
-    assert!(dir.path().join("checkpoint.position").exists(), "a checkpoint was written");
+    assert!(
+        dir.path().join("checkpoint.position").exists(),
+        "a checkpoint was written"
+    );
     drop(store);
     let store = open(dir.path(), tiny_options());
     assert_eq!(everything(&store), expected, "after restart");
@@ -190,7 +219,12 @@ fn requires_see_earlier_transactions_of_the_same_group() {
         fourth.require(b"x", None).expect("require");
         fourth.require(b"y", None).expect("require");
         fourth.set(b"z", b"1").expect("set");
-        let futures = [first.commit(), second.commit(), third.commit(), fourth.commit()];
+        let futures = [
+            first.commit(),
+            second.commit(),
+            third.commit(),
+            fourth.commit(),
+        ];
         for outcome in futures.into_iter().map(block_on) {
             outcome.expect("each sees the ones queued before it");
         }

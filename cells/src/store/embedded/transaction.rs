@@ -109,7 +109,9 @@ impl OwnWrites {
     }
 
     fn hides(&self, key: &[u8]) -> bool {
-        self.cleared.iter().any(|(begin, end)| begin.as_slice() <= key && key < end.as_slice())
+        self.cleared
+            .iter()
+            .any(|(begin, end)| begin.as_slice() <= key && key < end.as_slice())
     }
 }
 
@@ -187,7 +189,9 @@ impl EmbeddedTransaction {
         let value = self
             .shared
             .with_view(|view| Ok::<_, StoreError>(view.get(key)?.map(|v| v.into_owned())))?;
-        self.reads.keys.push((key.to_vec(), value_hash(value.as_deref())));
+        self.reads
+            .keys
+            .push((key.to_vec(), value_hash(value.as_deref())));
         Ok(value)
     }
 
@@ -212,9 +216,14 @@ fn merge_range(
 ) -> Result<(Vec<KeyValue>, Option<RangeRead>), StoreError> {
     let (begin, end, reverse) = (&request.begin[..], &request.end[..], request.reverse);
     let mut committed = view.range(begin, end, reverse);
-    let own_range = own.points.range::<[u8], _>((Bound::Included(begin), Bound::Excluded(end)));
-    let mut own_rows: Box<dyn Iterator<Item = _>> =
-        if reverse { Box::new(own_range.rev()) } else { Box::new(own_range) };
+    let own_range = own
+        .points
+        .range::<[u8], _>((Bound::Included(begin), Bound::Excluded(end)));
+    let mut own_rows: Box<dyn Iterator<Item = _>> = if reverse {
+        Box::new(own_range.rev())
+    } else {
+        Box::new(own_range)
+    };
     let mut own_head = own_rows.next();
     let mut committed_head: Option<KeyValue> = None;
     let (mut committed_done, mut last_pulled, mut hasher) = (false, None, RowsHasher::default());
@@ -243,9 +252,14 @@ fn merge_range(
             }
         };
         if take_own {
-            let Some((key, value)) = own_head.take() else { break };
+            let Some((key, value)) = own_head.take() else {
+                break;
+            };
             own_head = own_rows.next();
-            if committed_head.as_ref().is_some_and(|(committed_key, _)| committed_key == key) {
+            if committed_head
+                .as_ref()
+                .is_some_and(|(committed_key, _)| committed_key == key)
+            {
                 committed_head = None;
             }
             if let Some(value) = value {
@@ -320,7 +334,8 @@ impl Transaction for EmbeddedTransaction {
             check_value(expected)?;
         }
         self.charge_write(key.len() + expected.map_or(0, <[u8]>::len))?;
-        self.requires.push((key.to_vec(), expected.map(<[u8]>::to_vec)));
+        self.requires
+            .push((key.to_vec(), expected.map(<[u8]>::to_vec)));
         Ok(())
     }
 
@@ -332,10 +347,16 @@ impl Transaction for EmbeddedTransaction {
         let this = *self;
         let max_ms = this.shared.options.transaction_duration_ms_max;
         if this.begun.elapsed().as_millis() > u128::from(max_ms) {
-            return ready(Err(CommitError::Rejected(StoreError::TransactionTooOld { max_ms })));
+            return ready(Err(CommitError::Rejected(StoreError::TransactionTooOld {
+                max_ms,
+            })));
         }
         if this.writes.is_empty() && this.requires.is_empty() && this.reads.is_empty() {
-            return ready(Ok(this.shared.counters.version_committed.load(Ordering::Acquire)));
+            return ready(Ok(this
+                .shared
+                .counters
+                .version_committed
+                .load(Ordering::Acquire)));
         }
         let (reply, answer) = oneshot::channel();
         let pending = PendingCommit {
@@ -351,7 +372,9 @@ impl Transaction for EmbeddedTransaction {
         }
         Box::pin(async move {
             answer.await.unwrap_or_else(|_| {
-                Err(CommitError::Unknown { detail: "store stopped before answering".to_string() })
+                Err(CommitError::Unknown {
+                    detail: "store stopped before answering".to_string(),
+                })
             })
         })
     }

@@ -30,7 +30,10 @@ pub(crate) fn segment_name(first_version: u64) -> String {
 }
 
 fn parse_segment_name(name: &str) -> Option<u64> {
-    name.strip_prefix("wal-")?.strip_suffix(".log")?.parse().ok()
+    name.strip_prefix("wal-")?
+        .strip_suffix(".log")?
+        .parse()
+        .ok()
 }
 
 /// Log segments in `dir`, ordered by the first version they hold.
@@ -81,14 +84,19 @@ pub(crate) fn encode_record(buffer: &mut Vec<u8>, version: u64, writes: &[Write]
         }
     }
     let payload_len = buffer.len() - start - RECORD_HEADER_BYTES;
-    assert!(payload_len <= WAL_RECORD_BYTES_MAX, "transaction limits bound a record");
+    assert!(
+        payload_len <= WAL_RECORD_BYTES_MAX,
+        "transaction limits bound a record"
+    );
     let crc = crc32fast::hash(&buffer[start + RECORD_HEADER_BYTES..]);
     buffer[start..start + 4].copy_from_slice(&(payload_len as u32).to_le_bytes());
     buffer[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
 fn corrupt(detail: impl Into<String>) -> StoreError {
-    StoreError::Corrupt { detail: detail.into() }
+    StoreError::Corrupt {
+        detail: detail.into(),
+    }
 }
 
 struct Reader<'a> {
@@ -182,7 +190,10 @@ pub(crate) fn replay(
     checkpoint: &fjall::Keyspace,
 ) -> Result<Replay, StoreError> {
     let segments = list_segments(dir)?;
-    let mut replay = Replay { last_version: checkpoint_version, ..Replay::default() };
+    let mut replay = Replay {
+        last_version: checkpoint_version,
+        ..Replay::default()
+    };
     for (index, (_, path)) in segments.iter().enumerate() {
         let is_last = index + 1 == segments.len();
         let bytes = std::fs::read(path)?;
@@ -259,9 +270,17 @@ impl WalWriter {
         let path = dir.join(segment_name(first_version));
         // A segment of this name can only hold a torn record (recovery applied nothing from
         // it), so it is started afresh.
-        let file = OpenOptions::new().create(true).write(true).truncate(true).open(&path)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&path)?;
         sync_dir(dir)?;
-        Ok(WalWriter { dir: dir.to_path_buf(), file, sync })
+        Ok(WalWriter {
+            dir: dir.to_path_buf(),
+            file,
+            sync,
+        })
     }
 
     /// Appends `bytes` and makes them durable.
