@@ -35,6 +35,17 @@ use crate::relay::Deliver;
 use draft::{Delta, Draft, Sealed};
 pub use load::LoadError;
 
+thread_local! {
+    /// Credit legs committed in this turn of the thread's event loop, not yet handed to the
+    /// relay (bounded by what one turn commits: each actor has one commit in flight).
+    static PENDING_CREDITS: std::cell::RefCell<Vec<CreditLeg>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Expired holds one tick releases (the rest wait for the next tick).
+const EXPIRIES_PER_TICK_MAX: usize = 1_024;
+const _: () = assert!(EXPIRIES_PER_TICK_MAX <= BATCH_COMMANDS_MAX);
+
 /// Holds finalized in this incarnation remembered for idempotent replies.
 const RECENT_FINAL_HOLDS_MAX: usize = 65_536;
 
@@ -55,6 +66,10 @@ pub struct CreditLeg {
     pub key: Vec<u8>,
     pub value: Vec<u8>,
     pub record: OutboxRecord,
+    /// Found by an outbox rescan: it may already be applied, so the payee checks that
+    /// the entry still exists before drafting it (a failed precondition would fail the
+    /// whole commit it is part of).
+    pub verify: bool,
 }
 
 /// Results of an [`Execute`], by the caller's command index.
@@ -228,6 +243,10 @@ impl AccountActor {
         let mut jobs = Vec::new();
         let mut items = 0;
         while let Some(job) = self.pending.front() {
+            assert!(
+                job.items.len() <= BATCH_COMMANDS_MAX,
+                "senders bound every job"
+            );
             if items > 0 && items + job.items.len() > BATCH_COMMANDS_MAX {
                 break;
             }
@@ -323,11 +342,27 @@ impl AccountActor {
         }
     }
 
+    /// Hands credit legs to the relay: the legs of every commit completed in this turn of
+    /// the thread's event loop travel in one message.
     fn deliver(&self, credits: Vec<CreditLeg>) {
-        if self.shared.relay().try_send(Deliver(credits)).is_err() {
-            // The credits are durable in the outbox: the relay finds them on its rescan.
-            metrics::counter!("tessera_actors_relay_full_total").increment(1);
-            self.shared.request_outbox_rescan();
+        let first = PENDING_CREDITS.with(|pending| {
+            let mut pending = pending.borrow_mut();
+            let first = pending.is_empty();
+            pending.extend(credits);
+            first
+        });
+        if first {
+            let shared = Arc::clone(&self.shared);
+            actix_rt::spawn(async move {
+                actix_rt::task::yield_now().await;
+                let credits =
+                    PENDING_CREDITS.with(|pending| std::mem::take(&mut *pending.borrow_mut()));
+                if shared.relay().try_send(Deliver(credits)).is_err() {
+                    // The legs are durable in the outbox: the relay finds them on a rescan.
+                    metrics::counter!("tessera_actors_relay_full_total").increment(1);
+                    shared.request_outbox_rescan();
+                }
+            });
         }
     }
 
@@ -428,6 +463,7 @@ impl AccountActor {
             .iter()
             .filter(|(_, hold)| hold.record.expires_at_ms.is_some_and(|at| at <= now))
             .map(|(id, _)| id.clone())
+            .take(EXPIRIES_PER_TICK_MAX)
             .collect();
         let unnetted = state.next_seq - state.record_through_seq;
         if !expired.is_empty() {
@@ -544,8 +580,36 @@ impl Handler<ApplyCredits> for AccountActor {
 
     fn handle(&mut self, message: ApplyCredits, ctx: &mut Self::Context) {
         self.arrived();
-        let items = message
-            .0
+        let (verify, direct): (Vec<_>, Vec<_>) = message.0.into_iter().partition(|leg| leg.verify);
+        self.enqueue_credits(direct, ctx);
+        if !verify.is_empty() {
+            let store = Arc::clone(&self.shared.store);
+            let keys = verify.iter().map(|leg| leg.key.clone()).collect();
+            let read = async move { store.get_many(keys).await };
+            ctx.spawn(read.into_actor(self).map(move |values, actor, ctx| {
+                let Ok(values) = values else {
+                    actor.shared.request_outbox_rescan();
+                    return;
+                };
+                let present = verify
+                    .into_iter()
+                    .zip(values)
+                    .filter(|(leg, value)| value.as_deref() == Some(leg.value.as_slice()))
+                    .map(|(leg, _)| leg)
+                    .collect();
+                actor.enqueue_credits(present, ctx);
+            }));
+        }
+        self.stop_when_drained(ctx);
+    }
+}
+
+impl AccountActor {
+    fn enqueue_credits(&mut self, legs: Vec<CreditLeg>, ctx: &mut Context<Self>) {
+        if legs.is_empty() {
+            return;
+        }
+        let items = legs
             .into_iter()
             .map(|leg| Item {
                 index: 0,
@@ -560,6 +624,5 @@ impl Handler<ApplyCredits> for AccountActor {
             },
             ctx,
         );
-        self.stop_when_drained(ctx);
     }
 }

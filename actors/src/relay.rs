@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use cells::ids::AccountId;
+use cells::ledger::BATCH_COMMANDS_MAX;
 use cells::records::{self, OutboxRecord};
 use cells::store::{prefix_end, RangeRequest};
 
@@ -48,14 +49,24 @@ impl OutboxRelay {
         for leg in legs {
             by_payee.entry(leg.record.to.clone()).or_default().push(leg);
         }
-        for (payee, legs) in by_payee {
-            let sent = match self.shared.reserve(&payee) {
-                Ok(place) => place.send(ApplyCredits(legs)).map_err(|message| message.0),
-                Err(_) => Err(legs),
-            };
-            if let Err(legs) = sent {
-                self.keep(legs);
+        for (payee, mut legs) in by_payee {
+            // One message carries at most one commit's worth of postings.
+            while legs.len() > BATCH_COMMANDS_MAX {
+                let rest = legs.split_off(BATCH_COMMANDS_MAX);
+                self.send(&payee, legs);
+                legs = rest;
             }
+            self.send(&payee, legs);
+        }
+    }
+
+    fn send(&mut self, payee: &AccountId, legs: Vec<CreditLeg>) {
+        let sent = match self.shared.reserve(payee) {
+            Ok(place) => place.send(ApplyCredits(legs)).map_err(|message| message.0),
+            Err(_) => Err(legs),
+        };
+        if let Err(legs) = sent {
+            self.keep(legs);
         }
     }
 
@@ -100,7 +111,12 @@ impl OutboxRelay {
             let mut legs = Vec::with_capacity(page.len());
             for (key, value) in page {
                 match records::decode::<OutboxRecord>("outbox", &value) {
-                    Ok(record) => legs.push(CreditLeg { key, value, record }),
+                    Ok(record) => legs.push(CreditLeg {
+                        key,
+                        value,
+                        record,
+                        verify: true,
+                    }),
                     Err(error) => tracing::error!(%error, "undecodable outbox entry skipped"),
                 }
             }

@@ -30,8 +30,12 @@ pub(crate) const ITEM_BYTES_MAX: usize = 1_200;
 /// Bytes of the per-commit records (account record, epoch precondition).
 const COMMIT_OVERHEAD_BYTES_MAX: usize = 10_000;
 
+/// Holds a draft releases on its own because they expired (beyond its items).
+pub(crate) const EXPIRIES_PER_DRAFT_MAX: usize = 64;
+
 const _: () = assert!(
-    BATCH_COMMANDS_MAX * ITEM_BYTES_MAX + COMMIT_OVERHEAD_BYTES_MAX <= TRANSACTION_BYTES_MAX
+    (BATCH_COMMANDS_MAX + EXPIRIES_PER_DRAFT_MAX) * ITEM_BYTES_MAX + COMMIT_OVERHEAD_BYTES_MAX
+        <= TRANSACTION_BYTES_MAX
 );
 
 /// A built commit and what it will change once durable.
@@ -283,7 +287,12 @@ impl<'a> Draft<'a> {
             .outbox(self.base.slot.cell(), record.kind(), record.source.id());
         let value = records::encode(&record);
         set(txn, &key, &value);
-        self.delta.credits.push(CreditLeg { key, value, record });
+        self.delta.credits.push(CreditLeg {
+            key,
+            value,
+            record,
+            verify: false,
+        });
         self.delta.debits += 1;
     }
 
@@ -443,6 +452,7 @@ impl<'a> Draft<'a> {
             .iter()
             .filter(|(_, hold)| hold.record.expires_at_ms.is_some_and(|at| at <= now))
             .map(|(id, _)| id.clone())
+            .take(EXPIRIES_PER_DRAFT_MAX)
             .collect();
         for hold in due {
             self.finish_hold(txn, &hold, HoldState::Released { expired: true });
