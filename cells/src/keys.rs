@@ -14,7 +14,14 @@
 //! | `(space, 6, cell, kind, id)` | [`crate::records::OutboxRecord`]: a pending credit leg |
 //! | `(space, 7, slot)` | slot epoch, `u64` big-endian; absent means epoch 0 |
 
-use foundationdb_tuple::pack;
+use foundationdb_tuple::TuplePack;
+
+/// Packs a tuple into a key sized for the common case (ids are at most 64 bytes).
+fn pack<T: TuplePack>(tuple: &T) -> Vec<u8> {
+    let mut key = Vec::with_capacity(96);
+    foundationdb_tuple::pack_into(tuple, &mut key);
+    key
+}
 
 use crate::ids::{AccountId, HoldId, TransferId};
 use crate::records::OutboxKind;

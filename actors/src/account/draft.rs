@@ -206,7 +206,7 @@ impl<'a> Draft<'a> {
 
     fn post(&mut self, txn: &mut dyn Transaction, posting: &PostingRecord) {
         let key = self.space.posting(&self.base.spec.id, self.delta.next_seq);
-        set(txn, &key, &records::encode(posting));
+        set_owned(txn, key, records::encode(posting));
         self.delta.next_seq += 1;
         self.delta.balance += i128::from(posting.amount);
     }
@@ -248,7 +248,7 @@ impl<'a> Draft<'a> {
             currency: request.currency,
             outcome,
         };
-        set(txn, &key, &records::encode(&record));
+        set_owned(txn, key, records::encode(&record));
         self.batch_transfers
             .insert(request.id.clone(), (request.clone(), result.clone()));
         result
@@ -498,11 +498,8 @@ impl<'a> Draft<'a> {
                 balance: self.delta.balance,
                 balance_through_seq: self.delta.next_seq,
             };
-            set(
-                txn,
-                &self.space.account(&self.base.spec.id),
-                &records::encode(&record),
-            );
+            let key = self.space.account(&self.base.spec.id);
+            set_owned(txn, key, records::encode(&record));
         }
         let epoch = keys::encode_epoch(self.base.epoch);
         require(
@@ -521,6 +518,11 @@ fn same_hold(record: &HoldRecord, request: &HoldRequest) -> bool {
 
 // Items are bounded (ITEM_BYTES_MAX) and a batch fits the transaction limit (checked at
 // compile time above), so the store's limit checks cannot fail here.
+fn set_owned(txn: &mut dyn Transaction, key: Vec<u8>, value: Vec<u8>) {
+    txn.set_owned(key, value)
+        .expect("bounded items fit the transaction limits");
+}
+
 fn set(txn: &mut dyn Transaction, key: &[u8], value: &[u8]) {
     txn.set(key, value)
         .expect("bounded items fit the transaction limits");

@@ -310,6 +310,14 @@ impl Transaction for EmbeddedTransaction {
         Ok(())
     }
 
+    fn set_owned(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), StoreError> {
+        check_key(&key)?;
+        check_value(&value)?;
+        self.charge_write(key.len() + value.len())?;
+        self.push_write(Write::Set(key, value));
+        Ok(())
+    }
+
     fn clear(&mut self, key: &[u8]) -> Result<(), StoreError> {
         check_key(key)?;
         self.charge_write(key.len())?;
