@@ -19,7 +19,8 @@ use cells::ledger::{
     TransferView, BATCH_COMMANDS_MAX,
 };
 use cells::records::{
-    self, AccountRecord, AccountSpec, HoldRecord, OutboxKind, TransferOutcome, TransferRecord,
+    self, AccountRecord, AccountSpec, HoldRecord, OutboxKind, PostingRecord, TransferOutcome,
+    TransferRecord,
 };
 use cells::slot::slot_of;
 use cells::store::{CommitError, Store};
@@ -31,6 +32,9 @@ use crate::config::{LedgerConfig, CREATE_ATTEMPTS_MAX};
 use crate::registry::Shared;
 use crate::relay::OutboxRelay;
 use crate::stats::LedgerStats;
+
+/// Most postings one statement page returns.
+pub const STATEMENT_POSTINGS_MAX: usize = 1_000;
 
 /// A batch refused as a whole.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -93,6 +97,35 @@ impl Ledger {
     /// Number of live account actors.
     pub fn active_accounts(&self) -> usize {
         self.shared.active_accounts()
+    }
+
+    /// An account's statement: its postings with sequence numbers `>= from_seq`, oldest
+    /// first, at most `limit` (≤ [`STATEMENT_POSTINGS_MAX`]); page with the last `seq` + 1.
+    /// Postings are immutable: a page once read never changes.
+    pub async fn statement(
+        &self,
+        account: &AccountId,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, PostingRecord)>, ErrorCode> {
+        if limit == 0 || limit > STATEMENT_POSTINGS_MAX {
+            return Err(ErrorCode::InvalidLimit);
+        }
+        self.load_spec(account).await?;
+        let (begin, end) = self.shared.space.postings_from(account, from_seq);
+        let request = cells::store::RangeRequest::new(begin, end, limit);
+        let rows = self
+            .shared
+            .store
+            .get_range(request)
+            .await
+            .map_err(|_| ErrorCode::Unavailable)?;
+        rows.into_iter()
+            .map(|(key, value)| {
+                let seq = cells::keys::posting_seq(&key).ok_or(ErrorCode::Internal)?;
+                Ok((seq, decode("posting", value)?))
+            })
+            .collect()
     }
 
     /// Runs a batch of commands; one result per command, in order.

@@ -163,3 +163,48 @@ async fn bad_input_changes_nothing() {
     assert!(report.is_clean(), "{:?}", report.discrepancies);
     assert_eq!(report.transfers, 2);
 }
+
+#[actix_rt::test]
+async fn statement_replays_to_the_balance() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    let ledger = ledger(store.clone());
+    run(
+        &ledger,
+        vec![create_system("world"), create("carol"), create("dave")],
+    )
+    .await;
+    run(&ledger, vec![transfer("fund-c", "world", "carol", 5_000)]).await;
+    settle(&ledger).await;
+    let payments: Vec<_> = (0..30)
+        .map(|i| transfer(&format!("pay-{i}"), "carol", "dave", 10 + i))
+        .collect();
+    run(&ledger, payments).await;
+    settle(&ledger).await;
+    let carol = cells::ids::AccountId::new("carol").unwrap();
+    let mut postings = Vec::new();
+    let mut from = 0;
+    loop {
+        let page = ledger.statement(&carol, from, 7).await.unwrap();
+        let Some((last, _)) = page.last() else { break };
+        from = last + 1;
+        postings.extend(page);
+    }
+    assert_eq!(postings.len(), 31);
+    assert!(postings
+        .iter()
+        .enumerate()
+        .all(|(i, (seq, _))| *seq == i as u64));
+    let replayed: i128 = postings.iter().map(|(_, p)| i128::from(p.amount)).sum();
+    assert_eq!((replayed, replayed), balance(&ledger, "carol").await);
+    assert_eq!(postings[0].1.amount, 5_000);
+    let ghost = cells::ids::AccountId::new("ghost").unwrap();
+    assert_eq!(
+        ledger.statement(&ghost, 0, 10).await,
+        Err(ErrorCode::UnknownAccount)
+    );
+    assert_eq!(
+        ledger.statement(&carol, 0, 0).await,
+        Err(ErrorCode::InvalidLimit)
+    );
+}

@@ -67,6 +67,8 @@ codes! {
         "a hold's expiry is zero or longer than the allowed maximum";
     InvalidOverdraftLimit = 1011, "invalid_overdraft_limit", 400, 0x99, false, false,
         "an overdraft limit is set on a system account or is out of range";
+    InvalidLimit = 1012, "invalid_limit", 400, 0x99, false, false,
+        "a page size is zero or larger than allowed";
     AccountExists = 2001, "account_exists", 200, 0x00, false, false,
         "the account already exists with the same fields (an idempotent retry)";
     AccountExistsWithDifferentFields = 2002, "account_exists_with_different_fields", 409,
