@@ -467,34 +467,9 @@ impl AccountActor {
             .collect();
         let unnetted = state.next_seq - state.record_through_seq;
         if !expired.is_empty() {
-            let items = expired
-                .into_iter()
-                .map(|hold| Item {
-                    index: 0,
-                    work: Work::Expire(hold),
-                    settled: None,
-                })
-                .collect();
-            self.enqueue(
-                Job {
-                    origin: Origin::Internal,
-                    items,
-                },
-                ctx,
-            );
+            self.enqueue_internal(expired.into_iter().map(Work::Expire).collect(), ctx);
         } else if unnetted > 0 && !self.in_flight && self.pending.is_empty() {
-            let items = vec![Item {
-                index: 0,
-                work: Work::Net,
-                settled: None,
-            }];
-            self.enqueue(
-                Job {
-                    origin: Origin::Internal,
-                    items,
-                },
-                ctx,
-            );
+            self.enqueue_internal(vec![Work::Net], ctx);
         } else if self.idle() && self.shared.retire(&self.id, &ctx.address(), true) {
             ctx.stop();
         }
@@ -606,14 +581,18 @@ impl Handler<ApplyCredits> for AccountActor {
 
 impl AccountActor {
     fn enqueue_credits(&mut self, legs: Vec<CreditLeg>, ctx: &mut Context<Self>) {
-        if legs.is_empty() {
-            return;
+        if !legs.is_empty() {
+            self.enqueue_internal(legs.into_iter().map(Work::Credit).collect(), ctx);
         }
-        let items = legs
+    }
+
+    /// Queues work of the actor's own (credits, expiries, netting) for the next commit.
+    fn enqueue_internal(&mut self, work: Vec<Work>, ctx: &mut Context<Self>) {
+        let items = work
             .into_iter()
-            .map(|leg| Item {
+            .map(|work| Item {
                 index: 0,
-                work: Work::Credit(leg),
+                work,
                 settled: None,
             })
             .collect();

@@ -9,13 +9,22 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
+//! use cells::store::embedded::{EmbeddedOptions, EmbeddedStore};
 //! use cells::store::{conformance::{self, ConformanceTarget}, Store};
-//! struct Target;
+//! struct Target { root: std::path::PathBuf, opened: u32 }
 //! impl ConformanceTarget for Target {
-//!     fn open(&mut self) -> Arc<dyn Store> { unimplemented!() }
-//!     fn reopen(&mut self, store: Arc<dyn Store>) -> Arc<dyn Store> { unimplemented!() }
+//!     fn open(&mut self) -> Arc<dyn Store> {
+//!         self.opened += 1;
+//!         let dir = self.root.join(self.opened.to_string());
+//!         EmbeddedStore::open(&dir, EmbeddedOptions::default()).expect("open")
+//!     }
+//!     fn reopen(&mut self, store: Arc<dyn Store>) -> Arc<dyn Store> {
+//!         drop(store);
+//!         let dir = self.root.join(self.opened.to_string());
+//!         EmbeddedStore::open(&dir, EmbeddedOptions::default()).expect("reopen")
+//!     }
 //! }
-//! conformance::run_all(&mut Target);
+//! conformance::run_all(&mut Target { root: "/tmp/conformance".into(), opened: 0 });
 //! ```
 
 use std::sync::Arc;
