@@ -168,10 +168,11 @@ impl Ledger {
 
     async fn dispatch(&self, routed: Routed, results: &mut [Option<CommandResult>]) {
         let mut waiting = Vec::with_capacity(routed.len());
-        for (account, commands) in routed {
+        let places = self.shared.reserve_many(routed.keys());
+        for ((_, commands), place) in routed.into_iter().zip(places) {
             let indexes: Vec<usize> = commands.iter().map(|(i, _)| *i).collect();
             let (reply, answer) = oneshot::channel::<ExecuteReply>();
-            let sent = match self.shared.reserve(&account) {
+            let sent = match place {
                 Ok(place) => place
                     .send(Execute { commands, reply })
                     .map_err(|_| ErrorCode::Overloaded),

@@ -108,10 +108,26 @@ impl Shared {
         self.rescan_outbox.swap(false, Ordering::AcqRel)
     }
 
-    /// Reserves a place in `account`'s mailbox, starting its actor if needed; a full
-    /// mailbox (or too many live actors) answers `overloaded`.
-    pub(crate) fn reserve(self: &Arc<Self>, account: &AccountId) -> Result<Reserved, ErrorCode> {
-        let mut actors = self.actors.lock().map_err(|_| ErrorCode::Internal)?;
+    /// Reserves a place in each account's mailbox (starting actors as needed) under one
+    /// acquisition of the registry lock; a full mailbox (or too many live actors) answers
+    /// `overloaded` for that account.
+    pub(crate) fn reserve_many<'a>(
+        self: &Arc<Self>,
+        accounts: impl Iterator<Item = &'a AccountId>,
+    ) -> Vec<Result<Reserved, ErrorCode>> {
+        match self.actors.lock() {
+            Ok(mut actors) => accounts
+                .map(|account| self.reserve_locked(&mut actors, account))
+                .collect(),
+            Err(_) => accounts.map(|_| Err(ErrorCode::Internal)).collect(),
+        }
+    }
+
+    fn reserve_locked(
+        self: &Arc<Self>,
+        actors: &mut HashMap<AccountId, Live>,
+        account: &AccountId,
+    ) -> Result<Reserved, ErrorCode> {
         let live = match actors.get(account) {
             Some(live) if live.addr.connected() => live.clone(),
             _ => {

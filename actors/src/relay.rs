@@ -49,24 +49,27 @@ impl OutboxRelay {
         for leg in legs {
             by_payee.entry(leg.record.to.clone()).or_default().push(leg);
         }
+        // One message carries at most one commit's worth of postings.
+        let mut messages: Vec<(AccountId, Vec<CreditLeg>)> = Vec::with_capacity(by_payee.len());
         for (payee, mut legs) in by_payee {
-            // One message carries at most one commit's worth of postings.
             while legs.len() > BATCH_COMMANDS_MAX {
                 let rest = legs.split_off(BATCH_COMMANDS_MAX);
-                self.send(&payee, legs);
+                messages.push((payee.clone(), legs));
                 legs = rest;
             }
-            self.send(&payee, legs);
+            messages.push((payee, legs));
         }
-    }
-
-    fn send(&mut self, payee: &AccountId, legs: Vec<CreditLeg>) {
-        let sent = match self.shared.reserve(payee) {
-            Ok(place) => place.send(ApplyCredits(legs)).map_err(|message| message.0),
-            Err(_) => Err(legs),
-        };
-        if let Err(legs) = sent {
-            self.keep(legs);
+        let places = self
+            .shared
+            .reserve_many(messages.iter().map(|(payee, _)| payee));
+        for ((_, legs), place) in messages.into_iter().zip(places) {
+            let sent = match place {
+                Ok(place) => place.send(ApplyCredits(legs)).map_err(|message| message.0),
+                Err(_) => Err(legs),
+            };
+            if let Err(legs) = sent {
+                self.keep(legs);
+            }
         }
     }
 
