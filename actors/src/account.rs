@@ -397,7 +397,7 @@ impl AccountActor {
             return;
         }
         let space = self.shared.space;
-        let conflicted = draft::conflicted_items(space, &state.spec, &mut jobs, &keys);
+        let conflicted = draft::conflicted_items(space, &mut jobs, &keys);
         let store = Arc::clone(&self.shared.store);
         let fut = async move {
             let reads: Vec<Vec<u8>> = conflicted.iter().map(|(_, _, key)| key.clone()).collect();

@@ -7,7 +7,6 @@
 //! store says the transaction is durable.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 
 use cells::ids::{HoldId, TransferId};
 use cells::keys::{self, Keyspace};
@@ -542,7 +541,6 @@ fn require(txn: &mut dyn Transaction, key: &[u8], expected: Option<&[u8]>) {
 /// them were already applied and are settled here (they are skipped on the retry).
 pub(crate) fn conflicted_items(
     space: Keyspace,
-    spec: &Arc<AccountSpec>,
     jobs: &mut [Job],
     failed: &[Vec<u8>],
 ) -> Vec<(usize, usize, Vec<u8>)> {
@@ -569,7 +567,6 @@ pub(crate) fn conflicted_items(
             }
         }
     }
-    let _ = spec;
     found
 }
 
