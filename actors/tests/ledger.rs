@@ -208,3 +208,38 @@ async fn statement_replays_to_the_balance() {
         Err(ErrorCode::InvalidLimit)
     );
 }
+
+/// The audit can fail: a posting slipped into the store behind the ledger's back (a second
+/// credit of an existing transfer) is reported as INV-1 and INV-3 discrepancies.
+#[actix_rt::test]
+async fn audit_reports_a_tampered_store() {
+    use cells::records::{encode, PostingRecord, PostingSource};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    let ledger = ledger(store.clone());
+    run(
+        &ledger,
+        vec![create_system("world"), create("erin"), create("frank")],
+    )
+    .await;
+    run(&ledger, vec![transfer("fund-e", "world", "erin", 900)]).await;
+    settle(&ledger).await;
+    run(&ledger, vec![transfer("e1", "erin", "frank", 300)]).await;
+    settle(&ledger).await;
+    assert!(audit(store.as_ref(), ledger.keyspace()).unwrap().is_clean());
+    let frank = cells::ids::AccountId::new("frank").unwrap();
+    let next = ledger.statement(&frank, 0, 100).await.unwrap().len() as u64;
+    let forged = PostingRecord {
+        source: PostingSource::Transfer(cells::ids::TransferId::new("e1").unwrap()),
+        amount: 300,
+        counterparty: cells::ids::AccountId::new("erin").unwrap(),
+    };
+    let mut txn = store.begin().unwrap();
+    txn.set(&ledger.keyspace().posting(&frank, next), &encode(&forged))
+        .unwrap();
+    txn.commit().await.unwrap();
+    let report = audit(store.as_ref(), ledger.keyspace()).unwrap();
+    let broken: Vec<_> = report.discrepancies.iter().map(|d| d.invariant).collect();
+    assert!(broken.contains(&"INV-1"), "{:?}", report.discrepancies);
+    assert!(broken.contains(&"INV-3"), "{:?}", report.discrepancies);
+}

@@ -118,7 +118,7 @@ pub fn audit(store: &dyn Store, space: Keyspace) -> Result<AuditReport, AuditErr
     report.accounts = accounts.len() as u64;
     let legs = replay_postings(store, space, &accounts, &mut report)?;
     check_transfers(store, space, &accounts, &legs, &mut report)?;
-    let frozen = check_holds(store, space, &legs, &mut report)?;
+    let frozen = check_holds(store, space, &accounts, &legs, &mut report)?;
     check_outbox(store, space, &mut report)?;
     check_conservation_and_limits(&accounts, &frozen, &mut report);
     Ok(report)
@@ -236,6 +236,7 @@ fn check_transfers(
 fn check_holds(
     store: &dyn Store,
     space: Keyspace,
+    accounts: &HashMap<String, AccountRecord>,
     legs: &HashMap<PostingSource, Legs>,
     report: &mut AuditReport,
 ) -> Result<HashMap<String, i128>, AuditError> {
@@ -263,12 +264,24 @@ fn check_holds(
                 i128::from(hold.amount.signed());
         }
         let source = PostingSource::Capture(hold_id);
-        let debits = legs.get(&source).map_or(0, |l| l.debits);
+        let (debits, credits) = legs.get(&source).map_or((0, 0), |l| (l.debits, l.credits));
         let captured = matches!(hold.state, HoldState::Captured { .. });
-        if debits != u32::from(captured) {
+        // A captured hold's credit leg is posted exactly when its outbox entry is gone.
+        let pending = if captured {
+            let payer = accounts
+                .get(hold.account.as_str())
+                .ok_or(AuditError::Key("accounts"))?;
+            let cell = crate::slot::slot_of(&payer.spec.user).cell();
+            let key = space.outbox(cell, records::OutboxKind::Capture, &id);
+            block_on(store.get(&key))?.is_some()
+        } else {
+            false
+        };
+        let expected = (u32::from(captured), u32::from(captured && !pending));
+        if (debits, credits) != expected {
             report.fail(
                 "INV-3",
-                format!("hold {id}: captured {captured} with {debits} debit(s)"),
+                format!("hold {id}: {debits} debit(s), {credits} credit(s), expected {expected:?}"),
             );
         }
     }
