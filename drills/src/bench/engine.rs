@@ -65,6 +65,16 @@ impl FromStr for Scenario {
 }
 
 impl Scenario {
+    /// Batches in flight when the command line does not say: deep pipelines let account
+    /// actors batch more per commit, except into one hot merchant, whose credits are capped
+    /// at 8,190 per commit and fall behind a deep pipeline of payers (see BENCHMARKS.md).
+    pub fn default_in_flight(self) -> usize {
+        match self {
+            Scenario::HotCredit => 2,
+            Scenario::Uniform | Scenario::HotDebit | Scenario::Holds => 16,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Scenario::Uniform => "uniform",
