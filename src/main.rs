@@ -82,7 +82,7 @@ struct EngineArgs {
     /// Commands per batch (at most 8,190).
     #[arg(long, default_value_t = 8_190)]
     batch_size: usize,
-    /// Batches in flight at once (default: 16; 2 for hot-credit).
+    /// Batches in flight at once (default: 16; 2 for hot-debit and hot-credit).
     #[arg(long)]
     in_flight: Option<usize>,
     #[arg(long, default_value_t = 42)]
