@@ -281,7 +281,7 @@ impl Committer {
             }
             if pending.needs_validation() {
                 let overlay = overlay.get_or_insert_with(|| {
-                    build_overlay(&group[..index], &verdicts, &mut overlay_has_range)
+                    build_overlay(group, &group[..index], &verdicts, &mut overlay_has_range)
                 });
                 if overlay_has_range {
                     break;
@@ -358,11 +358,14 @@ fn answer_unknown(group: &mut [PendingCommit], verdicts: Vec<Verdict>, error: &S
 }
 
 fn build_overlay<'a>(
+    group: &'a [PendingCommit],
     accepted_before: &'a [PendingCommit],
     verdicts: &[Verdict],
     has_range: &mut bool,
 ) -> Overlay<'a> {
-    let mut overlay = Overlay::with_capacity_and_hasher(4_096, Default::default());
+    // Sized once for every write of the group: growing it rehashed and moved it repeatedly.
+    let writes = group.iter().map(|pending| pending.writes.len()).sum();
+    let mut overlay = Overlay::with_capacity_and_hasher(writes, Default::default());
     for (pending, verdict) in accepted_before.iter().zip(verdicts) {
         if matches!(verdict, Verdict::Accepted { .. }) {
             add_to_overlay(&mut overlay, &pending.writes, has_range);
