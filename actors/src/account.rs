@@ -14,7 +14,7 @@
 mod draft;
 mod load;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -107,10 +107,47 @@ pub(crate) struct Loaded {
     pub record_through_seq: u64,
     pub next_seq: u64,
     pub holds: HashMap<HoldId, ActiveHold>,
+    /// The active holds that expire, ordered by expiry (kept in step with `holds`).
+    pub expiries: BTreeSet<(u64, HoldId)>,
     pub frozen: i128,
 }
 
 impl Loaded {
+    /// Builds the expiry index of `holds`.
+    pub fn index_expiries(holds: &HashMap<HoldId, ActiveHold>) -> BTreeSet<(u64, HoldId)> {
+        holds
+            .iter()
+            .filter_map(|(id, hold)| hold.record.expires_at_ms.map(|at| (at, id.clone())))
+            .collect()
+    }
+
+    /// Adds an active hold (and its expiry).
+    pub fn insert_hold(&mut self, id: HoldId, hold: ActiveHold) {
+        if let Some(at) = hold.record.expires_at_ms {
+            self.expiries.insert((at, id.clone()));
+        }
+        self.holds.insert(id, hold);
+    }
+
+    /// Removes an active hold (and its expiry).
+    pub fn remove_hold(&mut self, id: &HoldId) {
+        if let Some(hold) = self.holds.remove(id) {
+            if let Some(at) = hold.record.expires_at_ms {
+                self.expiries.remove(&(at, id.clone()));
+            }
+        }
+    }
+
+    /// Up to `max` active holds whose expiry is at or before `now_ms`, soonest first.
+    pub fn due_holds(&self, now_ms: u64, max: usize) -> Vec<HoldId> {
+        self.expiries
+            .iter()
+            .take_while(|(at, _)| *at <= now_ms)
+            .take(max)
+            .map(|(_, id)| id.clone())
+            .collect()
+    }
+
     pub fn view(&self) -> AccountView {
         AccountView {
             spec: (*self.spec).clone(),
@@ -457,14 +494,7 @@ impl AccountActor {
         let Some(state) = self.state.as_ref() else {
             return;
         };
-        let now = now_ms();
-        let expired: Vec<HoldId> = state
-            .holds
-            .iter()
-            .filter(|(_, hold)| hold.record.expires_at_ms.is_some_and(|at| at <= now))
-            .map(|(id, _)| id.clone())
-            .take(EXPIRIES_PER_TICK_MAX)
-            .collect();
+        let expired = state.due_holds(now_ms(), EXPIRIES_PER_TICK_MAX);
         let unnetted = state.next_seq - state.record_through_seq;
         if !expired.is_empty() {
             self.enqueue_internal(expired.into_iter().map(Work::Expire).collect(), ctx);

@@ -2,8 +2,10 @@
 
 mod common;
 
+use cells::ids::HoldId;
 use cells::ledger::audit::audit;
-use cells::ledger::{ErrorCode, Outcome};
+use cells::ledger::{Command, ErrorCode, Outcome};
+use cells::records::HoldState;
 use common::*;
 
 #[actix_rt::test]
@@ -242,4 +244,59 @@ async fn audit_reports_a_tampered_store() {
     let broken: Vec<_> = report.discrepancies.iter().map(|d| d.invariant).collect();
     assert!(broken.contains(&"INV-1"), "{:?}", report.discrepancies);
     assert!(broken.contains(&"INV-3"), "{:?}", report.discrepancies);
+}
+
+/// An expiring hold is released on its own (by the actor's tick, or by the next commit
+/// after its expiry), and the money it froze is available again.
+#[actix_rt::test]
+async fn expired_holds_are_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    let config = actors::LedgerConfig {
+        tick: std::time::Duration::from_millis(20),
+        ..actors::LedgerConfig::default()
+    };
+    let ledger = actors::Ledger::start(store.clone(), config);
+    run(
+        &ledger,
+        vec![create_system("world"), create("gina"), create("hank")],
+    )
+    .await;
+    run(&ledger, vec![transfer("fund-g", "world", "gina", 1_000)]).await;
+    settle(&ledger).await;
+    let held = run(
+        &ledger,
+        vec![
+            hold("soon", "gina", 400, Some(60)),
+            hold("later", "gina", 100, Some(600_000)),
+        ],
+    )
+    .await;
+    assert_eq!(
+        held,
+        vec![Ok(Outcome::HoldCreated), Ok(Outcome::HoldCreated)]
+    );
+    assert_eq!(balance(&ledger, "gina").await, (1_000, 500));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while balance(&ledger, "gina").await != (1_000, 900) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hold never expired"
+        );
+        actix_rt::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let lookup = run(
+        &ledger,
+        vec![Command::LookupHold(HoldId::new("soon").unwrap())],
+    )
+    .await;
+    let Ok(Outcome::Hold(view)) = &lookup[0] else {
+        panic!("{lookup:?}")
+    };
+    assert_eq!(view.state, HoldState::Released { expired: true });
+    assert_eq!(
+        run(&ledger, vec![capture("soon", "hank", None)]).await,
+        vec![Err(ErrorCode::HoldNotActive)]
+    );
+    assert!(audit(store.as_ref(), ledger.keyspace()).unwrap().is_clean());
 }

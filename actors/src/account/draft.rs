@@ -71,9 +71,12 @@ impl Delta {
         state.record_balance = self.record_balance;
         state.record_through_seq = self.record_through_seq;
         for hold in self.holds_removed.drain() {
-            state.holds.remove(&hold);
+            state.remove_hold(&hold);
         }
-        state.holds.extend(self.holds_added.drain());
+        for (id, hold) in self.holds_added.drain() {
+            state.insert_hold(id, hold);
+        }
+        debug_assert_eq!(state.expiries, Loaded::index_expiries(&state.holds));
         debug_assert_eq!(
             state.frozen,
             state
@@ -444,16 +447,7 @@ impl<'a> Draft<'a> {
     }
 
     fn expire_due_holds(&mut self, txn: &mut dyn Transaction) {
-        let now = self.now_ms;
-        let due: Vec<HoldId> = self
-            .base
-            .holds
-            .iter()
-            .filter(|(_, hold)| hold.record.expires_at_ms.is_some_and(|at| at <= now))
-            .map(|(id, _)| id.clone())
-            .take(EXPIRIES_PER_DRAFT_MAX)
-            .collect();
-        for hold in due {
+        for hold in self.base.due_holds(self.now_ms, EXPIRIES_PER_DRAFT_MAX) {
             self.finish_hold(txn, &hold, HoldState::Released { expired: true });
         }
     }

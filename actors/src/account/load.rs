@@ -72,6 +72,7 @@ pub(crate) async fn load(shared: &Shared, id: &AccountId) -> Result<Loaded, Load
         record_balance: record.balance,
         record_through_seq: record.balance_through_seq,
         next_seq,
+        expiries: Loaded::index_expiries(&holds),
         holds,
         frozen,
     })
