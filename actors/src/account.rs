@@ -25,6 +25,7 @@ use cells::ledger::{
     AccountView, CaptureRequest, CommandResult, ErrorCode, HoldRequest, TransferRequest,
     BATCH_COMMANDS_MAX,
 };
+use cells::ownership::Fence;
 use cells::records::{AccountSpec, HoldRecord, HoldState, OutboxRecord};
 use cells::slot::Slot;
 use cells::store::CommitError;
@@ -99,7 +100,8 @@ pub(crate) struct ActiveHold {
 pub(crate) struct Loaded {
     pub spec: Arc<AccountSpec>,
     pub slot: Slot,
-    pub epoch: u64,
+    /// The ownership records this actor loaded under; every commit requires them.
+    pub fence: Arc<Fence>,
     /// Exact balance: the sum of every posting.
     pub balance: i128,
     /// Balance as stored in the account record, and the postings it covers.
@@ -425,8 +427,7 @@ impl AccountActor {
         let Some(state) = self.state.as_ref() else {
             return;
         };
-        let epoch_key = self.shared.space.slot_epoch(state.slot);
-        if keys.contains(&epoch_key) {
+        if keys.iter().any(|key| state.fence.is_fence_key(key)) {
             tracing::warn!(account = %self.id, "slot epoch changed: no longer the owner");
             jobs.into_iter()
                 .for_each(|job| self.fail_job(job, ErrorCode::NotOwner));

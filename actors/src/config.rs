@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use cells::ids::DcId;
 use cells::keys::Keyspace;
 
 /// Capacity of an account actor's mailbox (messages, each carrying many commands).
@@ -34,6 +35,10 @@ pub struct LedgerConfig {
     pub netting_postings: u64,
     /// How often idle checks, hold expiry and outbox retries run.
     pub tick: Duration,
+    /// The DC this ledger serves as: it then serves only users it owns (others get
+    /// `not_owner`). `None` runs standalone (the engine benchmark, one-process tests).
+    /// Either way every commit is fenced by the ownership records it loaded under.
+    pub dc: Option<DcId>,
 }
 
 impl Default for LedgerConfig {
@@ -45,6 +50,7 @@ impl Default for LedgerConfig {
             idle_timeout: Duration::from_secs(30),
             netting_postings: 10_000,
             tick: Duration::from_secs(1),
+            dc: None,
         }
     }
 }

@@ -12,12 +12,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use actix::{Actor, Arbiter, ArbiterHandle};
-use cells::ids::{AccountId, HoldId};
+use cells::ids::{AccountId, HoldId, UserId};
 use cells::keys::Keyspace;
 use cells::ledger::{
     validate_account_spec, Command, CommandResult, ErrorCode, HoldView, Outcome, TransferStatus,
     TransferView, BATCH_COMMANDS_MAX,
 };
+use cells::ownership::Fence;
 use cells::records::{
     self, AccountRecord, AccountSpec, HoldRecord, OutboxKind, PostingRecord, TransferOutcome,
     TransferRecord,
@@ -306,8 +307,8 @@ impl Ledger {
                             Some(spec) => spec,
                             None => self.load_spec(&record.from).await?,
                         };
-                        let cell = slot_of(&payer.user).cell();
-                        let key = space.outbox(cell, OutboxKind::Transfer, id.as_str());
+                        let slot = slot_of(&payer.user);
+                        let key = space.outbox(slot, OutboxKind::Transfer, id.as_str());
                         match store.get(&key).await.map_err(|_| ErrorCode::Unavailable)? {
                             Some(_) => TransferStatus::Accepted,
                             None => TransferStatus::Completed,
@@ -434,7 +435,13 @@ impl Ledger {
             if todo.is_empty() {
                 return;
             }
-            match self.try_create(&todo).await {
+            let Some(fences) = self.owned_fences(&mut todo, results).await else {
+                return;
+            };
+            if todo.is_empty() {
+                return;
+            }
+            match self.try_create(&todo, &fences).await {
                 Ok(()) => {
                     for (index, spec) in todo.drain(..) {
                         self.shared.remember(Arc::new(spec));
@@ -460,8 +467,50 @@ impl Ledger {
             .for_each(|(index, _)| results[index] = Some(Err(ErrorCode::Unavailable)));
     }
 
-    async fn try_create(&self, todo: &[(usize, AccountSpec)]) -> Result<(), CommitError> {
+    /// Reads the fence of every user in `todo`; in DC mode answers `not_owner` for (and
+    /// drops) the accounts of users this DC does not own. `None` when the store failed
+    /// (every item then has its answer).
+    async fn owned_fences(
+        &self,
+        todo: &mut Vec<(usize, AccountSpec)>,
+        results: &mut [Option<CommandResult>],
+    ) -> Option<HashMap<UserId, Fence>> {
+        let mut fences: HashMap<UserId, Fence> = HashMap::new();
+        for (_, spec) in todo.iter() {
+            if fences.contains_key(&spec.user) {
+                continue;
+            }
+            match Fence::read(&*self.shared.store, &spec.user).await {
+                Ok(fence) => fences.insert(spec.user.clone(), fence),
+                Err(_) => {
+                    todo.drain(..)
+                        .for_each(|(index, _)| results[index] = Some(Err(ErrorCode::Unavailable)));
+                    return None;
+                }
+            };
+        }
+        if let Some(dc) = &self.shared.config.dc {
+            todo.retain(|(index, spec)| {
+                let owner = fences[&spec.user].owner().ok().flatten();
+                let owned = owner.is_some_and(|o| &o.dc == dc);
+                if !owned {
+                    results[*index] = Some(Err(ErrorCode::NotOwner));
+                }
+                owned
+            });
+        }
+        Some(fences)
+    }
+
+    async fn try_create(
+        &self,
+        todo: &[(usize, AccountSpec)],
+        fences: &HashMap<UserId, Fence>,
+    ) -> Result<(), CommitError> {
         let mut txn = self.shared.store.begin().map_err(CommitError::Rejected)?;
+        for fence in fences.values() {
+            fence.apply(&mut *txn).map_err(CommitError::Rejected)?;
+        }
         for (_, spec) in todo {
             let key = self.shared.space.account(&spec.id);
             let record = AccountRecord {

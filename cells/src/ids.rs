@@ -123,6 +123,10 @@ id_type!(
     /// A hold, chosen by the client; applied at most once, ever (INV-3).
     HoldId
 );
+id_type!(
+    /// A datacenter (DC): a failure domain that hosts cell instances (`dc-a`).
+    DcId
+);
 
 #[cfg(test)]
 mod tests {

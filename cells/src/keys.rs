@@ -11,8 +11,18 @@
 //! | `(space, 3, transfer)` | [`crate::records::TransferRecord`] (idempotency + outcome) |
 //! | `(space, 4, hold)` | [`crate::records::HoldRecord`] |
 //! | `(space, 5, account, hold)` | empty: index of the account's active holds |
-//! | `(space, 6, cell, kind, id)` | [`crate::records::OutboxRecord`]: a pending credit leg |
-//! | `(space, 7, slot)` | slot epoch, `u64` big-endian; absent means epoch 0 |
+//! | `(space, 6, slot, kind, id)` | [`crate::records::OutboxRecord`]: a pending credit leg of a payer in `slot` |
+//!
+//! The control space (tag 2) is shared by both keyspaces: ownership applies to a user's
+//! real and shadow traffic alike.
+//!
+//! | key | value |
+//! | --- | --- |
+//! | `(2, 0)` | ownership table version, `u64` big-endian; bumped by every change |
+//! | `(2, 1, slot)` | [`crate::ownership::Owner`] of the slot (the fence); absent: unowned |
+//! | `(2, 2, user)` | [`crate::ownership::Owner`] of a whitelisted user (the fence) |
+//! | `(2, 3, version)` | [`crate::ownership::ChangeRecord`]: who changed what, when, why |
+//! | `(2, 4, dc)` | [`crate::ownership::Lease`] of a DC node |
 
 use foundationdb_tuple::TuplePack;
 
@@ -23,9 +33,9 @@ fn pack<T: TuplePack>(tuple: &T) -> Vec<u8> {
     key
 }
 
-use crate::ids::{AccountId, HoldId, TransferId};
+use crate::ids::{AccountId, DcId, HoldId, TransferId, UserId};
 use crate::records::OutboxKind;
-use crate::slot::{Cell, Slot};
+use crate::slot::Slot;
 use crate::store::prefix_end;
 
 const ACCOUNT: i64 = 1;
@@ -34,10 +44,18 @@ const TRANSFER: i64 = 3;
 const HOLD: i64 = 4;
 const ACCOUNT_HOLD: i64 = 5;
 const OUTBOX: i64 = 6;
-const SLOT_EPOCH: i64 = 7;
+
+const CONTROL: i64 = 2;
+const TABLE_VERSION: i64 = 0;
+const SLOT_OWNER: i64 = 1;
+const USER_OWNER: i64 = 2;
+const OWNERSHIP_CHANGE: i64 = 3;
+const LEASE: i64 = 4;
 
 /// Which keyspace a key lives in: real money, or isolated shadow (test) traffic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 pub enum Keyspace {
     #[default]
     Real,
@@ -103,18 +121,81 @@ impl Keyspace {
         pack(&(self.tag(), ACCOUNT_HOLD, account.as_str()))
     }
 
-    pub fn outbox(self, cell: Cell, kind: OutboxKind, id: &str) -> Vec<u8> {
-        pack(&(self.tag(), OUTBOX, cell.index(), kind.tag(), id))
+    pub fn outbox(self, slot: Slot, kind: OutboxKind, id: &str) -> Vec<u8> {
+        pack(&(self.tag(), OUTBOX, slot.index(), kind.tag(), id))
+    }
+
+    /// Range of the outbox entries of payers in slots `first..=last`.
+    pub fn outbox_slots(self, first: Slot, last: Slot) -> (Vec<u8>, Vec<u8>) {
+        let begin = pack(&(self.tag(), OUTBOX, first.index()));
+        let end = prefix_end(&pack(&(self.tag(), OUTBOX, last.index())));
+        (begin, end)
     }
 
     /// Prefix of every outbox entry of every cell.
     pub fn outbox_prefix(self) -> Vec<u8> {
         pack(&(self.tag(), OUTBOX))
     }
+}
 
-    pub fn slot_epoch(self, slot: Slot) -> Vec<u8> {
-        pack(&(self.tag(), SLOT_EPOCH, slot.index()))
-    }
+/// The ownership table's version key.
+pub fn table_version() -> Vec<u8> {
+    pack(&(CONTROL, TABLE_VERSION))
+}
+
+/// The owner record of a slot: the fence of every commit for the slot's users.
+pub fn slot_owner(slot: Slot) -> Vec<u8> {
+    pack(&(CONTROL, SLOT_OWNER, slot.index()))
+}
+
+/// Range of the owner records of slots `first..=last`.
+pub fn slot_owners(first: Slot, last: Slot) -> (Vec<u8>, Vec<u8>) {
+    (slot_owner(first), prefix_end(&slot_owner(last)))
+}
+
+/// Unpacks the slot of an owner record key.
+pub fn slot_owner_slot(key: &[u8]) -> Option<Slot> {
+    let (_, _, slot): (i64, i64, u32) = foundationdb_tuple::unpack(key).ok()?;
+    u16::try_from(slot).ok().map(Slot::new)
+}
+
+/// The owner record of a whitelisted user.
+pub fn user_owner(user: &UserId) -> Vec<u8> {
+    pack(&(CONTROL, USER_OWNER, user.as_str()))
+}
+
+/// Prefix of every whitelisted user's owner record.
+pub fn user_owners_prefix() -> Vec<u8> {
+    pack(&(CONTROL, USER_OWNER))
+}
+
+/// Unpacks the user of a whitelist key.
+pub fn user_owner_user(key: &[u8]) -> Option<UserId> {
+    let (_, _, user): (i64, i64, String) = foundationdb_tuple::unpack(key).ok()?;
+    UserId::new(&user).ok()
+}
+
+/// The history record of ownership table version `version`.
+pub fn ownership_change(version: u64) -> Vec<u8> {
+    pack(&(CONTROL, OWNERSHIP_CHANGE, version))
+}
+
+/// Range of the history records of versions `from..`.
+pub fn ownership_changes_from(from: u64) -> (Vec<u8>, Vec<u8>) {
+    (
+        ownership_change(from),
+        prefix_end(&pack(&(CONTROL, OWNERSHIP_CHANGE))),
+    )
+}
+
+/// The lease of a DC node.
+pub fn lease(dc: &DcId) -> Vec<u8> {
+    pack(&(CONTROL, LEASE, dc.as_str()))
+}
+
+/// Prefix of every DC node's lease.
+pub fn leases_prefix() -> Vec<u8> {
+    pack(&(CONTROL, LEASE))
 }
 
 /// Unpacks the hold id at the end of an active-hold index key.
@@ -133,11 +214,6 @@ pub fn posting_seq(key: &[u8]) -> Option<u64> {
 pub fn posting_account(key: &[u8]) -> Option<AccountId> {
     let (_, _, account, _): (i64, i64, String, u64) = foundationdb_tuple::unpack(key).ok()?;
     AccountId::new(&account).ok()
-}
-
-/// Encodes an epoch value (absent means 0).
-pub fn encode_epoch(epoch: u64) -> Option<Vec<u8>> {
-    (epoch != 0).then(|| epoch.to_be_bytes().to_vec())
 }
 
 #[cfg(test)]

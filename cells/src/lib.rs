@@ -7,6 +7,8 @@
 //!   (`rust_decimal` only at the edges, with exact scale checks);
 //! * [`slot`]: the fixed, seeded, documented `user -> slot -> cell` hash;
 //! * [`keys`] and [`records`]: the tuple-encoded key schema and the records stored under it;
+//! * [`ownership`]: the versioned ownership table (slot / whitelisted user → DC, epoch),
+//!   the fence every money commit carries, DC leases and takeovers;
 //! * [`ledger`]: the ledger rules (result codes, the posting rules every actor applies)
 //!   and the audit that checks the money invariants over a whole store;
 //! * [`store`]: the storage interface (shaped like FoundationDB), its conformance suite
@@ -26,6 +28,7 @@ pub mod ids;
 pub mod keys;
 pub mod ledger;
 pub mod money;
+pub mod ownership;
 pub mod records;
 pub mod slot;
 pub mod store;

@@ -9,7 +9,7 @@
 use std::collections::{HashMap, HashSet};
 
 use cells::ids::{HoldId, TransferId};
-use cells::keys::{self, Keyspace};
+use cells::keys::Keyspace;
 use cells::ledger::{
     within_limit, CaptureRequest, CommandResult, ErrorCode, HoldRequest, Outcome, TransferRequest,
     BATCH_COMMANDS_MAX, HOLD_EXPIRY_MS_MAX,
@@ -286,7 +286,7 @@ impl<'a> Draft<'a> {
         };
         let key = self
             .space
-            .outbox(self.base.slot.cell(), record.kind(), record.source.id());
+            .outbox(self.base.slot, record.kind(), record.source.id());
         let value = records::encode(&record);
         set(txn, &key, &value);
         self.delta.credits.push(CreditLeg {
@@ -494,12 +494,12 @@ impl<'a> Draft<'a> {
             let key = self.space.account(&self.base.spec.id);
             set_owned(txn, key, records::encode(&record));
         }
-        let epoch = keys::encode_epoch(self.base.epoch);
-        require(
-            txn,
-            &self.space.slot_epoch(self.base.slot),
-            epoch.as_deref(),
-        );
+        // INV-4: the commit lands only while this DC still owns the user's slot (and
+        // whitelist entry) exactly as when the actor loaded.
+        self.base
+            .fence
+            .apply(txn)
+            .expect("fence keys fit the transaction limits");
     }
 }
 

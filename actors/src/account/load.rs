@@ -1,15 +1,16 @@
 //! Loading an account actor's state from the store (activation).
 //!
 //! Reads the account record, replays the postings after its balance record, loads the
-//! active holds and the slot epoch. Asserts the loaded state against the records' own
+//! active holds and the ownership fence (refusing, in DC mode, a user this DC does not own). Asserts the loaded state against the records' own
 //! invariants (frozen = sum of active holds) before the actor serves anything.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use cells::ids::AccountId;
+use cells::ids::{AccountId, DcId};
 use cells::keys;
 use cells::ledger::ErrorCode;
+use cells::ownership::Fence;
 use cells::records::{self, AccountRecord, HoldRecord, HoldState, PostingRecord, RecordError};
 use cells::slot::slot_of;
 use cells::store::{limits::RANGE_ROWS_MAX, RangeRequest, StoreError};
@@ -28,6 +29,8 @@ pub enum LoadError {
     Record(#[from] RecordError),
     #[error("stored data is inconsistent: {0}")]
     Inconsistent(String),
+    #[error("this DC does not own the account's user (owner: {owner:?})")]
+    NotOwner { owner: Option<DcId> },
 }
 
 impl LoadError {
@@ -36,6 +39,7 @@ impl LoadError {
             LoadError::Missing => ErrorCode::UnknownAccount,
             LoadError::Store(_) => ErrorCode::Unavailable,
             LoadError::Record(_) | LoadError::Inconsistent(_) => ErrorCode::Internal,
+            LoadError::NotOwner { .. } => ErrorCode::NotOwner,
         }
     }
 }
@@ -49,15 +53,15 @@ pub(crate) async fn load(shared: &Shared, id: &AccountId) -> Result<Loaded, Load
         .ok_or(LoadError::Missing)?;
     let record: AccountRecord = records::decode("account", &bytes)?;
     let slot = slot_of(&record.spec.user);
-    let epoch = match store.get(&space.slot_epoch(slot)).await? {
-        None => 0,
-        Some(bytes) => u64::from_be_bytes(
-            bytes
-                .as_slice()
-                .try_into()
-                .map_err(|_| LoadError::Inconsistent("epoch".into()))?,
-        ),
-    };
+    let fence = Fence::read(&**store, &record.spec.user).await?;
+    if let Some(dc) = &shared.config.dc {
+        let owner = fence.owner()?;
+        if owner.as_ref().map(|o| &o.dc) != Some(dc) {
+            return Err(LoadError::NotOwner {
+                owner: owner.map(|o| o.dc),
+            });
+        }
+    }
     let (balance, next_seq) = replay_tail(shared, &record).await?;
     let holds = load_holds(shared, id).await?;
     let frozen = holds
@@ -67,7 +71,7 @@ pub(crate) async fn load(shared: &Shared, id: &AccountId) -> Result<Loaded, Load
     Ok(Loaded {
         spec: Arc::new(record.spec),
         slot,
-        epoch,
+        fence: Arc::new(fence),
         balance,
         record_balance: record.balance,
         record_through_seq: record.balance_through_seq,

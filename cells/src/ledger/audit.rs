@@ -207,8 +207,8 @@ fn check_transfers(
         let payer = accounts
             .get(record.from.as_str())
             .ok_or(AuditError::Key("accounts"))?;
-        let cell = crate::slot::slot_of(&payer.spec.user).cell();
-        let outbox_key = space.outbox(cell, records::OutboxKind::Transfer, &id);
+        let slot = crate::slot::slot_of(&payer.spec.user);
+        let outbox_key = space.outbox(slot, records::OutboxKind::Transfer, &id);
         let pending = block_on(store.get(&outbox_key))?.is_some();
         let source = PostingSource::Transfer(transfer);
         let (debits, credits) = legs.get(&source).map_or((0, 0), |l| (l.debits, l.credits));
@@ -271,8 +271,8 @@ fn check_holds(
             let payer = accounts
                 .get(hold.account.as_str())
                 .ok_or(AuditError::Key("accounts"))?;
-            let cell = crate::slot::slot_of(&payer.spec.user).cell();
-            let key = space.outbox(cell, records::OutboxKind::Capture, &id);
+            let slot = crate::slot::slot_of(&payer.spec.user);
+            let key = space.outbox(slot, records::OutboxKind::Capture, &id);
             block_on(store.get(&key))?.is_some()
         } else {
             false

@@ -9,7 +9,7 @@ pub mod audit;
 pub mod codes;
 pub mod wire;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use codes::{ErrorCode, ErrorCodeInfo};
 
@@ -23,7 +23,7 @@ pub const BATCH_COMMANDS_MAX: usize = 8_190;
 pub const HOLD_EXPIRY_MS_MAX: u64 = 30 * 24 * 3_600 * 1_000;
 
 /// A request to move `amount` from `from` to `to`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TransferRequest {
     pub id: TransferId,
     pub from: AccountId,
@@ -33,7 +33,7 @@ pub struct TransferRequest {
 }
 
 /// A request to freeze `amount` on `account`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HoldRequest {
     pub id: HoldId,
     pub account: AccountId,
@@ -44,7 +44,7 @@ pub struct HoldRequest {
 
 /// A request to capture a hold: move all of it (or `amount` of it, releasing the rest)
 /// to `to`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CaptureRequest {
     pub hold: HoldId,
     pub to: AccountId,
@@ -52,7 +52,7 @@ pub struct CaptureRequest {
 }
 
 /// One command of a batch.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     CreateAccount(AccountSpec),
     Transfer(TransferRequest),
@@ -65,7 +65,7 @@ pub enum Command {
 }
 
 /// What an account looks like to a client.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountView {
     pub spec: AccountSpec,
     pub balance: i128,
@@ -74,7 +74,7 @@ pub struct AccountView {
 }
 
 /// Where a transfer stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TransferStatus {
     /// Debited and durable; the credit leg is on its way.
@@ -86,7 +86,7 @@ pub enum TransferStatus {
 }
 
 /// A transfer as a client sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TransferView {
     pub id: TransferId,
     pub from: AccountId,
@@ -97,7 +97,7 @@ pub struct TransferView {
 }
 
 /// A hold as a client sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HoldView {
     pub id: HoldId,
     pub account: AccountId,
@@ -108,7 +108,7 @@ pub struct HoldView {
 }
 
 /// The successful outcome of one command.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
     AccountCreated,
     TransferAccepted,

@@ -23,6 +23,11 @@
 
 pub mod conformance;
 pub mod embedded;
+#[cfg(feature = "fdb")]
+pub mod fdb;
+pub mod fdb_errors;
+pub mod fdb_layout;
+pub mod url;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -32,8 +37,14 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// FoundationDB's limits, enforced by every backend.
 pub mod limits {
-    /// Largest key, in bytes.
-    pub const KEY_BYTES_MAX: usize = 10_000;
+    /// Largest key FoundationDB accepts, in bytes (its whole key, subspace prefix included).
+    pub const FDB_KEY_BYTES_MAX: usize = 10_000;
+    /// Bytes reserved in every key for a backend's subspace prefix (the FoundationDB
+    /// backend places each deployment under a prefix of at most this many bytes).
+    pub const KEY_PREFIX_BYTES_MAX: usize = 256;
+    /// Largest key, in bytes: FoundationDB's limit less the room kept for a prefix, so that
+    /// every backend accepts exactly the same keys.
+    pub const KEY_BYTES_MAX: usize = FDB_KEY_BYTES_MAX - KEY_PREFIX_BYTES_MAX;
     /// Largest value, in bytes.
     pub const VALUE_BYTES_MAX: usize = 100_000;
     /// Largest transaction: the sum of its keys, values and ranges written or required.
@@ -220,6 +231,15 @@ pub trait Store: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<Vec<KeyValue>, StoreError>>;
     /// Counters about the backend.
     fn stats(&self) -> StoreStats;
+    /// A future that resolves when the value at `key` may have changed since this call
+    /// (it may also resolve spuriously, and a change that is undone before the backend looks
+    /// may go unseen). Callers that must not miss a change call `watch` first, then read the
+    /// key, and read it again once the future resolves. `None` means the backend has no
+    /// watches and callers poll.
+    fn watch(&self, key: &[u8]) -> Option<BoxFuture<'static, Result<(), StoreError>>> {
+        let _ = key;
+        None
+    }
 }
 
 /// A transaction: reads see its own writes; writes are buffered until [`Transaction::commit`].
