@@ -336,6 +336,12 @@ impl AccountActor {
             }
             Err(CommitError::Unknown { detail }) => {
                 tracing::error!(account = %self.id, %detail, "commit outcome unknown; reloading");
+                // The commit may have been durable, outbox entries included, with no
+                // delivery following it: only a rescan of the outbox finds those legs.
+                self.shared.request_outbox_rescan();
+                // Leave the registry before answering, so a caller's retry starts a fresh
+                // actor that reloads from the store instead of reaching this one.
+                self.shared.retire(&self.id, &ctx.address(), false);
                 jobs.into_iter()
                     .for_each(|job| self.fail_job(job, ErrorCode::OutcomeUnknown));
                 self.stop_failing(ErrorCode::Unavailable, ctx);
@@ -471,11 +477,11 @@ impl AccountActor {
     /// for it any more, then stops: no sender is left without an answer.
     fn stop_failing(&mut self, code: ErrorCode, ctx: &mut Context<Self>) {
         self.load_error = Some(code);
+        self.shared.retire(&self.id, &ctx.address(), false);
         while let Some(job) = self.pending.pop_front() {
             self.fail_job(job, code);
         }
         self.pending_items = 0;
-        self.shared.retire(&self.id, &ctx.address(), false);
         self.stop_when_drained(ctx);
     }
 

@@ -151,7 +151,17 @@ async fn unknown_then_retry(mode: u8) {
     // And a second retry answers the original outcome, not a second posting.
     let again = run(&ledger, vec![transfer("pay", "alice", "bob", 30)]).await;
     assert_eq!(again, retry);
-    settle(&ledger).await;
+    // The credit leg of a commit whose outcome was lost is not counted by the ledger's
+    // stats (it never saw the commit succeed), so wait on the transfer itself: the relay's
+    // outbox rescan must find and deliver it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while transfer_status(&ledger, "pay").await != Some(TransferStatus::Completed) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the credit leg was never delivered"
+        );
+        actix_rt::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     assert_eq!(balance(&ledger, "alice").await, (70, 70));
     assert_eq!(balance(&ledger, "bob").await, (30, 30));
     assert_eq!(
