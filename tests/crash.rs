@@ -1,6 +1,6 @@
 //! Crash test against the real binary: `tessera crash-load` is killed with SIGKILL at random
 //! moments (seeded; the seed is printed first), restarted on the same data directory, and
-//! after every kill `tessera audit` must prove that every acknowledged transfer is present
+//! after every kill `tessera reconcile` must prove that every acknowledged transfer is present
 //! exactly once and that the money invariants hold (INV-1, INV-2, INV-3, INV-5).
 
 use std::io::{BufRead, BufReader, Write};
@@ -69,21 +69,21 @@ fn wait_ready(receiver: &mpsc::Receiver<String>) {
 
 fn audit(dir: &Path, acked: &Path) -> serde_json::Value {
     let output = tessera()
-        .args(["audit", "--json", "--data-dir"])
-        .arg(dir)
+        .args(["reconcile", "--json", "--store"])
+        .arg(format!("embedded:{}", dir.display()))
         .arg("--acked")
         .arg(acked)
         .output()
-        .expect("run tessera audit");
+        .expect("run tessera reconcile");
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|_| {
         panic!(
-            "audit printed no JSON: {}",
+            "reconcile printed no JSON: {}",
             String::from_utf8_lossy(&output.stderr)
         )
     });
     assert!(
         output.status.success(),
-        "audit found discrepancies: {report}"
+        "reconcile found discrepancies: {report}"
     );
     report
 }

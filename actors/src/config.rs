@@ -39,6 +39,9 @@ pub struct LedgerConfig {
     /// `not_owner`). `None` runs standalone (the engine benchmark, one-process tests).
     /// Either way every commit is fenced by the ownership records it loaded under.
     pub dc: Option<DcId>,
+    /// Rescan the outbox this often even when nothing asked for it. DC mode sets it: the
+    /// rescan is what delivers legs another DC could not take when they were first sent.
+    pub outbox_rescan_interval: Option<Duration>,
 }
 
 impl Default for LedgerConfig {
@@ -51,6 +54,7 @@ impl Default for LedgerConfig {
             netting_postings: 10_000,
             tick: Duration::from_secs(1),
             dc: None,
+            outbox_rescan_interval: None,
         }
     }
 }

@@ -18,20 +18,20 @@ use cells::ledger::{
     validate_account_spec, Command, CommandResult, ErrorCode, HoldView, Outcome, TransferStatus,
     TransferView, BATCH_COMMANDS_MAX,
 };
-use cells::ownership::Fence;
+use cells::ownership::{Fence, OwnershipTable};
 use cells::records::{
-    self, AccountRecord, AccountSpec, HoldRecord, OutboxKind, PostingRecord, TransferOutcome,
-    TransferRecord,
+    self, AccountRecord, AccountSpec, HoldRecord, OutboxKind, OutboxRecord, PostingRecord,
+    TransferOutcome, TransferRecord,
 };
 use cells::slot::slot_of;
-use cells::store::{CommitError, Store};
+use cells::store::{CommitError, KeyValue, Store};
 use futures::channel::oneshot;
 use futures::future::join_all;
 
-use crate::account::{AccountCommand, Execute, ExecuteReply};
+use crate::account::{AccountCommand, CreditLeg, Execute, ExecuteReply};
 use crate::config::{LedgerConfig, CREATE_ATTEMPTS_MAX};
-use crate::registry::Shared;
-use crate::relay::OutboxRelay;
+use crate::registry::{CreditForwarder, Shared};
+use crate::relay::{DeliverFromPeer, OutboxRelay};
 use crate::stats::LedgerStats;
 
 /// Most postings one statement page returns.
@@ -98,6 +98,69 @@ impl Ledger {
     /// Number of live account actors.
     pub fn active_accounts(&self) -> usize {
         self.shared.active_accounts()
+    }
+
+    /// DC mode: installs the ownership table the node loaded (ignored unless newer). A
+    /// table that changed asks the relay to rescan the outbox of the slots now owned
+    /// (a takeover hands this DC the outbox entries of the dead DC's payers).
+    pub fn set_ownership(&self, table: Arc<OwnershipTable>) -> bool {
+        let changed = self.shared.set_ownership(table);
+        if changed {
+            self.shared.request_outbox_rescan();
+        }
+        changed
+    }
+
+    /// The ownership table as last installed.
+    pub fn ownership(&self) -> Arc<OwnershipTable> {
+        self.shared.ownership()
+    }
+
+    /// DC mode: where credit legs for payees of other DCs go. Set once.
+    pub fn set_forwarder(&self, forwarder: Arc<dyn CreditForwarder>) {
+        self.shared.set_forwarder(forwarder);
+    }
+
+    /// DC mode: credit legs (outbox key and value) another DC sent this one. Legs outside
+    /// this ledger's outbox or that do not decode are refused (counted and logged); the
+    /// rest go to local payees, each checked against the store before it is applied.
+    /// Returns how many were taken.
+    pub fn deliver_from_peer(&self, legs: Vec<KeyValue>) -> usize {
+        let prefix = self.shared.space.outbox_prefix();
+        let mut taken = Vec::with_capacity(legs.len());
+        let mut refused = 0u64;
+        for (key, value) in legs {
+            if !key.starts_with(&prefix) {
+                refused += 1;
+                continue;
+            }
+            match records::decode::<OutboxRecord>("outbox", &value) {
+                Ok(record) => taken.push(CreditLeg {
+                    key,
+                    value,
+                    record,
+                    verify: true,
+                }),
+                Err(_) => refused += 1,
+            }
+        }
+        if refused > 0 {
+            metrics::counter!("tessera_actors_peer_legs_refused_total").increment(refused);
+            tracing::warn!(refused, "refused credit legs from a peer DC");
+        }
+        let count = taken.len();
+        if count > 0
+            && self
+                .shared
+                .relay()
+                .try_send(DeliverFromPeer(taken))
+                .is_err()
+        {
+            // The relay is saturated: the payer DC's rescan sends these again.
+            metrics::counter!("tessera_actors_peer_legs_dropped_total").increment(count as u64);
+            return 0;
+        }
+        count
     }
 
     /// An account's statement: its postings with sequence numbers `>= from_seq`, oldest

@@ -12,6 +12,8 @@
 //!   clears it in the same transaction.
 //! * [`Ledger`]: the library entry point. It takes a batch of [`cells::ledger::Command`]s and
 //!   returns one typed result per command.
+//! * [`node::DcNode`]: a DC node. It hosts the ledgers of one DC in DC mode, keeps its
+//!   lease, follows the ownership table, takes over dead peers and serves the DC protocol.
 //!
 //! Must never: acknowledge before the store says durable, queue without a limit (every
 //! mailbox is bounded; a full one answers [`cells::ledger::ErrorCode::Overloaded`]), or
@@ -29,10 +31,12 @@
 pub mod account;
 pub mod config;
 pub mod ledger;
+pub mod node;
 pub mod registry;
 pub mod relay;
 pub mod stats;
 
 pub use config::LedgerConfig;
 pub use ledger::{BatchError, Ledger};
+pub use registry::CreditForwarder;
 pub use stats::LedgerStats;

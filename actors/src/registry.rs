@@ -7,14 +7,15 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use actix::{Actor, Addr, ArbiterHandle};
-use cells::ids::AccountId;
+use cells::ids::{AccountId, DcId};
 use cells::keys::Keyspace;
 use cells::ledger::ErrorCode;
+use cells::ownership::OwnershipTable;
 use cells::records::{self, AccountRecord, AccountSpec};
-use cells::store::Store;
+use cells::store::{KeyValue, Store};
 
 use crate::account::AccountActor;
 use crate::config::{LedgerConfig, ACCOUNT_MAILBOX_CAPACITY, DIRECTORY_ACCOUNTS_MAX};
@@ -67,6 +68,16 @@ pub struct Shared {
     relay: OnceLock<Addr<OutboxRelay>>,
     rescan_outbox: AtomicBool,
     directory: Mutex<HashMap<AccountId, Arc<AccountSpec>>>,
+    /// DC mode: the ownership table as last loaded, and where credit legs for other DCs go.
+    ownership: RwLock<Arc<OwnershipTable>>,
+    forwarder: OnceLock<Arc<dyn CreditForwarder>>,
+}
+
+/// Sends credit legs whose payee another DC owns to that DC (DC mode). Best effort: a leg
+/// not taken stays in the durable outbox and the payer DC's rescan sends it again.
+pub trait CreditForwarder: Send + Sync + 'static {
+    /// Hands `legs` (outbox key and value) to `dc`; false when they could not be sent.
+    fn forward(&self, dc: &DcId, space: Keyspace, legs: Vec<KeyValue>) -> bool;
 }
 
 impl Shared {
@@ -87,7 +98,41 @@ impl Shared {
             // A new ledger first delivers whatever an earlier run left in the outbox.
             rescan_outbox: AtomicBool::new(true),
             directory: Mutex::new(HashMap::new()),
+            ownership: RwLock::new(Arc::new(OwnershipTable::empty())),
+            forwarder: OnceLock::new(),
         }
+    }
+
+    /// The ownership table as last loaded (DC mode; empty otherwise).
+    pub(crate) fn ownership(&self) -> Arc<OwnershipTable> {
+        let table = self.ownership.read().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(&table)
+    }
+
+    /// Installs a newer ownership table; older or equal versions are ignored.
+    pub(crate) fn set_ownership(&self, table: Arc<OwnershipTable>) -> bool {
+        let mut current = self.ownership.write().unwrap_or_else(|p| p.into_inner());
+        if table.version <= current.version {
+            return false;
+        }
+        *current = table;
+        true
+    }
+
+    pub(crate) fn set_forwarder(&self, forwarder: Arc<dyn CreditForwarder>) {
+        assert!(
+            self.forwarder.set(forwarder).is_ok(),
+            "forwarder is set once"
+        );
+    }
+
+    pub(crate) fn forwarder(&self) -> Option<&Arc<dyn CreditForwarder>> {
+        self.forwarder.get()
+    }
+
+    /// The cached spec of `account`, if the directory holds it.
+    pub(crate) fn cached_spec(&self, account: &AccountId) -> Option<Arc<AccountSpec>> {
+        self.directory.lock().ok()?.get(account).cloned()
     }
 
     pub(crate) fn set_relay(&self, relay: Addr<OutboxRelay>) {

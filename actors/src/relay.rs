@@ -9,12 +9,14 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Instant;
 
 use actix::prelude::*;
-use cells::ids::AccountId;
+use cells::ids::{AccountId, DcId};
 use cells::ledger::BATCH_COMMANDS_MAX;
 use cells::records::{self, OutboxRecord};
-use cells::store::{prefix_end, RangeRequest};
+use cells::slot::Slot;
+use cells::store::{prefix_end, KeyValue, RangeRequest};
 
 use crate::account::{ApplyCredits, CreditLeg};
 use crate::config::{RELAY_MAILBOX_CAPACITY, RELAY_RETRY_CREDITS_MAX};
@@ -33,6 +35,8 @@ pub struct OutboxRelay {
     shared: Arc<Shared>,
     retry: VecDeque<CreditLeg>,
     scanning: bool,
+    pending_ranges: Vec<(Vec<u8>, Vec<u8>)>,
+    last_rescan: Instant,
 }
 
 impl OutboxRelay {
@@ -41,10 +45,81 @@ impl OutboxRelay {
             shared,
             retry: VecDeque::new(),
             scanning: false,
+            pending_ranges: Vec::new(),
+            last_rescan: Instant::now(),
         }
     }
 
-    fn route(&mut self, legs: Vec<CreditLeg>) {
+    /// Routes legs to their payees: local payee actors, or (DC mode, when `forward`) the DC
+    /// that owns the payee. A leg whose payee this DC cannot place stays in the durable
+    /// outbox for the owner's rescan or this DC's next one.
+    fn route(&mut self, legs: Vec<CreditLeg>, forward: bool, ctx: &mut Context<Self>) {
+        let Some(me) = self.shared.config.dc.clone() else {
+            self.route_local(legs);
+            return;
+        };
+        let table = self.shared.ownership();
+        let mut local = Vec::with_capacity(legs.len());
+        let mut remote: HashMap<DcId, Vec<KeyValue>> = HashMap::new();
+        let mut unresolved = Vec::new();
+        let mut left = 0u64;
+        for leg in legs {
+            let Some(spec) = self.shared.cached_spec(&leg.record.to) else {
+                unresolved.push(leg);
+                continue;
+            };
+            match table.owner_of(&spec.user) {
+                Some(owner) if owner.dc == me => local.push(leg),
+                Some(owner) if forward => remote
+                    .entry(owner.dc.clone())
+                    .or_default()
+                    .push((leg.key, leg.value)),
+                _ => left += 1,
+            }
+        }
+        self.route_local(local);
+        if let Some(forwarder) = self.shared.forwarder() {
+            for (dc, legs) in remote {
+                let count = legs.len() as u64;
+                if forwarder.forward(&dc, self.shared.space, legs) {
+                    metrics::counter!("tessera_actors_relay_forwarded_total").increment(count);
+                } else {
+                    left += count;
+                }
+            }
+        } else {
+            left += remote.values().map(|legs| legs.len() as u64).sum::<u64>();
+        }
+        if left > 0 {
+            metrics::counter!("tessera_actors_relay_left_in_outbox_total").increment(left);
+        }
+        if unresolved.is_empty() {
+            return;
+        }
+        // Payees whose spec is not cached: read them once, then route again (a payee that
+        // does not exist is handed to its would-be actor, which reports it).
+        let shared = Arc::clone(&self.shared);
+        let ids = unresolved.iter().map(|leg| leg.record.to.clone()).collect();
+        let read = async move { shared.specs(ids).await };
+        ctx.spawn(
+            read.into_actor(self)
+                .map(move |specs, relay, ctx| match specs {
+                    Ok(specs) => {
+                        let (known, missing): (Vec<_>, Vec<_>) = unresolved
+                            .into_iter()
+                            .partition(|leg| matches!(specs.get(&leg.record.to), Some(Some(_))));
+                        relay.route_local(missing);
+                        relay.route(known, forward, ctx);
+                    }
+                    Err(_) => relay.shared.request_outbox_rescan(),
+                }),
+        );
+    }
+
+    fn route_local(&mut self, legs: Vec<CreditLeg>) {
+        if legs.is_empty() {
+            return;
+        }
         let mut by_payee: HashMap<AccountId, Vec<CreditLeg>> = HashMap::new();
         for leg in legs {
             by_payee.entry(leg.record.to.clone()).or_default().push(leg);
@@ -85,12 +160,55 @@ impl OutboxRelay {
     fn tick(&mut self, ctx: &mut Context<Self>) {
         if !self.retry.is_empty() {
             let legs: Vec<_> = self.retry.drain(..).collect();
-            self.route(legs);
+            self.route_local(legs);
+        }
+        if let Some(every) = self.shared.config.outbox_rescan_interval {
+            if self.last_rescan.elapsed() >= every {
+                self.shared.request_outbox_rescan();
+            }
         }
         if !self.scanning && self.shared.take_outbox_rescan() {
-            self.scanning = true;
-            let prefix = self.shared.space.outbox_prefix();
-            self.scan_page(prefix.clone(), prefix_end(&prefix), ctx);
+            self.last_rescan = Instant::now();
+            self.pending_ranges = self.rescan_ranges();
+            self.scan_next(ctx);
+        }
+    }
+
+    /// What a rescan reads: the whole outbox standalone; in DC mode the outbox entries of
+    /// the payer slots this DC owns (entries of other slots are their owners' to deliver).
+    fn rescan_ranges(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let space = self.shared.space;
+        let Some(me) = &self.shared.config.dc else {
+            let prefix = space.outbox_prefix();
+            let end = prefix_end(&prefix);
+            return vec![(prefix, end)];
+        };
+        let table = self.shared.ownership();
+        let mut ranges = Vec::new();
+        let mut run: Option<(Slot, Slot)> = None;
+        for slot in table.slots_of(me) {
+            run = match run {
+                Some((first, last)) if last.index() + 1 == slot.index() => Some((first, slot)),
+                Some((first, last)) => {
+                    ranges.push(space.outbox_slots(first, last));
+                    Some((slot, slot))
+                }
+                None => Some((slot, slot)),
+            };
+        }
+        if let Some((first, last)) = run {
+            ranges.push(space.outbox_slots(first, last));
+        }
+        ranges
+    }
+
+    fn scan_next(&mut self, ctx: &mut Context<Self>) {
+        match self.pending_ranges.pop() {
+            Some((begin, end)) => {
+                self.scanning = true;
+                self.scan_page(begin, end, ctx);
+            }
+            None => self.scanning = false,
         }
     }
 
@@ -105,6 +223,7 @@ impl OutboxRelay {
                 Err(error) => {
                     tracing::warn!(%error, "outbox rescan failed; will retry");
                     relay.shared.request_outbox_rescan();
+                    relay.pending_ranges.clear();
                     relay.scanning = false;
                     return;
                 }
@@ -124,13 +243,13 @@ impl OutboxRelay {
                 }
             }
             metrics::counter!("tessera_actors_relay_rescanned_total").increment(legs.len() as u64);
-            relay.route(legs);
+            relay.route(legs, true, ctx);
             match next.flatten() {
                 Some(mut last) => {
                     last.push(0);
                     relay.scan_page(last, end, ctx);
                 }
-                None => relay.scanning = false,
+                None => relay.scan_next(ctx),
             }
         }));
     }
@@ -154,7 +273,21 @@ impl Actor for OutboxRelay {
 impl Handler<Deliver> for OutboxRelay {
     type Result = ();
 
-    fn handle(&mut self, message: Deliver, _: &mut Self::Context) {
-        self.route(message.0);
+    fn handle(&mut self, message: Deliver, ctx: &mut Self::Context) {
+        self.route(message.0, true, ctx);
+    }
+}
+
+/// Credit legs another DC sent this one (DC mode): delivered to local payees only, never
+/// forwarded again (a stale table on either side must not bounce legs between DCs).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DeliverFromPeer(pub Vec<CreditLeg>);
+
+impl Handler<DeliverFromPeer> for OutboxRelay {
+    type Result = ();
+
+    fn handle(&mut self, message: DeliverFromPeer, ctx: &mut Self::Context) {
+        self.route(message.0, false, ctx);
     }
 }

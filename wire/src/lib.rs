@@ -30,6 +30,7 @@
 //! # let _ = version; Ok(()) }
 //! ```
 
+pub mod dc_client;
 pub mod dc_protocol;
 pub mod dc_server;
 pub mod frame;

@@ -53,6 +53,9 @@ pub(crate) async fn load(shared: &Shared, id: &AccountId) -> Result<Loaded, Load
         .ok_or(LoadError::Missing)?;
     let record: AccountRecord = records::decode("account", &bytes)?;
     let slot = slot_of(&record.spec.user);
+    // Remembered even when this DC does not own the account: the relay routes credit legs
+    // by the payee's user.
+    shared.remember(Arc::new(record.spec.clone()));
     let fence = Fence::read(&**store, &record.spec.user).await?;
     if let Some(dc) = &shared.config.dc {
         let owner = fence.owner()?;

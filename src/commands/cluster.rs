@@ -1,0 +1,221 @@
+//! `tessera store`, `tessera dc` and `tessera reconcile`: the processes of a deployment
+//! and the check that ends every drill.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _, Result};
+use clap::Args;
+
+use actors::node::{DcNode, NodeConfig, LEASE_TTL_MS_DEFAULT};
+use actors::LedgerConfig;
+use cells::ids::{DcId, TransferId};
+use cells::keys::Keyspace;
+use cells::store::url::StoreUrl;
+use cells::store::Store;
+use wire::dc_server::DcServerOptions;
+use wire::store_server::ServerOptions;
+
+use crate::open::OpenStore;
+
+#[derive(Args)]
+pub struct StoreArgs {
+    /// Directory of the embedded store (created if absent).
+    #[arg(long)]
+    data: PathBuf,
+    /// Address to serve the store protocol on (loopback; port 0 picks one).
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    listen: SocketAddr,
+}
+
+/// Serves the embedded store over loopback until SIGINT or SIGTERM.
+pub fn store(args: StoreArgs) -> Result<ExitCode> {
+    let opened = OpenStore::open(&StoreUrl::Embedded(args.data.clone()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let addr = listener.local_addr()?;
+        println!("store serving {} on {addr}", args.data.display());
+        wire::store_server::serve(
+            Arc::clone(&opened.store),
+            listener,
+            ServerOptions::default(),
+            shutdown_signal(),
+        )
+        .await?;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct DcArgs {
+    /// The DC's name (1–64 characters of `[A-Za-z0-9._:-]`).
+    #[arg(long)]
+    id: String,
+    /// The store: `remote:<host:port>` (a `tessera store`), `fdb:<cluster-file>`, or
+    /// `embedded:<dir>` (a single DC owning the directory).
+    #[arg(long)]
+    store: StoreUrl,
+    /// Address to serve the DC protocol on (loopback; port 0 picks one).
+    #[arg(long, default_value = "127.0.0.1:7500")]
+    listen: SocketAddr,
+    /// Before registering, assign every unowned slot to these DCs (comma-separated), in
+    /// runs of whole cells. Harmless when the table is already complete.
+    #[arg(long, value_delimiter = ',')]
+    bootstrap: Vec<String>,
+    /// Lease TTL: a node whose heartbeat stands still this long is taken over.
+    #[arg(long, default_value_t = LEASE_TTL_MS_DEFAULT)]
+    lease_ttl_ms: u64,
+    /// Threads for account actors (per keyspace).
+    #[arg(long, default_value_t = 1)]
+    arbiters: usize,
+}
+
+/// Runs a DC node until SIGINT or SIGTERM.
+pub fn dc(args: DcArgs) -> Result<ExitCode> {
+    let dc = DcId::new(&args.id).with_context(|| format!("bad DC id {:?}", args.id))?;
+    let bootstrap = args
+        .bootstrap
+        .iter()
+        .map(|name| DcId::new(name).with_context(|| format!("bad DC id {name:?} in --bootstrap")))
+        .collect::<Result<Vec<_>>>()?;
+    if !bootstrap.is_empty() && !bootstrap.contains(&dc) {
+        bail!("--bootstrap names {bootstrap:?} but not this DC ({dc})");
+    }
+    let opened = OpenStore::open(&args.store)?;
+    let store = Arc::clone(&opened.store);
+    actix_rt::System::new().block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let addr = listener.local_addr()?;
+        let mut config = NodeConfig::new(dc.clone(), addr.to_string());
+        config.lease_ttl_ms = args.lease_ttl_ms;
+        config.bootstrap = bootstrap;
+        config.ledger = LedgerConfig {
+            arbiters: args.arbiters,
+            ..LedgerConfig::default()
+        };
+        let node = DcNode::start(store, config)
+            .await
+            .with_context(|| format!("cannot start DC node {dc}"))?;
+        println!("dc {dc} serving on {addr}");
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let server = tokio::spawn(wire::dc_server::serve(
+            node.handler(),
+            listener,
+            DcServerOptions::default(),
+            wait_for(stopped.clone()),
+        ));
+        let loops = actix_rt::spawn(Arc::clone(&node).run(wait_for(stopped)));
+        shutdown_signal().await;
+        let _ = stop.send(true);
+        let _ = server.await;
+        let _ = loops.await;
+        anyhow::Ok(())
+    })?;
+    drop(opened);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for(mut stopped: tokio::sync::watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|stop| *stop).await;
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut terminate) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct ReconcileArgs {
+    /// The store to check: `embedded:<dir>`, `remote:<host:port>` or `fdb:<cluster-file>`.
+    #[arg(long)]
+    store: StoreUrl,
+    /// Check the shadow keyspace instead of real money.
+    #[arg(long)]
+    shadow: bool,
+    /// A file of `ack <transfer id>` lines: each must be present exactly once.
+    #[arg(long)]
+    acked: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+/// Verifies the money invariants; exit status 1 on any discrepancy (each one listed).
+pub fn reconcile(args: ReconcileArgs) -> Result<ExitCode> {
+    let opened = OpenStore::open(&args.store)?;
+    let acknowledged = match &args.acked {
+        None => Vec::new(),
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?
+            .lines()
+            .filter_map(|line| line.strip_prefix("ack "))
+            .map(|id| TransferId::new(id.trim()))
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    let space = if args.shadow {
+        Keyspace::Shadow
+    } else {
+        Keyspace::Real
+    };
+    let started = std::time::Instant::now();
+    let report = drills::verify::verify(opened.store.as_ref() as &dyn Store, space, &acknowledged)?;
+    let seconds = started.elapsed().as_secs_f64();
+    if args.json {
+        let mut value = serde_json::to_value(&report)?;
+        value["clean"] = serde_json::Value::Bool(report.is_clean());
+        value["seconds"] = serde_json::json!(seconds);
+        println!("{value}");
+    } else {
+        println!(
+            "{}: {} acknowledged, {} missing, {} accounts, {} postings, {} transfers, {} holds, \
+             {} in the outbox, {} discrepancies ({seconds:.2} s)",
+            if report.is_clean() {
+                "CLEAN"
+            } else {
+                "DISCREPANCIES"
+            },
+            report.acknowledged,
+            report.missing.len(),
+            report.audit.accounts,
+            report.audit.postings,
+            report.audit.transfers,
+            report.audit.holds,
+            report.audit.outbox_pending,
+            report.audit.discrepancies.len()
+        );
+        for (currency, net) in &report.audit.net_by_currency {
+            println!("  {currency}: net {net} minor units (must be 0)");
+        }
+        for id in &report.missing {
+            println!("  missing: acknowledged transfer {id} is not in the store");
+        }
+        for discrepancy in &report.audit.discrepancies {
+            println!("  {}: {}", discrepancy.invariant, discrepancy.detail);
+        }
+    }
+    Ok(if report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,155 @@
+//! `tessera bench engine`, `tessera crash-load` and `tessera store-open`: the ledger core
+//! in one process, on the embedded store.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _, Result};
+use clap::Args;
+
+use actors::{Ledger, LedgerConfig};
+use cells::store::embedded::{EmbeddedOptions, EmbeddedStore};
+use cells::store::Store;
+use drills::bench::engine::{self, EngineBenchConfig, Scenario};
+
+#[derive(Args)]
+pub struct EngineArgs {
+    /// uniform | hot-credit | hot-debit | holds
+    #[arg(long, default_value = "uniform")]
+    scenario: Scenario,
+    #[arg(long, default_value_t = 1_000_000)]
+    transfers: u64,
+    #[arg(long, default_value_t = 10_000)]
+    accounts: u64,
+    /// Commands per batch (at most 8,190).
+    #[arg(long, default_value_t = 8_190)]
+    batch_size: usize,
+    /// Batches in flight at once (default: 16; 2 for hot-debit and hot-credit).
+    #[arg(long)]
+    in_flight: Option<usize>,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Data directory (must be empty or absent); default: a fresh temporary directory.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Threads for account actors (0: the benchmark driver's own thread).
+    #[arg(long, default_value_t = 0)]
+    arbiters: usize,
+    /// Print one JSON object instead of a summary.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct CrashLoadArgs {
+    #[arg(long)]
+    data_dir: PathBuf,
+    #[arg(long, default_value_t = 100)]
+    accounts: u64,
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Prefix of this run's transfer ids.
+    #[arg(long, default_value = "run")]
+    run: String,
+    #[arg(long, default_value_t = 1_000_000)]
+    transfers: u64,
+}
+
+#[derive(Args)]
+pub struct StoreOpenArgs {
+    #[arg(long)]
+    data_dir: PathBuf,
+}
+
+/// Opens the store in `dir`, prints how long recovery took, and closes it.
+pub fn store_open(args: StoreOpenArgs) -> Result<ExitCode> {
+    let started = std::time::Instant::now();
+    let store = open_store(&args.data_dir)?;
+    let open_seconds = started.elapsed().as_secs_f64();
+    drop(store);
+    println!("{}", serde_json::json!({ "open_seconds": open_seconds }));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn open_store(dir: &Path) -> Result<Arc<dyn Store>> {
+    let store = EmbeddedStore::open(dir, EmbeddedOptions::default())
+        .with_context(|| format!("cannot open the store in {}", dir.display()))?;
+    Ok(store)
+}
+
+pub fn bench_engine(args: EngineArgs) -> Result<ExitCode> {
+    let config = EngineBenchConfig {
+        scenario: args.scenario,
+        transfers: args.transfers,
+        accounts: args.accounts,
+        batch_size: args.batch_size,
+        in_flight: args.in_flight.unwrap_or(args.scenario.default_in_flight()),
+        seed: args.seed,
+        progress: !args.json,
+    };
+    config.validate()?;
+    let mut temporary = None;
+    let dir = match args.data_dir {
+        Some(dir) => {
+            if dir.exists() && std::fs::read_dir(&dir)?.next().is_some() {
+                bail!(
+                    "data dir {} is not empty; the benchmark needs a fresh store",
+                    dir.display()
+                );
+            }
+            dir
+        }
+        None => {
+            let dir = tempfile_dir()?;
+            temporary = Some(dir.clone());
+            dir
+        }
+    };
+    let store = open_store(&dir)?;
+    let ledger_config = LedgerConfig {
+        arbiters: args.arbiters,
+        ..LedgerConfig::default()
+    };
+    let report = actix_rt::System::new().block_on(async move {
+        let ledger = Ledger::start(store, ledger_config);
+        engine::run(&ledger, &config).await
+    })?;
+    if let Some(dir) = temporary {
+        std::fs::remove_dir_all(&dir)
+            .with_context(|| format!("cannot remove the benchmark's store {}", dir.display()))?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn tempfile_dir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("tessera-bench-{}", std::process::id()));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    Ok(dir)
+}
+
+pub fn crash_load(args: CrashLoadArgs) -> Result<ExitCode> {
+    let store = open_store(&args.data_dir)?;
+    let config = drills::crashload::CrashLoadConfig {
+        accounts: args.accounts,
+        batch_size: args.batch_size,
+        seed: args.seed,
+        run: args.run,
+        transfers: args.transfers,
+    };
+    actix_rt::System::new().block_on(async move {
+        let ledger = Ledger::start(store, LedgerConfig::default());
+        let mut out = std::io::stdout().lock();
+        drills::crashload::run(&ledger, &config, &mut out).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,65 @@
+//! Opens the store a command names by URL (`embedded:`, `remote:`, `fdb:`).
+
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+use cells::store::embedded::{EmbeddedOptions, EmbeddedStore};
+use cells::store::url::StoreUrl;
+use cells::store::Store;
+use wire::remote::{ClientOptions, RemoteStore};
+
+/// An open store, and (with FoundationDB) the client network that must outlive it.
+pub struct OpenStore {
+    pub store: Arc<dyn Store>,
+    #[cfg(feature = "fdb")]
+    _network: Option<cells::store::fdb::FdbNetwork>,
+}
+
+impl OpenStore {
+    /// Opens `url`. A remote store must answer within the client's connect timeout.
+    pub fn open(url: &StoreUrl) -> Result<OpenStore> {
+        let store: Arc<dyn Store> = match url {
+            StoreUrl::Embedded(dir) => EmbeddedStore::open(dir, EmbeddedOptions::default())
+                .with_context(|| format!("cannot open the store in {}", dir.display()))?,
+            StoreUrl::Remote { host, port } => {
+                let addr = format!("{host}:{port}");
+                Arc::new(
+                    RemoteStore::connect(&addr, ClientOptions::default())
+                        .with_context(|| format!("cannot reach the store server at {addr}"))?,
+                )
+            }
+            StoreUrl::Fdb(cluster_file) => return open_fdb(cluster_file),
+        };
+        Ok(OpenStore {
+            store,
+            #[cfg(feature = "fdb")]
+            _network: None,
+        })
+    }
+}
+
+#[cfg(feature = "fdb")]
+fn open_fdb(cluster_file: &std::path::Path) -> Result<OpenStore> {
+    use cells::store::fdb::{FdbNetwork, FdbOptions, FdbStore};
+    // SAFETY: the guard lives in the returned `OpenStore`, which every command holds until
+    // it returns from `main`; no command ends the process with `exit` while it is alive.
+    let network = unsafe { FdbNetwork::boot() }.context("cannot start the FoundationDB client")?;
+    let store = FdbStore::open(cluster_file, FdbOptions::default()).with_context(|| {
+        format!(
+            "cannot open FoundationDB through {}",
+            cluster_file.display()
+        )
+    })?;
+    Ok(OpenStore {
+        store,
+        _network: Some(network),
+    })
+}
+
+#[cfg(not(feature = "fdb"))]
+fn open_fdb(cluster_file: &std::path::Path) -> Result<OpenStore> {
+    anyhow::bail!(
+        "store fdb:{} needs a tessera built with `--features fdb` (and libfdb_c installed)",
+        cluster_file.display()
+    )
+}

@@ -1,0 +1,608 @@
+//! Cells across DCs, end to end: real processes (`tessera store` and three `tessera dc`
+//! nodes on loopback) driven the way the router will drive them, through faults.
+//!
+//! Each test drives transfers between users of different DCs while a fault happens, then
+//! checks: every acknowledged transfer exists exactly once and conservation holds
+//! (`tessera reconcile --acked`), and the store's ownership history never gave a slot to
+//! two DCs at once (every change starts from the owner the previous one left).
+//!
+//! The tests run one at a time (a lock): each starts four processes, and the machine has
+//! two cores.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command as Process, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cells::ids::{AccountId, DcId, TransferId, UserId};
+use cells::keys::Keyspace;
+use cells::ledger::{Command, CommandResult, ErrorCode, Outcome, TransferRequest};
+use cells::money::{Amount, Currency};
+use cells::ownership::{self, LeaseState, OwnershipTable};
+use cells::records::{AccountKind, AccountSpec, HotMode};
+use cells::store::Store;
+use futures::executor::block_on;
+use rand::{Rng, SeedableRng};
+use wire::dc_client::{DcClient, DcClientOptions};
+use wire::remote::{ClientOptions, RemoteStore};
+
+const DCS: [&str; 3] = ["dc-a", "dc-b", "dc-c"];
+const LEASE_TTL_MS: u64 = 1_000;
+const ACCOUNTS: usize = 48;
+const FUNDING: u64 = 1_000_000;
+const TEST_DEADLINE: Duration = Duration::from_secs(90);
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn tessera() -> Process {
+    Process::new(env!("CARGO_BIN_EXE_tessera"))
+}
+
+/// A child process killed when dropped.
+struct Proc {
+    child: Child,
+}
+
+impl Proc {
+    /// Starts `command` and waits for the stdout line containing `marker`; returns the
+    /// process and the text after `" on "` in that line (the address it serves).
+    fn start(mut command: Process, marker: &str, log: &Path) -> (Proc, String) {
+        let log = std::fs::File::create(log).unwrap();
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start tessera");
+        let stdout = child.stdout.take().unwrap();
+        let (lines, received) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if lines.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let addr = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match received.recv_timeout(left) {
+                Ok(line) if line.contains(marker) => {
+                    break Some(line.rsplit(" on ").next().unwrap().trim().to_string())
+                }
+                Ok(_) => {}
+                Err(_) => break None,
+            }
+        };
+        let process = Proc { child };
+        match addr {
+            Some(addr) => (process, addr),
+            None => panic!("no {marker:?} line from tessera within 30 s"),
+        }
+    }
+
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Process::new("kill")
+            .args([signal, &self.pid()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {signal} failed");
+    }
+
+    fn kill_nine(&mut self) {
+        self.signal("-KILL");
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    _store: Proc,
+    store_addr: String,
+    nodes: BTreeMap<String, Proc>,
+    remote: Arc<RemoteStore>,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let mut command = tessera();
+        command
+            .args(["store", "--listen", "127.0.0.1:0", "--data"])
+            .arg(dir.path().join("store"));
+        let (store, store_addr) =
+            Proc::start(command, "store serving", &dir.path().join("store.log"));
+        let mut nodes = BTreeMap::new();
+        for dc in DCS {
+            let (node, _) = start_node(dir.path(), &store_addr, dc);
+            nodes.insert(dc.to_string(), node);
+        }
+        let remote = Arc::new(RemoteStore::connect(&store_addr, ClientOptions::default()).unwrap());
+        Cluster {
+            dir,
+            _store: store,
+            store_addr,
+            nodes,
+            remote,
+        }
+    }
+
+    fn node(&mut self, dc: &str) -> &mut Proc {
+        self.nodes.get_mut(dc).unwrap()
+    }
+
+    /// Runs `tessera reconcile` with the acknowledged ids; returns its JSON report.
+    fn reconcile(&self, acked: &[String]) -> serde_json::Value {
+        let path = self.dir.path().join("acked.txt");
+        let mut file = std::fs::File::create(&path).unwrap();
+        for id in acked {
+            writeln!(file, "ack {id}").unwrap();
+        }
+        drop(file);
+        let output = tessera()
+            .args(["reconcile", "--json", "--store"])
+            .arg(format!("remote:{}", self.store_addr))
+            .arg("--acked")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|_| panic!("reconcile: {}", String::from_utf8_lossy(&output.stderr)));
+        assert!(
+            output.status.success(),
+            "reconcile found discrepancies: {report}"
+        );
+        assert_eq!(report["clean"], true);
+        report
+    }
+
+    /// Waits until every credit leg is delivered (the outbox is empty).
+    fn settle(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (begin, end) = {
+                let prefix = Keyspace::Real.outbox_prefix();
+                let end = cells::store::prefix_end(&prefix);
+                (prefix, end)
+            };
+            let rows = block_on(
+                self.remote
+                    .get_range(cells::store::RangeRequest::new(begin, end, 10_000)),
+            )
+            .unwrap();
+            if rows.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} credit legs never delivered",
+                rows.len()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Checks the ownership history: versions are consecutive, every slot change starts
+    /// from the owner the previous change left, and the final table agrees with it.
+    fn check_history(&self) -> Vec<ownership::ChangeRecord> {
+        let history = block_on(ownership::history(self.remote.as_ref(), 1, 100_000)).unwrap();
+        let mut owners: Vec<Option<DcId>> = vec![None; cells::slot::SLOT_COUNT as usize];
+        for (position, change) in history.iter().enumerate() {
+            assert_eq!(change.version, position as u64 + 1, "history has a gap");
+            for range in &change.slots {
+                for slot in range.first..=range.last {
+                    assert_eq!(
+                        owners[slot as usize], range.from,
+                        "version {}: slot {slot} moved from {:?} but was owned by {:?}",
+                        change.version, range.from, owners[slot as usize]
+                    );
+                    owners[slot as usize] = Some(range.to.clone());
+                }
+            }
+        }
+        let table = block_on(OwnershipTable::read(self.remote.as_ref())).unwrap();
+        for (slot, owner) in table.slots.iter().enumerate() {
+            assert_eq!(
+                owner.as_ref().map(|o| o.dc.clone()),
+                owners[slot],
+                "slot {slot}"
+            );
+        }
+        history
+    }
+}
+
+fn start_node(dir: &Path, store_addr: &str, dc: &str) -> (Proc, String) {
+    let mut command = tessera();
+    command.args([
+        "dc",
+        "--id",
+        dc,
+        "--store",
+        &format!("remote:{store_addr}"),
+        "--listen",
+        "127.0.0.1:0",
+        "--bootstrap",
+        &DCS.join(","),
+        "--lease-ttl-ms",
+        &LEASE_TTL_MS.to_string(),
+    ]);
+    Proc::start(command, "serving on", &dir.join(format!("{dc}.log")))
+}
+
+fn usd() -> Currency {
+    Currency::from_code("USD").unwrap()
+}
+
+fn account_id(n: usize) -> AccountId {
+    AccountId::new(&format!("acct-{n}")).unwrap()
+}
+
+fn user_of(n: usize) -> UserId {
+    UserId::new(&format!("user-{n}")).unwrap()
+}
+
+fn transfer(id: &str, from: usize, to: usize, units: u64) -> Command {
+    Command::Transfer(TransferRequest {
+        id: TransferId::new(id).unwrap(),
+        from: account_id(from),
+        to: account_id(to),
+        amount: Amount::from_minor_units(units).unwrap(),
+        currency: usd(),
+    })
+}
+
+/// Drives the DC nodes the way the router will: each command goes to the DC owning its
+/// account's user; retryable failures are retried with the same ids after a table reload.
+struct Driver {
+    remote: Arc<RemoteStore>,
+    table: OwnershipTable,
+    links: HashMap<DcId, (String, DcClient)>,
+    /// Account number → user (account `n` belongs to `user_of(n)`; `bank` is account 0).
+    acked: Vec<String>,
+    rejected: usize,
+    retries: usize,
+}
+
+impl Driver {
+    fn new(remote: Arc<RemoteStore>) -> Driver {
+        let mut driver = Driver {
+            remote,
+            table: OwnershipTable::empty(),
+            links: HashMap::new(),
+            acked: Vec::new(),
+            rejected: 0,
+            retries: 0,
+        };
+        driver.refresh();
+        driver
+    }
+
+    fn refresh(&mut self) {
+        self.table = block_on(OwnershipTable::read(self.remote.as_ref())).unwrap();
+        let leases = block_on(ownership::read_leases(self.remote.as_ref())).unwrap();
+        for lease in leases {
+            if lease.state != LeaseState::Live {
+                continue;
+            }
+            let stale = self
+                .links
+                .get(&lease.dc)
+                .is_none_or(|(addr, _)| addr != &lease.addr);
+            if stale {
+                let options = DcClientOptions {
+                    reply_timeout_ms: 3_000,
+                    ..DcClientOptions::default()
+                };
+                let link = DcClient::connect(&lease.addr, options).unwrap();
+                link.wait_connected(Duration::from_secs(2));
+                self.links.insert(lease.dc.clone(), (lease.addr, link));
+            }
+        }
+    }
+
+    fn owner(&self, user: &UserId) -> Option<DcId> {
+        self.table.owner_of(user).map(|owner| owner.dc.clone())
+    }
+
+    /// Sends each command to its owner DC until every one has a definitive answer.
+    /// `account_of` names the account whose user routes the command.
+    fn run(&mut self, commands: Vec<(usize, Command)>) -> Vec<CommandResult> {
+        let deadline = Instant::now() + Duration::from_secs(45);
+        let mut results: Vec<Option<CommandResult>> = vec![None; commands.len()];
+        loop {
+            let mut by_dc: HashMap<DcId, Vec<usize>> = HashMap::new();
+            for (index, (account, _)) in commands.iter().enumerate() {
+                if results[index].is_none() {
+                    if let Some(dc) = self.owner(&user_of(*account)) {
+                        by_dc.entry(dc).or_default().push(index);
+                    }
+                }
+            }
+            if results.iter().all(Option::is_some) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "commands never got a definitive answer"
+            );
+            let calls: Vec<_> = by_dc
+                .into_iter()
+                .filter_map(|(dc, indexes)| {
+                    let (_, link) = self.links.get(&dc)?;
+                    let batch = indexes.iter().map(|i| commands[*i].1.clone()).collect();
+                    Some((indexes, link.execute(Keyspace::Real, batch)))
+                })
+                .collect();
+            let mut again = false;
+            for (indexes, call) in calls {
+                match block_on(call) {
+                    Ok(answers) => {
+                        for (index, answer) in indexes.into_iter().zip(answers) {
+                            match answer {
+                                Err(code) if code.info().retryable => again = true,
+                                answer => results[index] = Some(answer),
+                            }
+                        }
+                    }
+                    Err(_) => again = true,
+                }
+            }
+            if again || results.iter().any(Option::is_none) {
+                self.retries += 1;
+                std::thread::sleep(Duration::from_millis(50));
+                self.refresh();
+            }
+        }
+        results.into_iter().map(Option::unwrap).collect()
+    }
+
+    fn setup(&mut self) {
+        let mut creations = vec![(0, Command::CreateAccount(spec(0, AccountKind::System)))];
+        creations.extend(
+            (1..=ACCOUNTS).map(|n| (n, Command::CreateAccount(spec(n, AccountKind::Customer)))),
+        );
+        for result in self.run(creations) {
+            assert!(matches!(result, Ok(Outcome::AccountCreated)), "{result:?}");
+        }
+        let funding = (1..=ACCOUNTS)
+            .map(|n| (0, transfer(&format!("fund-{n}"), 0, n, FUNDING)))
+            .collect();
+        for result in self.run(funding) {
+            assert!(
+                matches!(result, Ok(Outcome::TransferAccepted)),
+                "{result:?}"
+            );
+        }
+    }
+
+    /// One round of random transfers between customers; records what was acknowledged.
+    fn round(&mut self, rng: &mut rand::rngs::StdRng, tag: &str, count: usize) {
+        let commands: Vec<(usize, Command)> = (0..count)
+            .map(|i| {
+                let from = rng.random_range(1..=ACCOUNTS);
+                let mut to = rng.random_range(1..=ACCOUNTS);
+                if to == from {
+                    to = to % ACCOUNTS + 1;
+                }
+                let id = format!("{tag}-{i}");
+                (from, transfer(&id, from, to, rng.random_range(1..=500)))
+            })
+            .collect();
+        let ids: Vec<String> = commands
+            .iter()
+            .map(|(_, c)| match c {
+                Command::Transfer(t) => t.id.to_string(),
+                _ => unreachable!(),
+            })
+            .collect();
+        for (id, result) in ids.into_iter().zip(self.run(commands)) {
+            match result {
+                Ok(Outcome::TransferAccepted) => self.acked.push(id),
+                Err(ErrorCode::InsufficientFunds) => self.rejected += 1,
+                other => panic!("transfer {id}: {other:?}"),
+            }
+        }
+    }
+
+    fn cross_dc_share(&self) -> f64 {
+        let cross = (1..=ACCOUNTS)
+            .filter(|n| self.owner(&user_of(*n)) != self.owner(&user_of(n % ACCOUNTS + 1)))
+            .count();
+        cross as f64 / ACCOUNTS as f64
+    }
+}
+
+fn spec(n: usize, kind: AccountKind) -> AccountSpec {
+    AccountSpec {
+        id: account_id(n),
+        user: user_of(n),
+        currency: usd(),
+        kind,
+        overdraft_limit: 0,
+        mode: HotMode::Standard,
+    }
+}
+
+fn seed() -> u64 {
+    let seed = std::env::var("TESSERA_DC_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::rng().random());
+    println!("seed {seed} (TESSERA_DC_SEED replays)");
+    seed
+}
+
+/// Waits until the lease of `dc` is marked dead (a survivor took it over).
+fn wait_declared_dead(remote: &RemoteStore, dc: &str, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let leases = block_on(ownership::read_leases(remote)).unwrap();
+        let dead = leases
+            .iter()
+            .any(|l| l.dc.as_str() == dc && l.state == LeaseState::Dead);
+        if dead {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < within, "{dc} was never taken over");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn killed_dc_is_taken_over_and_no_acknowledged_transfer_is_lost() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let started = Instant::now();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed());
+    let mut cluster = Cluster::start();
+    let mut driver = Driver::new(Arc::clone(&cluster.remote));
+    driver.setup();
+    assert!(driver.cross_dc_share() > 0.3, "the users must span the DCs");
+    for round in 0..5 {
+        driver.round(&mut rng, &format!("before-{round}"), 200);
+    }
+    let victim = DCS[rng.random_range(0..DCS.len())];
+    let users_of_victim: Vec<usize> = (1..=ACCOUNTS)
+        .filter(|n| {
+            driver
+                .owner(&user_of(*n))
+                .is_some_and(|dc| dc.as_str() == victim)
+        })
+        .collect();
+    assert!(!users_of_victim.is_empty());
+    let killed_at = Instant::now();
+    cluster.node(victim).kill_nine();
+    // Keep the load going through the outage: requests to the dead DC are retried until a
+    // survivor owns its slots.
+    for round in 0..5 {
+        driver.round(&mut rng, &format!("after-{round}"), 200);
+    }
+    let detected = wait_declared_dead(&cluster.remote, victim, Duration::from_secs(20));
+    // A user of the dead DC is served again.
+    let probe = users_of_victim[0];
+    driver.refresh();
+    let result = driver.run(vec![(
+        probe,
+        transfer("probe", probe, probe % ACCOUNTS + 1, 1),
+    )]);
+    let served_again = killed_at.elapsed();
+    assert!(
+        matches!(result[0], Ok(Outcome::TransferAccepted)),
+        "{result:?}"
+    );
+    driver.acked.push("probe".into());
+    println!(
+        "killed {victim}: declared dead within {:?} of the check, served again {served_again:?} after the kill",
+        detected
+    );
+    cluster.settle();
+    let report = cluster.reconcile(&driver.acked);
+    assert_eq!(report["acknowledged"], driver.acked.len());
+    assert_eq!(report["missing"].as_array().unwrap().len(), 0);
+    let history = cluster.check_history();
+    assert!(
+        history.iter().any(|c| c
+            .declared_dead
+            .as_ref()
+            .is_some_and(|d| d.as_str() == victim)),
+        "the history records the takeover"
+    );
+    let table = block_on(OwnershipTable::read(cluster.remote.as_ref())).unwrap();
+    assert_eq!(table.slots_of(&DcId::new(victim).unwrap()).count(), 0);
+    println!(
+        "{} acknowledged, {} refused for funds, {} retry rounds, {:?} in all",
+        driver.acked.len(),
+        driver.rejected,
+        driver.retries,
+        started.elapsed()
+    );
+    assert!(started.elapsed() < TEST_DEADLINE);
+}
+
+#[test]
+fn paused_dc_commits_nothing_after_it_resumes() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed());
+    let mut cluster = Cluster::start();
+    let mut driver = Driver::new(Arc::clone(&cluster.remote));
+    driver.setup();
+    driver.round(&mut rng, "before", 300);
+    let victim = "dc-c";
+    let (_, victim_addr) = (
+        (),
+        block_on(ownership::read_leases(cluster.remote.as_ref()))
+            .unwrap()
+            .into_iter()
+            .find(|l| l.dc.as_str() == victim)
+            .unwrap()
+            .addr,
+    );
+    let formerly: Vec<usize> = (1..=ACCOUNTS)
+        .filter(|n| {
+            driver
+                .owner(&user_of(*n))
+                .is_some_and(|dc| dc.as_str() == victim)
+        })
+        .collect();
+    assert!(!formerly.is_empty());
+    // A link made before the pause, so a request can reach the node the moment it wakes.
+    let direct = DcClient::connect(&victim_addr, DcClientOptions::default()).unwrap();
+    assert!(direct.wait_connected(Duration::from_secs(2)));
+    cluster.node(victim).signal("-STOP");
+    wait_declared_dead(&cluster.remote, victim, Duration::from_secs(20));
+    // While it sleeps, its users are served elsewhere.
+    driver.round(&mut rng, "during", 300);
+    // Queue a transfer for one of its former users on its socket, then wake it.
+    let user = formerly[0];
+    let stale = direct.execute(
+        Keyspace::Real,
+        vec![transfer("stale-1", user, user % ACCOUNTS + 1, 7)],
+    );
+    cluster.node(victim).signal("-CONT");
+    // However the resumed node answers (`not_owner` once it sees its fence moved, or a
+    // lost answer), it must not commit: checked in the store below.
+    let answer = block_on(stale);
+    println!("the resumed node answered the stale transfer with {answer:?}");
+    assert!(
+        !matches!(answer.as_deref(), Ok([Ok(_)])),
+        "a fenced DC acknowledged a transfer: {answer:?}"
+    );
+    // It rejoins owning nothing.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = block_on(direct.status()).unwrap();
+        if status.incarnation >= 2 && status.owned_slots == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the resumed node never rejoined owning nothing: {status:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    driver.round(&mut rng, "after", 300);
+    cluster.settle();
+    let report = cluster.reconcile(&driver.acked);
+    assert_eq!(report["missing"].as_array().unwrap().len(), 0);
+    // The stale transfer does not exist.
+    let stale = block_on(
+        cluster
+            .remote
+            .get(&Keyspace::Real.transfer(&TransferId::new("stale-1").unwrap())),
+    )
+    .unwrap();
+    assert!(stale.is_none(), "the fenced DC's transfer was committed");
+    cluster.check_history();
+}
