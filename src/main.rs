@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 
-use commands::cluster::{DcArgs, ReconcileArgs, StoreArgs};
+use commands::cluster::{DcArgs, HandoverArgs, ReconcileArgs, StoreArgs};
 use commands::engine::{CrashLoadArgs, EngineArgs, StoreOpenArgs};
 
 // glibc's allocator serializes on its arenas when one thread allocates (account actors
@@ -61,6 +61,9 @@ enum Command {
     /// Checks a store: money invariants (INV-1, INV-3, INV-5), every balance equal to the
     /// replay of its postings, no transfer applied twice, acknowledged transfers present.
     Reconcile(ReconcileArgs),
+    /// Moves a run of slots from the DC owning them to another (freeze, drain, bump the
+    /// epoch, activate, thaw) and reports the freeze window.
+    Handover(HandoverArgs),
 }
 
 #[derive(Subcommand)]
@@ -91,5 +94,6 @@ fn main() -> Result<ExitCode> {
         Command::Store(args) => commands::cluster::store(args),
         Command::Dc(args) => commands::cluster::dc(args),
         Command::Reconcile(args) => commands::cluster::reconcile(args),
+        Command::Handover(args) => commands::cluster::handover(args),
     }
 }

@@ -606,3 +606,116 @@ fn paused_dc_commits_nothing_after_it_resumes() {
     assert!(stale.is_none(), "the fenced DC's transfer was committed");
     cluster.check_history();
 }
+
+/// Runs `tessera handover`; returns its JSON report.
+fn handover(store_addr: &str, first: u16, last: u16, to: &str) -> serde_json::Value {
+    let output = tessera()
+        .args(["handover", "--json", "--store"])
+        .arg(format!("remote:{store_addr}"))
+        .args(["--slots", &format!("{first}-{last}"), "--to", to])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "handover failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// Sends `bytes` on a fresh connection to `addr`; true when the node closed it.
+fn closed_after(addr: &str, bytes: &[u8]) -> bool {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream.write_all(bytes).unwrap();
+    let mut buffer = [0u8; 64];
+    matches!(stream.read(&mut buffer), Ok(0) | Err(_))
+}
+
+#[test]
+fn slots_handed_over_back_and_forth_under_load_lose_nothing() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed());
+    let cluster = Cluster::start();
+    let mut driver = Driver::new(Arc::clone(&cluster.remote));
+    driver.setup();
+
+    // Bad input on the DC protocol closes that connection only.
+    let leases = block_on(ownership::read_leases(cluster.remote.as_ref())).unwrap();
+    let addr = leases[0].addr.clone();
+    assert!(
+        closed_after(&addr, &[0xde, 0xad, 0xbe, 0xef, 0xff, 0x00]),
+        "unknown version"
+    );
+    assert!(
+        closed_after(&addr, &[0xff, 0xff, 0xff, 0x7f, 1]),
+        "oversized frame"
+    );
+    assert!(
+        closed_after(
+            &addr,
+            &[8, 0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]
+        ),
+        "garbage payload"
+    );
+    {
+        let mut truncated = std::net::TcpStream::connect(&addr).unwrap();
+        truncated.write_all(&[100, 0, 0, 0, 1, 1, 2, 3]).unwrap();
+    } // closed mid-frame by us: the node logs it and goes on
+    driver.round(&mut rng, "after-garbage", 100);
+
+    // The cell of account 1's user, handed back and forth while transfers run.
+    let slot = cells::slot::slot_of(&user_of(1)).index() as u16;
+    let first = slot - slot % 256;
+    let last = first + 255;
+    let home = driver.owner(&user_of(1)).unwrap().to_string();
+    let away = DCS.iter().find(|dc| **dc != home).unwrap().to_string();
+    let store_addr = cluster.store_addr.clone();
+    let mover = std::thread::spawn(move || {
+        let mut windows = Vec::new();
+        for i in 0..6 {
+            std::thread::sleep(Duration::from_millis(150));
+            let to = if i % 2 == 0 { &away } else { &home };
+            // Alternate a whole cell with a single slot of it.
+            let (a, b) = if i % 4 < 2 {
+                (first, last)
+            } else {
+                (slot, slot)
+            };
+            let report = handover(&store_addr, a, b, to);
+            if report["moved"] == true {
+                windows.push((
+                    b - a + 1,
+                    report["freeze_window_us"].as_u64().unwrap(),
+                    report["drain_us"].as_u64().unwrap(),
+                ));
+            }
+        }
+        windows
+    });
+    let mut rounds = 0;
+    while !mover.is_finished() && rounds < 200 {
+        driver.round(&mut rng, &format!("moving-{rounds}"), 100);
+        rounds += 1;
+    }
+    let windows = mover.join().unwrap();
+    driver.round(&mut rng, "after", 200);
+    println!(
+        "{rounds} rounds during the handovers; (slots, freeze window µs, drain µs): {windows:?}"
+    );
+    assert!(windows.len() >= 4, "the handovers moved slots: {windows:?}");
+    cluster.settle();
+    let report = cluster.reconcile(&driver.acked);
+    assert_eq!(report["missing"].as_array().unwrap().len(), 0);
+    let history = cluster.check_history();
+    let moves = history
+        .iter()
+        .filter(|c| {
+            c.slots.iter().any(|r| r.first <= slot && slot <= r.last) && c.why == "handover"
+        })
+        .count();
+    assert!(moves >= 4, "history shows the handovers: {moves}");
+}

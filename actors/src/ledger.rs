@@ -23,7 +23,7 @@ use cells::records::{
     self, AccountRecord, AccountSpec, HoldRecord, OutboxKind, OutboxRecord, PostingRecord,
     TransferOutcome, TransferRecord,
 };
-use cells::slot::slot_of;
+use cells::slot::{slot_of, Slot};
 use cells::store::{CommitError, KeyValue, Store};
 use futures::channel::oneshot;
 use futures::future::join_all;
@@ -33,6 +33,22 @@ use crate::config::{LedgerConfig, CREATE_ATTEMPTS_MAX};
 use crate::registry::{CreditForwarder, Shared};
 use crate::relay::{DeliverFromPeer, OutboxRelay};
 use crate::stats::LedgerStats;
+
+/// Longest a batch waits for a frozen slot (a handover in progress) before its commands
+/// for that slot are answered `unavailable`.
+pub const FREEZE_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Counts a batch out of the freeze gate when it is answered (or dropped).
+struct GateGuard {
+    shared: Arc<Shared>,
+    slots: Vec<Slot>,
+}
+
+impl Drop for GateGuard {
+    fn drop(&mut self) {
+        self.shared.gate.leave(&self.slots);
+    }
+}
 
 /// Most postings one statement page returns.
 pub const STATEMENT_POSTINGS_MAX: usize = 1_000;
@@ -223,11 +239,104 @@ impl Ledger {
                 Err(code) => results[index] = Some(Err(code)),
             }
         }
+        let entered = self.enter_gate(&mut routed, &specs, &mut results).await;
         self.dispatch(routed, &mut results).await;
+        drop(entered);
         Ok(results
             .into_iter()
             .map(|r| r.unwrap_or(Err(ErrorCode::Internal)))
             .collect())
+    }
+
+    /// Counts the batch into the freeze gate for the payer slots it touches. Commands for
+    /// slots being handed over wait (at most [`FREEZE_WAIT_MAX`]) and then, if still
+    /// frozen, are answered `unavailable` (retryable). In DC mode, commands for users this
+    /// DC's table says another DC owns are answered `not_owner` without reaching an actor.
+    async fn enter_gate(
+        &self,
+        routed: &mut Routed,
+        specs: &HashMap<AccountId, Option<Arc<AccountSpec>>>,
+        results: &mut [Option<CommandResult>],
+    ) -> GateGuard {
+        let slot_of_account = |account: &AccountId| {
+            specs
+                .get(account)
+                .cloned()
+                .flatten()
+                .or_else(|| self.shared.cached_spec(account))
+                .map(|spec| (slot_of(&spec.user), spec))
+        };
+        let table = self.shared.ownership();
+        // (A ledger that was never given a table relies on its fences alone.)
+        if let (Some(me), true) = (&self.shared.config.dc, table.version > 0) {
+            let foreign: Vec<AccountId> = routed
+                .keys()
+                .filter(|account| {
+                    slot_of_account(account).is_some_and(|(_, spec)| {
+                        table.owner_of(&spec.user).map(|o| &o.dc) != Some(me)
+                    })
+                })
+                .cloned()
+                .collect();
+            for account in foreign {
+                for (index, _) in routed.remove(&account).unwrap_or_default() {
+                    results[index] = Some(Err(ErrorCode::NotOwner));
+                }
+            }
+        }
+        let mut slots: Vec<Slot> = routed
+            .keys()
+            .filter_map(|account| slot_of_account(account).map(|(slot, _)| slot))
+            .collect();
+        slots.sort_unstable();
+        slots.dedup();
+        let deadline = std::time::Instant::now() + FREEZE_WAIT_MAX;
+        loop {
+            match self.shared.gate.try_enter(&slots) {
+                Ok(()) => {
+                    return GateGuard {
+                        shared: Arc::clone(&self.shared),
+                        slots,
+                    }
+                }
+                Err(frozen) if std::time::Instant::now() >= deadline => {
+                    metrics::counter!("tessera_actors_frozen_refusals_total").increment(1);
+                    let frozen_accounts: Vec<AccountId> = routed
+                        .keys()
+                        .filter(|account| {
+                            slot_of_account(account).is_some_and(|(slot, _)| frozen.contains(&slot))
+                        })
+                        .cloned()
+                        .collect();
+                    for account in frozen_accounts {
+                        for (index, _) in routed.remove(&account).unwrap_or_default() {
+                            results[index] = Some(Err(ErrorCode::Unavailable));
+                        }
+                    }
+                    slots.retain(|slot| !frozen.contains(slot));
+                }
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(1)).await,
+            }
+        }
+    }
+
+    /// Freezes `first..=last` (new batches for them wait) and waits until the batches in
+    /// flight there are answered, at most `drain_max`. Returns whether they drained.
+    pub async fn freeze(&self, first: Slot, last: Slot, drain_max: std::time::Duration) -> bool {
+        self.shared.gate.set_frozen(first, last, true);
+        let deadline = std::time::Instant::now() + drain_max;
+        while self.shared.gate.busy(first, last) > 0 {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_micros(200)).await;
+        }
+        true
+    }
+
+    /// Lets batches for `first..=last` in again.
+    pub fn thaw(&self, first: Slot, last: Slot) {
+        self.shared.gate.set_frozen(first, last, false);
     }
 
     async fn dispatch(&self, routed: Routed, results: &mut [Option<CommandResult>]) {

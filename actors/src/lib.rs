@@ -30,6 +30,8 @@
 
 pub mod account;
 pub mod config;
+mod freeze;
+pub mod handover;
 pub mod ledger;
 pub mod node;
 pub mod registry;

@@ -24,6 +24,7 @@ use cells::ids::DcId;
 use cells::keys::Keyspace;
 use cells::ledger::{Command, CommandResult, ErrorCode};
 use cells::ownership::{self, ChangeMeta, Lease, LeaseState, OwnershipError, OwnershipTable};
+use cells::slot::Slot;
 use cells::store::{BoxFuture, KeyValue, Store};
 use wire::dc_client::{DcClient, DcClientOptions};
 use wire::dc_protocol::{NodeStatus, CREDITS_PER_MESSAGE_MAX};
@@ -87,6 +88,9 @@ pub struct DcNode {
     table_version: AtomicU64,
     owned_slots: AtomicU64,
     peers: Arc<Peers>,
+    /// Freezes in force, by slot range, with the token of the freeze that set them.
+    freezes: Mutex<HashMap<(u32, u32), u64>>,
+    next_freeze: AtomicU64,
 }
 
 impl DcNode {
@@ -129,6 +133,8 @@ impl DcNode {
             table_version: AtomicU64::new(0),
             owned_slots: AtomicU64::new(0),
             peers,
+            freezes: Mutex::new(HashMap::new()),
+            next_freeze: AtomicU64::new(1),
         });
         node.follow().await?;
         node.refresh_peers(&ownership::read_leases(&*node.store).await?);
@@ -196,7 +202,8 @@ impl DcNode {
         if version == self.table_version.load(Ordering::Acquire) && version != 0 {
             return Ok(());
         }
-        let table = Arc::new(OwnershipTable::read(&*self.store).await?);
+        let current = self.real.ownership();
+        let table = Arc::new(ownership::refresh(&*self.store, &current).await?);
         self.install(table);
         Ok(())
     }
@@ -306,6 +313,50 @@ impl DcNode {
                 self.peers.ensure(&lease.dc, &lease.addr);
             }
         }
+    }
+
+    /// Handover at the source: freezes the slots in both keyspaces and drains them. The
+    /// node thaws on its own after `max_ms` if no thaw came (a controller that died).
+    async fn freeze(self: Arc<Self>, first: Slot, last: Slot, max_ms: u32) -> (bool, u64) {
+        let started = Instant::now();
+        let token = self.next_freeze.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut freezes) = self.freezes.lock() {
+            freezes.insert((first.index(), last.index()), token);
+        }
+        let bound = Duration::from_millis(u64::from(max_ms));
+        let real = self.real.freeze(first, last, bound / 2).await;
+        let shadow = self.shadow.freeze(first, last, bound / 2).await;
+        let drain_us = started.elapsed().as_micros() as u64;
+        metrics::histogram!("tessera_node_drain_seconds").record(started.elapsed().as_secs_f64());
+        let node = Arc::clone(&self);
+        tokio::spawn(async move {
+            tokio::time::sleep(bound).await;
+            let expired = node.freezes.lock().is_ok_and(|mut freezes| {
+                freezes.get(&(first.index(), last.index())) == Some(&token)
+                    && freezes.remove(&(first.index(), last.index())).is_some()
+            });
+            if expired {
+                tracing::warn!(dc = %node.config.dc, first = first.index(), last = last.index(),
+                    "freeze expired without a thaw; thawing");
+                node.real.thaw(first, last);
+                node.shadow.thaw(first, last);
+            }
+        });
+        (real && shadow, drain_us)
+    }
+
+    /// Handover at the source, last step: reload the table (so moved users are answered
+    /// `not_owner` at once), then thaw.
+    async fn thaw(self: Arc<Self>, first: Slot, last: Slot) -> u64 {
+        if let Err(error) = self.follow().await {
+            tracing::warn!(%error, "cannot reload the table before thawing");
+        }
+        if let Ok(mut freezes) = self.freezes.lock() {
+            freezes.remove(&(first.index(), last.index()));
+        }
+        self.real.thaw(first, last);
+        self.shadow.thaw(first, last);
+        self.table_version.load(Ordering::Acquire)
     }
 
     fn status(&self) -> NodeStatus {
@@ -421,5 +472,25 @@ impl DcHandler for Handler {
 
     fn status(&self) -> NodeStatus {
         self.0.status()
+    }
+
+    fn freeze(&self, first: u16, last: u16, max_ms: u32) -> BoxFuture<'static, (bool, u64)> {
+        let node = Arc::clone(&self.0);
+        Box::pin(async move { node.freeze(Slot::new(first), Slot::new(last), max_ms).await })
+    }
+
+    fn thaw(&self, first: u16, last: u16) -> BoxFuture<'static, u64> {
+        let node = Arc::clone(&self.0);
+        Box::pin(async move { node.thaw(Slot::new(first), Slot::new(last)).await })
+    }
+
+    fn reload(&self) -> BoxFuture<'static, u64> {
+        let node = Arc::clone(&self.0);
+        Box::pin(async move {
+            if let Err(error) = node.follow().await {
+                tracing::warn!(%error, "reload of the ownership table failed");
+            }
+            node.table_version.load(Ordering::Acquire)
+        })
     }
 }

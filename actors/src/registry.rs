@@ -19,6 +19,7 @@ use cells::store::{KeyValue, Store};
 
 use crate::account::AccountActor;
 use crate::config::{LedgerConfig, ACCOUNT_MAILBOX_CAPACITY, DIRECTORY_ACCOUNTS_MAX};
+use crate::freeze::Gate;
 use crate::relay::OutboxRelay;
 use crate::stats::LedgerStats;
 
@@ -71,6 +72,8 @@ pub struct Shared {
     /// DC mode: the ownership table as last loaded, and where credit legs for other DCs go.
     ownership: RwLock<Arc<OwnershipTable>>,
     forwarder: OnceLock<Arc<dyn CreditForwarder>>,
+    /// Frozen slots and batches in flight per slot (handover).
+    pub(crate) gate: Gate,
 }
 
 /// Sends credit legs whose payee another DC owns to that DC (DC mode). Best effort: a leg
@@ -100,6 +103,7 @@ impl Shared {
             directory: Mutex::new(HashMap::new()),
             ownership: RwLock::new(Arc::new(OwnershipTable::empty())),
             forwarder: OnceLock::new(),
+            gate: Gate::default(),
         }
     }
 

@@ -300,6 +300,115 @@ async fn read_table_in(txn: &mut dyn Transaction) -> Result<OwnershipTable, Owne
     Ok(table)
 }
 
+/// Reads, inside `txn`, only what applying `plan` checks: the version, the owners of the
+/// planned slots and of the slots of planned users, and the planned users' entries. The
+/// rest of the returned table is empty.
+async fn read_plan_in(
+    txn: &mut dyn Transaction,
+    plan: &ChangePlan,
+) -> Result<OwnershipTable, OwnershipError> {
+    let mut table = OwnershipTable::empty();
+    table.version = decode_version(txn.get(&keys::table_version()).await?)?;
+    let mut slots: Vec<Slot> = plan.slots.iter().map(|(slot, _, _)| *slot).collect();
+    slots.extend(plan.users.iter().map(|(user, _, _)| slot_of(user)));
+    read_slot_runs_in(txn, slots, &mut table).await?;
+    for (user, _, _) in &plan.users {
+        if let Some(bytes) = txn.get(&keys::user_owner(user)).await? {
+            table
+                .users
+                .insert(user.clone(), records::decode("owner", &bytes)?);
+        }
+    }
+    Ok(table)
+}
+
+/// Reads the owner records of `slots` (in contiguous runs) into `table`.
+async fn read_slot_runs_in(
+    txn: &mut dyn Transaction,
+    mut slots: Vec<Slot>,
+    table: &mut OwnershipTable,
+) -> Result<(), OwnershipError> {
+    slots.sort_unstable();
+    slots.dedup();
+    let mut runs: Vec<(Slot, Slot)> = Vec::new();
+    for slot in slots {
+        match runs.last_mut() {
+            Some((_, last)) if last.index() + 1 == slot.index() => *last = slot,
+            _ => runs.push((slot, slot)),
+        }
+    }
+    for (first, last) in runs {
+        let count = (last.index() - first.index() + 1) as usize;
+        for index in first.index()..=last.index() {
+            table.slots[index as usize] = None;
+        }
+        let (begin, end) = keys::slot_owners(first, last);
+        for (key, value) in txn.get_range(RangeRequest::new(begin, end, count)).await? {
+            let slot = keys::slot_owner_slot(&key)
+                .ok_or_else(|| OwnershipError::Inconsistent("slot owner key".into()))?;
+            table.slots[slot.index() as usize] = Some(records::decode("owner", &value)?);
+        }
+    }
+    Ok(())
+}
+
+/// Brings `table` up to the store's current version by reading only what the history
+/// says changed since (falls back to a full read when the history does not cover the gap).
+/// The result may include changes newer than its version; the next refresh re-reads them.
+pub async fn refresh(
+    store: &dyn Store,
+    table: &OwnershipTable,
+) -> Result<OwnershipTable, OwnershipError> {
+    const INCREMENTAL_CHANGES_MAX: u64 = 64;
+    let version = read_version(store).await?;
+    if version == table.version {
+        return Ok(table.clone());
+    }
+    if table.version == 0
+        || version < table.version
+        || version - table.version > INCREMENTAL_CHANGES_MAX
+    {
+        return OwnershipTable::read(store).await;
+    }
+    let changes = history(store, table.version + 1, INCREMENTAL_CHANGES_MAX as usize).await?;
+    let consecutive = changes
+        .iter()
+        .enumerate()
+        .all(|(i, change)| change.version == table.version + 1 + i as u64);
+    let Some(newest) = changes.last().map(|c| c.version) else {
+        return OwnershipTable::read(store).await;
+    };
+    if !consecutive || newest < version {
+        return OwnershipTable::read(store).await;
+    }
+    let mut next = table.clone();
+    let mut slots = Vec::new();
+    let mut users = Vec::new();
+    for change in &changes {
+        for range in &change.slots {
+            slots.extend((range.first..=range.last).map(Slot::new));
+        }
+        for user in &change.users {
+            slots.push(slot_of(&user.user));
+            users.push(user.user.clone());
+        }
+    }
+    let mut txn = store.begin()?;
+    read_slot_runs_in(&mut *txn, slots, &mut next).await?;
+    for user in users {
+        match txn.get(&keys::user_owner(&user)).await? {
+            Some(bytes) => {
+                next.users.insert(user, records::decode("owner", &bytes)?);
+            }
+            None => {
+                next.users.remove(&user);
+            }
+        }
+    }
+    next.version = newest;
+    Ok(next)
+}
+
 /// Who makes a change and why (kept in the history record).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChangeMeta {
@@ -379,7 +488,7 @@ pub async fn apply_change(
         });
     }
     let mut txn = store.begin()?;
-    let table = read_table_in(&mut *txn).await?;
+    let table = read_plan_in(&mut *txn, plan).await?;
     let record = stage_change(&mut *txn, &table, plan, meta, None)?;
     let version = record.version;
     txn.set(&keys::ownership_change(version), &records::encode(&record))?;

@@ -219,3 +219,92 @@ pub fn reconcile(args: ReconcileArgs) -> Result<ExitCode> {
         ExitCode::FAILURE
     })
 }
+
+#[derive(Args)]
+pub struct HandoverArgs {
+    /// The deployment's store (`remote:<host:port>` or `fdb:<cluster-file>`).
+    #[arg(long)]
+    store: StoreUrl,
+    /// Slots to move: `N` or `FIRST-LAST` (inclusive, 0–65535), all owned by one DC.
+    #[arg(long)]
+    slots: SlotRange,
+    /// The DC that takes the slots.
+    #[arg(long)]
+    to: String,
+    /// Who asks, for the ownership history.
+    #[arg(long, default_value = "tessera handover")]
+    who: String,
+    #[arg(long)]
+    json: bool,
+}
+
+/// An inclusive run of slots from the command line.
+#[derive(Debug, Clone, Copy)]
+pub struct SlotRange {
+    first: u16,
+    last: u16,
+}
+
+impl std::str::FromStr for SlotRange {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let parse = |part: &str| {
+            part.trim()
+                .parse::<u16>()
+                .map_err(|_| format!("{part:?} is not a slot number from 0 to 65535"))
+        };
+        let (first, last) = match text.split_once('-') {
+            Some((first, last)) => (parse(first)?, parse(last)?),
+            None => (parse(text)?, parse(text)?),
+        };
+        if first > last {
+            return Err(format!("slot range {first}-{last} is reversed"));
+        }
+        Ok(SlotRange { first, last })
+    }
+}
+
+/// Hands slots over from their owner to another DC and reports the freeze window.
+pub fn handover(args: HandoverArgs) -> Result<ExitCode> {
+    let to = DcId::new(&args.to).with_context(|| format!("bad DC id {:?}", args.to))?;
+    let opened = OpenStore::open(&args.store)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let store = Arc::clone(&opened.store);
+    let report = runtime.block_on(async move {
+        let links = actors::handover::DcLinks::new(Arc::clone(&store));
+        let meta = cells::ownership::ChangeMeta::new(&args.who, "handover");
+        actors::handover::hand_over(
+            &*store,
+            &links,
+            args.slots.first,
+            args.slots.last,
+            &to,
+            &meta,
+        )
+        .await
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else if report.moved {
+        println!(
+            "slots {}-{} moved {} -> {} at table version {}: freeze window {:.2} ms (drain {:.2} ms{})",
+            report.first,
+            report.last,
+            report.from,
+            report.to,
+            report.version,
+            report.freeze_window_us as f64 / 1e3,
+            report.drain_us as f64 / 1e3,
+            if report.drained { "" } else { ", not fully drained" }
+        );
+    } else {
+        println!(
+            "slots {}-{} already at {}",
+            report.first, report.last, report.to
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -354,6 +354,68 @@ impl DcClient {
     }
 }
 
+impl DcClient {
+    /// Handover: freezes and drains payer slots `first..=last` at the node; answers
+    /// whether they drained and how long that took (µs).
+    pub fn freeze(
+        &self,
+        first: u16,
+        last: u16,
+        max_ms: u32,
+    ) -> impl Future<Output = Result<(bool, u64), DcCallError>> + Send + 'static {
+        let addr = self.link.addr.clone();
+        let call = self.call(move |id| DcRequest::Freeze {
+            id,
+            first,
+            last,
+            max_ms,
+        });
+        async move {
+            match call.await? {
+                DcResponse::Frozen {
+                    drained, drain_us, ..
+                } => Ok((drained, drain_us)),
+                other => Err(unexpected(addr, "freeze", &other)),
+            }
+        }
+    }
+
+    /// Handover: the node reloads the table and thaws `first..=last`; answers the version.
+    pub fn thaw(
+        &self,
+        first: u16,
+        last: u16,
+    ) -> impl Future<Output = Result<u64, DcCallError>> + Send + 'static {
+        let addr = self.link.addr.clone();
+        let call = self.call(move |id| DcRequest::Thaw { id, first, last });
+        async move {
+            match call.await? {
+                DcResponse::Thawed { table_version, .. } => Ok(table_version),
+                other => Err(unexpected(addr, "thaw", &other)),
+            }
+        }
+    }
+
+    /// The node reloads the ownership table; answers its version.
+    pub fn reload(&self) -> impl Future<Output = Result<u64, DcCallError>> + Send + 'static {
+        let addr = self.link.addr.clone();
+        let call = self.call(|id| DcRequest::Reload { id });
+        async move {
+            match call.await? {
+                DcResponse::Reloaded { table_version, .. } => Ok(table_version),
+                other => Err(unexpected(addr, "reload", &other)),
+            }
+        }
+    }
+}
+
+fn unexpected(addr: String, what: &str, answer: &DcResponse) -> DcCallError {
+    DcCallError::Protocol {
+        addr,
+        detail: format!("unexpected answer to {what}: {answer:?}"),
+    }
+}
+
 impl Drop for DcClient {
     fn drop(&mut self) {
         self.link.lock().closed = true;

@@ -38,7 +38,25 @@ pub enum DcRequest {
     },
     /// Asks for [`DcResponse::Status`].
     Status { id: u64 },
+    /// Handover, step 1 at the source DC: freeze payer slots `first..=last` (new batches
+    /// for them wait) and drain the batches in flight there, for at most `max_ms` (after
+    /// which the node thaws on its own). Answered by [`DcResponse::Frozen`].
+    Freeze {
+        id: u64,
+        first: u16,
+        last: u16,
+        max_ms: u32,
+    },
+    /// Handover, last step at the source DC: reload the ownership table, then thaw.
+    /// Answered by [`DcResponse::Thawed`].
+    Thaw { id: u64, first: u16, last: u16 },
+    /// Reload the ownership table now (the destination of a handover, before the source
+    /// thaws). Answered by [`DcResponse::Reloaded`].
+    Reload { id: u64 },
 }
+
+/// Longest freeze a [`DcRequest::Freeze`] may ask for.
+pub const FREEZE_MS_MAX: u32 = 5_000;
 
 /// Why a request was refused as a whole.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -53,6 +71,10 @@ pub enum RequestError {
     },
     #[error("a credit leg of {bytes} bytes exceeds {max}")]
     LegTooLarge { bytes: usize, max: usize },
+    #[error("slot range {first}..={last} is empty or reversed")]
+    BadSlotRange { first: u16, last: u16 },
+    #[error("a freeze of {max_ms} ms; at most {FREEZE_MS_MAX} ms")]
+    FreezeTooLong { max_ms: u32 },
 }
 
 impl RequestError {
@@ -103,15 +125,48 @@ impl DcRequest {
                     None => Ok(()),
                 }
             }
-            DcRequest::Status { id } if *id == 0 => Err(RequestError::ZeroId),
-            DcRequest::Status { .. } => Ok(()),
+            DcRequest::Status { id } | DcRequest::Reload { id } if *id == 0 => {
+                Err(RequestError::ZeroId)
+            }
+            DcRequest::Status { .. } | DcRequest::Reload { .. } => Ok(()),
+            DcRequest::Freeze { id, .. } | DcRequest::Thaw { id, .. } if *id == 0 => {
+                Err(RequestError::ZeroId)
+            }
+            DcRequest::Freeze {
+                first,
+                last,
+                max_ms,
+                ..
+            } => {
+                if first > last {
+                    Err(RequestError::BadSlotRange {
+                        first: *first,
+                        last: *last,
+                    })
+                } else if *max_ms > FREEZE_MS_MAX {
+                    Err(RequestError::FreezeTooLong { max_ms: *max_ms })
+                } else {
+                    Ok(())
+                }
+            }
+            DcRequest::Thaw { first, last, .. } if first > last => {
+                Err(RequestError::BadSlotRange {
+                    first: *first,
+                    last: *last,
+                })
+            }
+            DcRequest::Thaw { .. } => Ok(()),
         }
     }
 
     /// The id an answer must carry, if the request expects one.
     pub fn id(&self) -> Option<u64> {
         match self {
-            DcRequest::Execute { id, .. } | DcRequest::Status { id } => Some(*id),
+            DcRequest::Execute { id, .. }
+            | DcRequest::Status { id }
+            | DcRequest::Freeze { id, .. }
+            | DcRequest::Thaw { id, .. }
+            | DcRequest::Reload { id } => Some(*id),
             DcRequest::Credits { .. } => None,
         }
     }
@@ -143,12 +198,33 @@ pub enum DcResponse {
         id: u64,
         status: NodeStatus,
     },
+    /// The slots are frozen; `drained` says whether the batches in flight there were all
+    /// answered within the bound (`drain_us` is how long that took).
+    Frozen {
+        id: u64,
+        drained: bool,
+        drain_us: u64,
+    },
+    /// The node reloaded the table (now at `table_version`) and thawed the slots.
+    Thawed {
+        id: u64,
+        table_version: u64,
+    },
+    /// The node reloaded the table, now at `table_version`.
+    Reloaded {
+        id: u64,
+        table_version: u64,
+    },
 }
 
 impl DcResponse {
     pub fn id(&self) -> u64 {
         match self {
-            DcResponse::Executed { id, .. } | DcResponse::Status { id, .. } => *id,
+            DcResponse::Executed { id, .. }
+            | DcResponse::Status { id, .. }
+            | DcResponse::Frozen { id, .. }
+            | DcResponse::Thawed { id, .. }
+            | DcResponse::Reloaded { id, .. } => *id,
         }
     }
 }

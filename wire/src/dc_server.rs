@@ -49,6 +49,13 @@ pub trait DcHandler: Send + Sync + 'static {
     fn credits(&self, space: Keyspace, legs: Vec<KeyValue>);
     /// The node's status.
     fn status(&self) -> NodeStatus;
+    /// Freezes payer slots `first..=last` and drains them (at most `max_ms`); answers
+    /// whether they drained and how long that took, in microseconds.
+    fn freeze(&self, first: u16, last: u16, max_ms: u32) -> BoxFuture<'static, (bool, u64)>;
+    /// Reloads the ownership table, then thaws `first..=last`; answers the table version.
+    fn thaw(&self, first: u16, last: u16) -> BoxFuture<'static, u64>;
+    /// Reloads the ownership table; answers its version.
+    fn reload(&self) -> BoxFuture<'static, u64>;
 }
 
 /// Limits of a [`serve`] call.
@@ -198,6 +205,40 @@ async fn read_requests(
             DcRequest::Status { id } => {
                 let status = handler.status();
                 send(replies, &DcResponse::Status { id, status }).await?;
+            }
+            DcRequest::Freeze {
+                id,
+                first,
+                last,
+                max_ms,
+            } => {
+                let run = handler.freeze(first, last, max_ms);
+                let replies = replies.clone();
+                tasks.spawn(async move {
+                    let (drained, drain_us) = run.await;
+                    let answer = DcResponse::Frozen {
+                        id,
+                        drained,
+                        drain_us,
+                    };
+                    let _ = send(&replies, &answer).await;
+                });
+            }
+            DcRequest::Thaw { id, first, last } => {
+                let run = handler.thaw(first, last);
+                let replies = replies.clone();
+                tasks.spawn(async move {
+                    let table_version = run.await;
+                    let _ = send(&replies, &DcResponse::Thawed { id, table_version }).await;
+                });
+            }
+            DcRequest::Reload { id } => {
+                let run = handler.reload();
+                let replies = replies.clone();
+                tasks.spawn(async move {
+                    let table_version = run.await;
+                    let _ = send(&replies, &DcResponse::Reloaded { id, table_version }).await;
+                });
             }
         }
     }

@@ -319,3 +319,29 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    /// A table kept current by `refresh` (reading only what the history says changed)
+    /// equals a full read after every change, whatever the mix of changes.
+    #[test]
+    fn refresh_from_history_equals_a_full_read(
+        ops in proptest::collection::vec(op(), 1..14),
+        every in 1usize..4,
+    ) {
+        let (_dir, store) = open();
+        block_on(bootstrap(&*store, &dcs(), &meta())).expect("bootstrap");
+        let mut cached = block_on(OwnershipTable::read(&*store)).expect("read");
+        for (position, op) in ops.iter().enumerate() {
+            apply_op(&*store, op);
+            if position % every == 0 {
+                cached = block_on(refresh(&*store, &cached)).expect("refresh");
+                let full = block_on(OwnershipTable::read(&*store)).expect("read");
+                prop_assert_eq!(&cached, &full, "after {:?}", op);
+            }
+        }
+        cached = block_on(refresh(&*store, &cached)).expect("refresh");
+        prop_assert_eq!(cached, block_on(OwnershipTable::read(&*store)).expect("read"));
+    }
+}
