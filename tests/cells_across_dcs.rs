@@ -117,6 +117,12 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Cluster {
+        Cluster::start_with(|_, store_addr| store_addr.to_string())
+    }
+
+    /// Starts the cluster; `store_for(dc, store_addr)` names the store address each DC
+    /// node is given (a proxy, for the tests that cut one node off the store).
+    fn start_with(store_for: impl Fn(&str, &str) -> String) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let mut command = tessera();
         command
@@ -126,7 +132,7 @@ impl Cluster {
             Proc::start(command, "store serving", &dir.path().join("store.log"));
         let mut nodes = BTreeMap::new();
         for dc in DCS {
-            let (node, _) = start_node(dir.path(), &store_addr, dc);
+            let (node, _) = start_node(dir.path(), &store_for(dc, &store_addr), dc);
             nodes.insert(dc.to_string(), node);
         }
         let remote = Arc::new(RemoteStore::connect(&store_addr, ClientOptions::default()).unwrap());
@@ -718,4 +724,108 @@ fn slots_handed_over_back_and_forth_under_load_lose_nothing() {
         })
         .count();
     assert!(moves >= 4, "history shows the handovers: {moves}");
+}
+
+/// A TCP proxy in front of the store that can cut its connections and refuse new ones.
+struct Proxy {
+    addr: String,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    open: Arc<Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(target: &str) -> Proxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let cut = Arc::new(AtomicBool::new(false));
+        let open: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
+        let (target, accept_cut, accept_open) = (target.to_string(), cut.clone(), open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if accept_cut.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(&target) else {
+                    continue;
+                };
+                let mut open = accept_open.lock().unwrap();
+                open.push(client.try_clone().unwrap());
+                open.push(server.try_clone().unwrap());
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Proxy { addr, cut, open }
+    }
+
+    /// Cuts every connection through the proxy and refuses new ones.
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for stream in self.open.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn dc_cut_off_from_the_store_is_fenced_and_rejoins() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed());
+    let victim = "dc-b";
+    let proxy: Arc<Mutex<Option<Proxy>>> = Arc::new(Mutex::new(None));
+    let made = Arc::clone(&proxy);
+    let cluster = Cluster::start_with(move |dc, store_addr| {
+        if dc == victim {
+            let started = Proxy::start(store_addr);
+            let addr = started.addr.clone();
+            *made.lock().unwrap() = Some(started);
+            addr
+        } else {
+            store_addr.to_string()
+        }
+    });
+    let proxy = proxy.lock().unwrap().take().unwrap();
+    let mut driver = Driver::new(Arc::clone(&cluster.remote));
+    driver.setup();
+    driver.round(&mut rng, "before", 300);
+    proxy.cut();
+    // Transfers keep being sent (to the cut-off DC first, until its slots move).
+    for round in 0..4 {
+        driver.round(&mut rng, &format!("cut-{round}"), 150);
+    }
+    wait_declared_dead(&cluster.remote, victim, Duration::from_secs(20));
+    driver.round(&mut rng, "moved", 300);
+    proxy.restore();
+    // The node finds its lease lost once it reaches the store again, and rejoins empty.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let leases = block_on(ownership::read_leases(cluster.remote.as_ref())).unwrap();
+        let lease = leases.iter().find(|l| l.dc.as_str() == victim).unwrap();
+        if lease.state == LeaseState::Live && lease.incarnation >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the cut-off node never rejoined: {lease:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    driver.round(&mut rng, "after", 300);
+    cluster.settle();
+    let report = cluster.reconcile(&driver.acked);
+    assert_eq!(report["missing"].as_array().unwrap().len(), 0);
+    cluster.check_history();
+    let table = block_on(OwnershipTable::read(cluster.remote.as_ref())).unwrap();
+    assert_eq!(table.slots_of(&DcId::new(victim).unwrap()).count(), 0);
 }
