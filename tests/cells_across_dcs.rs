@@ -818,7 +818,10 @@ fn dc_cut_off_from_the_store_is_fenced_and_rejoins() {
         if lease.state == LeaseState::Live && lease.incarnation >= 2 {
             break;
         }
-        assert!(Instant::now() < deadline, "the cut-off node never rejoined: {lease:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the cut-off node never rejoined: {lease:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     driver.round(&mut rng, "after", 300);
