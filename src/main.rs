@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 
 use commands::cluster::{DcArgs, HandoverArgs, ReconcileArgs, StoreArgs};
 use commands::engine::{CrashLoadArgs, EngineArgs, StoreOpenArgs};
+use commands::local::DcsBenchArgs;
 
 // glibc's allocator serializes on its arenas when one thread allocates (account actors
 // building commits) and another frees (the store's commit thread); mimalloc does not.
@@ -70,6 +71,9 @@ enum Command {
 enum Bench {
     /// The ledger core alone: account actors and the embedded store in one process.
     Engine(EngineArgs),
+    /// A store and three DC node processes on this machine, through the routing core:
+    /// throughput, handover freeze windows, takeover after kill -9.
+    Dcs(DcsBenchArgs),
 }
 
 fn main() -> Result<ExitCode> {
@@ -89,6 +93,7 @@ fn main() -> Result<ExitCode> {
     }
     match cli.command {
         Command::Bench(Bench::Engine(args)) => commands::engine::bench_engine(args),
+        Command::Bench(Bench::Dcs(args)) => commands::local::bench_dcs(args),
         Command::CrashLoad(args) => commands::engine::crash_load(args),
         Command::StoreOpen(args) => commands::engine::store_open(args),
         Command::Store(args) => commands::cluster::store(args),

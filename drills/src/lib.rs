@@ -2,7 +2,8 @@
 //!
 //! Owns the code that exercises a deployment from the outside as users and operators do:
 //! [`bench::engine`] (`tessera bench engine`: a cell and the embedded engine in one
-//! process), [`crashload`] (a load that prints every acknowledged transfer, for kill -9
+//! process), [`bench::dcs`] (`tessera bench dcs`: a store and three DC node processes),
+//! [`local`] (a local deployment as child processes, for `tessera up` and the benchmarks), [`crashload`] (a load that prints every acknowledged transfer, for kill -9
 //! tests) and [`verify`] (checks a store against the acknowledgements and the money
 //! invariants). Later: fault injection, drill scenarios and reports.
 //!
@@ -11,5 +12,6 @@
 
 pub mod bench;
 pub mod crashload;
+pub mod local;
 pub mod rss;
 pub mod verify;

@@ -1,3 +1,5 @@
-//! Benchmark harnesses. [`engine`]: the ledger core in one process.
+//! Benchmark harnesses. [`engine`]: the ledger core in one process. [`dcs`]: a store and
+//! three DC node processes on loopback, through the router's routing core.
 
+pub mod dcs;
 pub mod engine;
