@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 
 use commands::cluster::{DcArgs, HandoverArgs, ReconcileArgs, StoreArgs};
 use commands::engine::{CrashLoadArgs, EngineArgs, StoreOpenArgs};
-use commands::local::DcsBenchArgs;
+use commands::local::{DcsBenchArgs, RouterArgs, UpArgs};
 
 // glibc's allocator serializes on its arenas when one thread allocates (account actors
 // building commits) and another frees (the store's commit thread); mimalloc does not.
@@ -48,6 +48,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Starts a complete local deployment (store, dc-a, dc-b, dc-c, router), supervises it
+    /// and stops it on Ctrl-C.
+    Up(UpArgs),
+    /// Runs the router: the client HTTP API, routing each command to the DC owning its user.
+    Router(RouterArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(Bench),
@@ -92,6 +97,8 @@ fn main() -> Result<ExitCode> {
             .context("cannot start the Prometheus exporter")?;
     }
     match cli.command {
+        Command::Up(args) => commands::local::up(args),
+        Command::Router(args) => commands::local::router(args),
         Command::Bench(Bench::Engine(args)) => commands::engine::bench_engine(args),
         Command::Bench(Bench::Dcs(args)) => commands::local::bench_dcs(args),
         Command::CrashLoad(args) => commands::engine::crash_load(args),

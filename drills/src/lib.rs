@@ -12,6 +12,8 @@
 
 pub mod bench;
 pub mod crashload;
+pub mod httpc;
 pub mod local;
 pub mod rss;
+pub mod up;
 pub mod verify;

@@ -6,6 +6,9 @@
 //!
 //! Must never: serve a command itself that changes money; retry with new ids.
 
+pub mod auth;
+pub mod http;
 pub mod routing;
+pub mod server;
 
 pub use routing::{RouteStats, Routing, RoutingOptions};

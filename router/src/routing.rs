@@ -303,9 +303,10 @@ impl Routing {
             if retry || results.iter().any(Option::is_none) {
                 stats.retries += 1;
                 metrics::counter!("tessera_router_resends_total").increment(1);
-                let pause = self.options.retry_pause.min(
-                    deadline.saturating_duration_since(Instant::now()),
-                );
+                let pause = self
+                    .options
+                    .retry_pause
+                    .min(deadline.saturating_duration_since(Instant::now()));
                 tokio::time::sleep(pause).await;
                 if let Err(error) = self.refresh().await {
                     tracing::warn!(%error, "router cannot refresh the ownership table");
@@ -314,7 +315,10 @@ impl Routing {
         }
         self.remember(&commands, &results);
         metrics::histogram!("tessera_router_batch_seconds").record(started.elapsed().as_secs_f64());
-        (results.into_iter().map(|r| r.expect("answered")).collect(), stats)
+        (
+            results.into_iter().map(|r| r.expect("answered")).collect(),
+            stats,
+        )
     }
 
     /// The route of every command; unknown accounts and holds are answered here.
@@ -406,7 +410,10 @@ impl Routing {
             .map(|(account, _)| account.clone())
             .collect();
         if !missing.is_empty() {
-            let keys = missing.iter().map(|account| space.account(account)).collect();
+            let keys = missing
+                .iter()
+                .map(|account| space.account(account))
+                .collect();
             match self.store.get_many(keys).await {
                 Ok(values) => {
                     let mut cache = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
@@ -434,7 +441,8 @@ impl Routing {
             .map(|command| match command {
                 Command::CreateAccount(spec) => Route::User(spec.user.clone()),
                 Command::LookupTransfer(_) | Command::LookupHold(_) => Route::Any,
-                Command::Release(hold) | Command::Capture(cells::ledger::CaptureRequest { hold, .. })
+                Command::Release(hold)
+                | Command::Capture(cells::ledger::CaptureRequest { hold, .. })
                     if hold_accounts.get(hold).is_some_and(Option::is_none) =>
                 {
                     Route::Answer(Err(if unreadable {

@@ -95,3 +95,122 @@ pub fn bench_dcs(args: DcsBenchArgs) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[derive(Args)]
+pub struct RouterArgs {
+    /// The store: `remote:HOST:PORT` (the local store server), `embedded:DIR`, `fdb:CLUSTER_FILE`.
+    #[arg(long)]
+    store: cells::store::url::StoreUrl,
+    /// Address of the HTTP API (loopback; port 0 picks one).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: std::net::SocketAddr,
+    /// JSON file with `{"api_key", "admin_token"}` (what `tessera up` writes).
+    #[arg(long)]
+    credentials: PathBuf,
+    /// HTTP worker threads.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Commands per second each API key may send (a batch counts its transfers).
+    #[arg(long, default_value_t = 500_000)]
+    rate_per_key: u64,
+}
+
+/// Runs the router until SIGINT or SIGTERM.
+pub fn router(args: RouterArgs) -> Result<ExitCode> {
+    let credentials = router::auth::CredentialsFile::read(&args.credentials)
+        .with_context(|| format!("cannot read credentials {}", args.credentials.display()))?;
+    if args.rate_per_key == 0 {
+        bail!("--rate-per-key must be at least 1");
+    }
+    let auth = router::auth::Auth::new(
+        std::slice::from_ref(&credentials.api_key),
+        &credentials.admin_token,
+        args.rate_per_key,
+    );
+    drop(credentials);
+    // /metrics of the API; absent when --metrics-listen already installed an exporter.
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .ok();
+    let opened = crate::open::OpenStore::open(&args.store)?;
+    let store = std::sync::Arc::clone(&opened.store);
+    actix_web_rt_block_on(async move {
+        let routing = router::Routing::connect(store, router::RoutingOptions::default())
+            .await
+            .context("cannot read the ownership table")?;
+        let settings = router::server::RouterSettings {
+            listen: args.listen,
+            workers: args.workers,
+            auth,
+            metrics,
+        };
+        router::server::serve(std::sync::Arc::new(routing), settings, |addr| {
+            println!("router serving http://{addr} on {addr}");
+        })
+        .await
+        .context("the HTTP server failed")
+    })?;
+    drop(opened);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// actix-web's server runs on an actix (tokio-based) system.
+fn actix_web_rt_block_on<F: std::future::Future>(future: F) -> F::Output {
+    actix_rt::System::new().block_on(future)
+}
+
+#[derive(Args)]
+pub struct UpArgs {
+    /// Where the store, the logs and credentials.json live (created if absent; reused).
+    #[arg(long, default_value = "./tessera-data")]
+    data_dir: PathBuf,
+    /// Port of the router's HTTP API.
+    #[arg(long, default_value_t = 8080)]
+    http_port: u16,
+    /// Port of the store server.
+    #[arg(long, default_value_t = 7400)]
+    store_port: u16,
+    /// Ports of dc-a, dc-b and dc-c are this and the next two.
+    #[arg(long, default_value_t = 7501)]
+    dc_port: u16,
+    /// Lease TTL of the DC nodes in ms (default: the nodes' default, 2000).
+    #[arg(long)]
+    lease_ttl_ms: Option<u64>,
+    /// Seed demo users, accounts and a hot merchant.
+    #[arg(long)]
+    demo: bool,
+}
+
+/// Starts a local deployment and supervises it until SIGINT or SIGTERM.
+pub fn up(args: UpArgs) -> Result<ExitCode> {
+    let exe = std::env::current_exe().context("cannot find the tessera binary")?;
+    let settings = drills::up::UpSettings {
+        exe,
+        data_dir: args.data_dir,
+        http_port: args.http_port,
+        store_port: args.store_port,
+        dc_port: args.dc_port,
+        lease_ttl_ms: args.lease_ttl_ms,
+        demo: args.demo,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(drills::up::run(settings, shutdown_signal()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut terminate) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

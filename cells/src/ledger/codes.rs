@@ -101,6 +101,18 @@ codes! {
         "the commit may or may not have happened; retry with the same id to learn the outcome";
     Internal = 3005, "internal", 500, 0x83, false, true,
         "stored data could not be read; an operator must look";
+    MalformedRequest = 1013, "malformed_request", 400, 0x81, false, false,
+        "the request body is not the JSON the endpoint expects (or a field has the wrong type)";
+    BodyTooLarge = 1014, "body_too_large", 413, 0x95, false, false,
+        "the request body is larger than allowed";
+    Unauthorized = 4001, "unauthorized", 401, 0x87, false, false,
+        "no API key, or one the router does not know (Authorization: Bearer <key>)";
+    Forbidden = 4002, "forbidden", 403, 0x87, false, false,
+        "the credential is valid but not allowed here (the admin API needs the admin token)";
+    RateLimited = 3006, "rate_limited", 429, 0x96, true, false,
+        "this API key sent more than its rate; retry after the Retry-After seconds";
+    NotFound = 1015, "not_found", 404, 0x99, false, false,
+        "no endpoint has this path and method";
 }
 
 impl ErrorCode {

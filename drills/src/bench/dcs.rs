@@ -329,7 +329,13 @@ fn crosses(table: &OwnershipTable, from: &AccountId, to: &AccountId) -> bool {
     owner(from) != owner(to)
 }
 
-fn random_batch(rng: &mut StdRng, accounts: u64, tag: &str, first: u64, count: u64) -> Vec<Command> {
+fn random_batch(
+    rng: &mut StdRng,
+    accounts: u64,
+    tag: &str,
+    first: u64,
+    count: u64,
+) -> Vec<Command> {
     (first..first + count)
         .map(|n| {
             let from = rng.random_range(0..accounts);
@@ -361,12 +367,15 @@ async fn load_worker(
         }
         let first = batch * config.batch_size as u64;
         let count = (config.batch_size as u64).min(config.transfers - first);
-        let mut rng = StdRng::seed_from_u64(config.seed ^ batch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut rng =
+            StdRng::seed_from_u64(config.seed ^ batch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let commands = random_batch(&mut rng, config.accounts, "t", first, count);
         let started = Instant::now();
         let (results, stats) = routing.execute(Keyspace::Real, commands.clone()).await;
         histogram.saturating_record((started.elapsed().as_micros() as u64).max(1));
-        tally.resends.fetch_add(u64::from(stats.retries), Ordering::Relaxed);
+        tally
+            .resends
+            .fetch_add(u64::from(stats.retries), Ordering::Relaxed);
         tally.record(&routing.table(), &commands, &results);
         bar.inc(count);
     }
@@ -505,40 +514,48 @@ async fn takeover(
     let killed = Instant::now();
     node.kill_nine();
     let deadline = killed + TAKEOVER_TIMEOUT;
-    let mut detection = None;
+    // Detection: polled on its own, so a probe waiting in the router does not delay it.
+    let detector = {
+        let store = Arc::clone(&deployment.store);
+        let victim_id = victim_id.clone();
+        tokio::spawn(async move {
+            while Instant::now() < deadline {
+                if let Ok(table) = OwnershipTable::read(store.as_ref()).await {
+                    if table
+                        .slot_owner(probe_slot)
+                        .is_some_and(|owner| owner.dc != victim_id)
+                    {
+                        return Some(killed.elapsed());
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            None
+        })
+    };
     let mut attempt = 0u64;
-    loop {
+    let recovery = loop {
         if Instant::now() > deadline {
             return Err(DcsBenchError::Failed(format!(
                 "{victim}'s slots not served again within {} s",
                 TAKEOVER_TIMEOUT.as_secs()
             )));
         }
-        if detection.is_none() {
-            let table = OwnershipTable::read(deployment.store.as_ref())
-                .await
-                .map_err(|e| DcsBenchError::Store(e.to_string()))?;
-            if table
-                .slot_owner(probe_slot)
-                .is_some_and(|owner| owner.dc != victim_id)
-            {
-                detection = Some(killed.elapsed());
-            }
-        }
         // A fresh id per attempt: a refused attempt must not pin the id's outcome.
         attempt += 1;
         let command = transfer(format!("probe-{attempt}"), customer(probe), to.clone(), 1);
         let (results, _) = routing.execute(Keyspace::Real, vec![command]).await;
         if matches!(results.first(), Some(Ok(Outcome::TransferAccepted))) {
-            let recovery = killed.elapsed();
-            let detection = detection.unwrap_or(recovery);
-            return Ok((
-                detection.as_secs_f64() * 1e3,
-                recovery.as_secs_f64() * 1e3,
-            ));
+            break killed.elapsed();
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    };
+    let detection = detector
+        .await
+        .ok()
+        .flatten()
+        .ok_or_else(|| DcsBenchError::Failed("takeover never showed in the table".into()))?;
+    Ok((detection.as_secs_f64() * 1e3, recovery.as_secs_f64() * 1e3))
 }
 
 /// Runs every phase and reports.
@@ -620,7 +637,15 @@ pub async fn run(config: DcsBenchConfig) -> Result<DcsBenchReport, DcsBenchError
         .collect();
     let slot = handovers(&deployment.store, &mut rng, config.slot_handovers, 1).await;
     let cell = match &slot {
-        Ok(_) => handovers(&deployment.store, &mut rng, config.cell_handovers, CELL_SLOTS_U16).await,
+        Ok(_) => {
+            handovers(
+                &deployment.store,
+                &mut rng,
+                config.cell_handovers,
+                CELL_SLOTS_U16,
+            )
+            .await
+        }
         Err(_) => Ok(HandoverSummary::default()),
     };
     stop.store(true, Ordering::Relaxed);
@@ -669,9 +694,11 @@ pub async fn run(config: DcsBenchConfig) -> Result<DcsBenchReport, DcsBenchError
         handover_load_accepted: background.accepted.load(Ordering::Relaxed),
         handover_load_errors: background.errors.load(Ordering::Relaxed),
         takeover_victim: config.takeover.then(|| victim.to_string()),
-        takeover_lease_ttl_ms: config
-            .takeover
-            .then(|| config.lease_ttl_ms.unwrap_or(actors::node::LEASE_TTL_MS_DEFAULT)),
+        takeover_lease_ttl_ms: config.takeover.then(|| {
+            config
+                .lease_ttl_ms
+                .unwrap_or(actors::node::LEASE_TTL_MS_DEFAULT)
+        }),
         takeover_detection_ms: detection,
         takeover_recovery_ms: recovery,
         bench_peak_rss_bytes: crate::rss::peak_rss_bytes(),

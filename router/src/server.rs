@@ -1,0 +1,69 @@
+//! The router process: the HTTP API on actix-web, and a follower that keeps the cached
+//! ownership table and DC links current between requests.
+//!
+//! Must never: run without a bound on workers, connections or bodies; keep serving after
+//! the shutdown signal beyond actix's graceful timeout.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{web, App, HttpServer};
+
+use crate::auth::Auth;
+use crate::http::{self, ApiState};
+use crate::routing::Routing;
+
+/// How often the follower refreshes the table when no request did.
+pub const FOLLOW_INTERVAL: Duration = Duration::from_millis(100);
+/// Connections the HTTP server keeps at once (per worker).
+pub const CONNECTIONS_MAX: usize = 4_096;
+
+/// Settings of the router process.
+pub struct RouterSettings {
+    pub listen: SocketAddr,
+    pub workers: usize,
+    pub auth: Auth,
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+}
+
+/// Serves the API until SIGINT/SIGTERM; `on_bound` gets the bound address (for the
+/// "serving on" line) before the first request.
+pub async fn serve(
+    routing: Arc<Routing>,
+    settings: RouterSettings,
+    on_bound: impl FnOnce(SocketAddr),
+) -> std::io::Result<()> {
+    let state = web::Data::new(ApiState::new(
+        Arc::clone(&routing),
+        settings.auth,
+        settings.metrics,
+    ));
+    let follower = {
+        let routing = Arc::clone(&routing);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(FOLLOW_INTERVAL);
+            loop {
+                tick.tick().await;
+                if let Err(error) = routing.refresh().await {
+                    tracing::warn!(%error, "router cannot follow the ownership table");
+                }
+            }
+        })
+    };
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .configure(http::configure)
+    })
+    .workers(settings.workers.max(1))
+    .max_connections(CONNECTIONS_MAX)
+    .client_request_timeout(Duration::from_secs(5))
+    .shutdown_timeout(5)
+    .bind(settings.listen)?;
+    let bound = server.addrs().first().copied().unwrap_or(settings.listen);
+    on_bound(bound);
+    let result = server.run().await;
+    follower.abort();
+    result
+}
