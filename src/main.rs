@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 use commands::cluster::{DcArgs, HandoverArgs, ReconcileArgs, StoreArgs};
 use commands::engine::{CrashLoadArgs, EngineArgs, StoreOpenArgs};
 use commands::local::{DcsBenchArgs, RouterArgs, UpArgs};
+use commands::route::RouteArgs;
 
 // glibc's allocator serializes on its arenas when one thread allocates (account actors
 // building commits) and another frees (the store's commit thread); mimalloc does not.
@@ -53,6 +54,8 @@ enum Command {
     Up(UpArgs),
     /// Runs the router: the client HTTP API, routing each command to the DC owning its user.
     Router(RouterArgs),
+    /// Traffic shifting: status, plans, advance, pause, resume, rollback, whitelist, history.
+    Route(RouteArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(Bench),
@@ -99,6 +102,7 @@ fn main() -> Result<ExitCode> {
     match cli.command {
         Command::Up(args) => commands::local::up(args),
         Command::Router(args) => commands::local::router(args),
+        Command::Route(args) => commands::route::route(args),
         Command::Bench(Bench::Engine(args)) => commands::engine::bench_engine(args),
         Command::Bench(Bench::Dcs(args)) => commands::local::bench_dcs(args),
         Command::CrashLoad(args) => commands::engine::crash_load(args),

@@ -36,6 +36,7 @@ pub mod ledger;
 pub mod node;
 pub mod registry;
 pub mod relay;
+pub mod shift;
 pub mod stats;
 
 pub use config::LedgerConfig;

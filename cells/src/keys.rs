@@ -23,6 +23,7 @@
 //! | `(2, 2, user)` | [`crate::ownership::Owner`] of a whitelisted user (the fence) |
 //! | `(2, 3, version)` | [`crate::ownership::ChangeRecord`]: who changed what, when, why |
 //! | `(2, 4, dc)` | [`crate::ownership::Lease`] of a DC node |
+//! | `(2, 5, name)` | [`crate::shift::ShiftPlan`]: a traffic shift plan and its stage |
 
 use foundationdb_tuple::TuplePack;
 
@@ -51,6 +52,7 @@ const SLOT_OWNER: i64 = 1;
 const USER_OWNER: i64 = 2;
 const OWNERSHIP_CHANGE: i64 = 3;
 const LEASE: i64 = 4;
+const SHIFT_PLAN: i64 = 5;
 
 /// Which keyspace a key lives in: real money, or isolated shadow (test) traffic.
 #[derive(
@@ -196,6 +198,16 @@ pub fn lease(dc: &DcId) -> Vec<u8> {
 /// Prefix of every DC node's lease.
 pub fn leases_prefix() -> Vec<u8> {
     pack(&(CONTROL, LEASE))
+}
+
+/// A traffic shift plan.
+pub fn shift_plan(name: &str) -> Vec<u8> {
+    pack(&(CONTROL, SHIFT_PLAN, name))
+}
+
+/// Prefix of every shift plan.
+pub fn shift_plans_prefix() -> Vec<u8> {
+    pack(&(CONTROL, SHIFT_PLAN))
 }
 
 /// Unpacks the hold id at the end of an active-hold index key.

@@ -30,5 +30,6 @@ pub mod ledger;
 pub mod money;
 pub mod ownership;
 pub mod records;
+pub mod shift;
 pub mod slot;
 pub mod store;

@@ -45,6 +45,8 @@ pub const HOLD_EXPIRY_MS_MAX: u64 = 30 * 24 * 3_600 * 1_000;
 /// What every handler shares.
 pub struct ApiState {
     pub routing: Arc<Routing>,
+    /// Links to DC nodes for the admin API's shift steps.
+    pub links: actors::handover::DcLinks,
     pub auth: Auth,
     pub space: Keyspace,
     pub in_flight: Semaphore,
@@ -58,6 +60,7 @@ impl ApiState {
         metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     ) -> ApiState {
         ApiState {
+            links: actors::handover::DcLinks::new(Arc::clone(routing.store())),
             routing,
             auth,
             space: Keyspace::Real,
@@ -76,7 +79,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
         ApiError {
             code,
             message: message.into(),
@@ -84,7 +87,7 @@ impl ApiError {
         }
     }
 
-    fn of(code: ErrorCode) -> ApiError {
+    pub(crate) fn of(code: ErrorCode) -> ApiError {
         ApiError::new(code, code.info().meaning)
     }
 }
@@ -123,7 +126,7 @@ fn error_body(code: ErrorCode, message: &str) -> Value {
     })
 }
 
-type ApiResult = Result<HttpResponse, ApiError>;
+pub(crate) type ApiResult = Result<HttpResponse, ApiError>;
 
 /// The API's routes.
 pub fn configure(config: &mut web::ServiceConfig) {
@@ -164,6 +167,37 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .route("/v1/holds/{id}/release", web::post().to(release_hold))
         .route("/v1/holds/{id}/capture", web::post().to(capture_hold))
         .route("/v1/admin/table", web::get().to(admin_table))
+        .route("/v1/admin/history", web::get().to(admin_history))
+        .route("/v1/admin/plans", web::get().to(crate::admin::list_plans))
+        .route("/v1/admin/plans", web::post().to(crate::admin::create_plan))
+        .route(
+            "/v1/admin/plans/{name}",
+            web::get().to(crate::admin::get_plan),
+        )
+        .route(
+            "/v1/admin/plans/{name}/advance",
+            web::post().to(crate::admin::advance),
+        )
+        .route(
+            "/v1/admin/plans/{name}/pause",
+            web::post().to(crate::admin::pause),
+        )
+        .route(
+            "/v1/admin/plans/{name}/resume",
+            web::post().to(crate::admin::resume),
+        )
+        .route(
+            "/v1/admin/plans/{name}/rollback",
+            web::post().to(crate::admin::rollback),
+        )
+        .route(
+            "/v1/admin/plans/{name}/whitelist/{user}",
+            web::put().to(crate::admin::whitelist_add),
+        )
+        .route(
+            "/v1/admin/plans/{name}/whitelist/{user}",
+            web::delete().to(crate::admin::whitelist_remove),
+        )
         .default_service(web::to(|| async {
             ApiError::new(ErrorCode::NotFound, "no endpoint has this path and method")
                 .error_response()
@@ -188,6 +222,16 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/holds/{id}/release"),
     ("post", "/v1/holds/{id}/capture"),
     ("get", "/v1/admin/table"),
+    ("get", "/v1/admin/history"),
+    ("get", "/v1/admin/plans"),
+    ("post", "/v1/admin/plans"),
+    ("get", "/v1/admin/plans/{name}"),
+    ("post", "/v1/admin/plans/{name}/advance"),
+    ("post", "/v1/admin/plans/{name}/pause"),
+    ("post", "/v1/admin/plans/{name}/resume"),
+    ("post", "/v1/admin/plans/{name}/rollback"),
+    ("put", "/v1/admin/plans/{name}/whitelist/{user}"),
+    ("delete", "/v1/admin/plans/{name}/whitelist/{user}"),
 ];
 
 /// The OpenAPI document (hand-written; a test checks it lists exactly [`ROUTES`]).
@@ -257,7 +301,7 @@ async fn openapi() -> HttpResponse {
 }
 
 /// Checks credentials and takes a slot of the concurrency limit.
-fn admit<'a>(
+pub(crate) fn admit<'a>(
     state: &'a ApiState,
     request: &HttpRequest,
     admin_only: bool,
@@ -768,6 +812,10 @@ async fn get_hold(
 
 async fn admin_table(state: web::Data<ApiState>, request: HttpRequest) -> ApiResult {
     let _permit = admit(&state, &request, true, 1)?;
+    // The store's current table, not the last poll's.
+    if let Err(error) = state.routing.refresh().await {
+        tracing::warn!(%error, "admin table: cannot refresh");
+    }
     let table = state.routing.table();
     let counts = table.slot_counts();
     // Runs of consecutive slots with one owner.
@@ -828,4 +876,53 @@ mod tests {
         assert_eq!(decimal(0, usd), "0.00");
         assert_eq!(decimal(7, jpy), "7");
     }
+}
+
+#[derive(Deserialize)]
+struct HistoryQuery {
+    #[serde(default)]
+    from: Option<u64>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+async fn admin_history(
+    state: web::Data<ApiState>,
+    request: HttpRequest,
+    query: web::Query<HistoryQuery>,
+) -> ApiResult {
+    let _permit = admit(&state, &request, true, 1)?;
+    let limit = query.limit.unwrap_or(100);
+    if limit == 0 || limit > 10_000 {
+        return Err(ApiError::new(
+            ErrorCode::InvalidLimit,
+            "limit must be 1..=10000",
+        ));
+    }
+    let changes = cells::ownership::history(
+        state.routing.store().as_ref(),
+        query.from.unwrap_or(1).max(1),
+        limit,
+    )
+    .await
+    .map_err(|_| ApiError::of(ErrorCode::Unavailable))?;
+    let changes: Vec<Value> = changes
+        .iter()
+        .map(|c| {
+            json!({
+                "version": c.version, "at_ms": c.at_ms, "who": c.who, "why": c.why,
+                "slots": c.slots.iter().map(|r| json!({
+                    "first": r.first, "last": r.last,
+                    "from": r.from.as_ref().map(|d| d.as_str()), "to": r.to.as_str(),
+                })).collect::<Vec<_>>(),
+                "users": c.users.iter().map(|u| json!({
+                    "user": u.user.as_str(),
+                    "from": u.from.as_ref().map(|d| d.as_str()),
+                    "to": u.to.as_ref().map(|d| d.as_str()),
+                })).collect::<Vec<_>>(),
+                "declared_dead": c.declared_dead.as_ref().map(|d| d.as_str()),
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "changes": changes })))
 }

@@ -6,6 +6,7 @@
 //!
 //! Must never: serve a command itself that changes money; retry with new ids.
 
+pub mod admin;
 pub mod auth;
 pub mod http;
 pub mod routing;

@@ -113,6 +113,12 @@ codes! {
         "this API key sent more than its rate; retry after the Retry-After seconds";
     NotFound = 1015, "not_found", 404, 0x99, false, false,
         "no endpoint has this path and method";
+    InvalidPlan = 1016, "invalid_plan", 400, 0x99, false, false,
+        "a shift plan's name, cells, DCs or stages are not valid";
+    UnknownPlan = 2012, "unknown_plan", 404, 0x99, false, false,
+        "no shift plan has this name";
+    PlanConflict = 2013, "plan_conflict", 409, 0x99, false, false,
+        "the plan cannot do this now (exists, paused, complete, stage, overlap, or changed meanwhile)";
 }
 
 impl ErrorCode {

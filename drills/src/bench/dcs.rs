@@ -461,11 +461,26 @@ async fn handovers(
         let table = OwnershipTable::read(store.as_ref())
             .await
             .map_err(|e| DcsBenchError::Store(e.to_string()))?;
-        let first = if width == CELL_SLOTS_U16 {
-            rng.random_range(0..256u16) * CELL_SLOTS_U16
-        } else {
-            rng.random_range(0..=u16::MAX)
+        // A run with one owner (earlier one-slot moves leave some cells mixed).
+        let single_owner = |first: u16| {
+            let owner = |slot: u16| {
+                table
+                    .slot_owner(cells::slot::Slot::new(slot))
+                    .map(|owner| owner.dc.clone())
+            };
+            (first..=first + (width - 1)).all(|slot| owner(slot) == owner(first))
         };
+        let mut first = 0;
+        for _ in 0..1_000 {
+            first = if width == CELL_SLOTS_U16 {
+                rng.random_range(0..256u16) * CELL_SLOTS_U16
+            } else {
+                rng.random_range(0..=u16::MAX)
+            };
+            if single_owner(first) {
+                break;
+            }
+        }
         let last = first + (width - 1);
         let from = table
             .slot_owner(cells::slot::Slot::new(first))
