@@ -20,5 +20,5 @@ fn readme_starts_with_the_two_commands() {
         .expect(".ci/run is readable");
     let test_command = "cargo test --workspace --release";
     assert!(readme.contains(test_command) && ci.contains(test_command));
-    assert!(readme.contains("cargo run --release -- bench engine"));
+    assert!(readme.contains("cargo run --release -- up"));
 }
