@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 
 use commands::cluster::{DcArgs, HandoverArgs, ReconcileArgs, StoreArgs};
 use commands::engine::{CrashLoadArgs, EngineArgs, StoreOpenArgs};
-use commands::local::{DcsBenchArgs, RouterArgs, UpArgs};
+use commands::local::{DcsBenchArgs, HttpBenchArgs, RouterArgs, UpArgs};
 use commands::route::RouteArgs;
 
 // glibc's allocator serializes on its arenas when one thread allocates (account actors
@@ -82,6 +82,9 @@ enum Bench {
     /// A store and three DC node processes on this machine, through the routing core:
     /// throughput, handover freeze windows, takeover after kill -9.
     Dcs(DcsBenchArgs),
+    /// The router's HTTP API from outside (shadow keyspace by default): transfers/s,
+    /// latency p50/p99/p999, answers by code, an SVG chart.
+    Http(HttpBenchArgs),
 }
 
 fn main() -> Result<ExitCode> {
@@ -105,6 +108,7 @@ fn main() -> Result<ExitCode> {
         Command::Route(args) => commands::route::route(args),
         Command::Bench(Bench::Engine(args)) => commands::engine::bench_engine(args),
         Command::Bench(Bench::Dcs(args)) => commands::local::bench_dcs(args),
+        Command::Bench(Bench::Http(args)) => commands::local::bench_http(args),
         Command::CrashLoad(args) => commands::engine::crash_load(args),
         Command::StoreOpen(args) => commands::engine::store_open(args),
         Command::Store(args) => commands::cluster::store(args),

@@ -48,7 +48,6 @@ pub struct ApiState {
     /// Links to DC nodes for the admin API's shift steps.
     pub links: actors::handover::DcLinks,
     pub auth: Auth,
-    pub space: Keyspace,
     pub in_flight: Semaphore,
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
@@ -63,7 +62,6 @@ impl ApiState {
             links: actors::handover::DcLinks::new(Arc::clone(routing.store())),
             routing,
             auth,
-            space: Keyspace::Real,
             in_flight: Semaphore::new(CONCURRENT_REQUESTS_MAX),
             metrics,
         }
@@ -331,8 +329,20 @@ pub(crate) fn admit<'a>(
     })
 }
 
-async fn run_one(state: &ApiState, command: Command) -> CommandResult {
-    let (mut results, _) = state.routing.execute(state.space, vec![command]).await;
+/// The header that sends a request to the shadow keyspace (load tests against a live
+/// deployment: shadow accounts and transfers never touch a real balance).
+pub const KEYSPACE_HEADER: &str = "tessera-keyspace";
+
+/// The keyspace a request names (`tessera-keyspace: shadow`), real by default.
+fn space_of(request: &HttpRequest) -> Keyspace {
+    match request.headers().get(KEYSPACE_HEADER).map(|v| v.as_bytes()) {
+        Some(b"shadow") => Keyspace::Shadow,
+        _ => Keyspace::Real,
+    }
+}
+
+async fn run_one(state: &ApiState, space: Keyspace, command: Command) -> CommandResult {
+    let (mut results, _) = state.routing.execute(space, vec![command]).await;
     results.pop().unwrap_or(Err(ErrorCode::Internal))
 }
 
@@ -446,7 +456,7 @@ async fn create_account(
     let _permit = admit(&state, &request, false, 1)?;
     let spec = account_spec(&body)?;
     let view = spec_json(&spec);
-    match run_one(&state, Command::CreateAccount(spec)).await {
+    match run_one(&state, space_of(&request), Command::CreateAccount(spec)).await {
         Ok(_) => Ok(HttpResponse::Created().json(with_status(view, "created"))),
         Err(ErrorCode::AccountExists) => Ok(HttpResponse::Ok().json(with_status(view, "exists"))),
         Err(code) => Err(ApiError::of(code)),
@@ -465,7 +475,7 @@ async fn get_account(
 ) -> ApiResult {
     let _permit = admit(&state, &request, false, 1)?;
     let id = parse_id(&id, "account id", AccountId::new)?;
-    match run_one(&state, Command::LookupAccount(id)).await {
+    match run_one(&state, space_of(&request), Command::LookupAccount(id)).await {
         Ok(Outcome::Account(view)) => {
             let currency = view.spec.currency;
             let mut body = spec_json(&view.spec);
@@ -502,12 +512,18 @@ async fn list_postings(
             format!("limit must be 1..={POSTINGS_PAGE_MAX}"),
         ));
     }
-    let currency = match run_one(&state, Command::LookupAccount(id.clone())).await {
+    let currency = match run_one(
+        &state,
+        space_of(&request),
+        Command::LookupAccount(id.clone()),
+    )
+    .await
+    {
         Ok(Outcome::Account(view)) => view.spec.currency,
         Ok(_) => return Err(ApiError::of(ErrorCode::Internal)),
         Err(code) => return Err(ApiError::of(code)),
     };
-    let (begin, end) = state.space.postings_from(&id, query.cursor.unwrap_or(0));
+    let (begin, end) = space_of(&request).postings_from(&id, query.cursor.unwrap_or(0));
     let rows = state
         .routing
         .store()
@@ -590,7 +606,7 @@ async fn create_transfer(
 ) -> ApiResult {
     let _permit = admit(&state, &request, false, 1)?;
     let command = transfer_command(&body)?;
-    let result = run_one(&state, command).await;
+    let result = run_one(&state, space_of(&request), command).await;
     let (status, body) = transfer_result(&body.id, &result);
     let mut response = HttpResponse::build(status);
     if matches!(&result, Err(code) if code.is_retryable()) {
@@ -646,7 +662,7 @@ async fn create_transfers(
         }
         ids.push(id);
     }
-    let (answers, _) = state.routing.execute(state.space, commands).await;
+    let (answers, _) = state.routing.execute(space_of(&request), commands).await;
     for (position, answer) in positions.into_iter().zip(answers) {
         results[position] = Some(transfer_result(&ids[position], &answer).1);
     }
@@ -664,7 +680,7 @@ async fn get_transfer(
 ) -> ApiResult {
     let _permit = admit(&state, &request, false, 1)?;
     let id = parse_id(&id, "transfer id", TransferId::new)?;
-    match run_one(&state, Command::LookupTransfer(id)).await {
+    match run_one(&state, space_of(&request), Command::LookupTransfer(id)).await {
         Ok(Outcome::Transfer(view)) => {
             let (status, code) = match view.status {
                 TransferStatus::Accepted => ("accepted", Value::Null),
@@ -719,7 +735,7 @@ async fn create_hold(
         currency,
         expires_in_ms: body.expires_in_ms,
     });
-    match run_one(&state, command).await {
+    match run_one(&state, space_of(&request), command).await {
         Ok(_) => Ok(HttpResponse::Created().json(json!({"id": body.id, "status": "active"}))),
         Err(code) => Err(ApiError::of(code)),
     }
@@ -732,7 +748,7 @@ async fn release_hold(
 ) -> ApiResult {
     let _permit = admit(&state, &request, false, 1)?;
     let hold = parse_id(&id, "hold id", HoldId::new)?;
-    match run_one(&state, Command::Release(hold)).await {
+    match run_one(&state, space_of(&request), Command::Release(hold)).await {
         Ok(_) => Ok(HttpResponse::Ok().json(json!({"id": id.as_str(), "status": "released"}))),
         Err(code) => Err(ApiError::of(code)),
     }
@@ -759,7 +775,13 @@ async fn capture_hold(
         None => None,
         Some(text) => {
             // The hold's currency decides the scale.
-            let currency = match run_one(&state, Command::LookupHold(hold.clone())).await {
+            let currency = match run_one(
+                &state,
+                space_of(&request),
+                Command::LookupHold(hold.clone()),
+            )
+            .await
+            {
                 Ok(Outcome::Hold(view)) => view.currency,
                 Ok(_) => return Err(ApiError::of(ErrorCode::Internal)),
                 Err(code) => return Err(ApiError::of(code)),
@@ -768,7 +790,7 @@ async fn capture_hold(
         }
     };
     let command = Command::Capture(CaptureRequest { hold, to, amount });
-    match run_one(&state, command).await {
+    match run_one(&state, space_of(&request), command).await {
         Ok(_) => Ok(HttpResponse::Ok().json(json!({"id": id.as_str(), "status": "captured"}))),
         Err(code) => Err(ApiError::of(code)),
     }
@@ -781,7 +803,7 @@ async fn get_hold(
 ) -> ApiResult {
     let _permit = admit(&state, &request, false, 1)?;
     let hold = parse_id(&id, "hold id", HoldId::new)?;
-    match run_one(&state, Command::LookupHold(hold)).await {
+    match run_one(&state, space_of(&request), Command::LookupHold(hold)).await {
         Ok(Outcome::Hold(view)) => {
             let currency = view.currency;
             let mut body = json!({

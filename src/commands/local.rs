@@ -214,3 +214,71 @@ async fn shutdown_signal() {
         }
     }
 }
+
+#[derive(Args)]
+pub struct HttpBenchArgs {
+    /// The router, `http://HOST:PORT`.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    target: String,
+    /// The credentials file `tessera up` wrote (for the API key).
+    #[arg(long, default_value = "./tessera-data/credentials.json")]
+    credentials: PathBuf,
+    /// `batch` (the batch endpoint) or `single` (one transfer per request).
+    #[arg(long, default_value = "batch")]
+    mode: String,
+    #[arg(long, default_value_t = 200_000)]
+    transfers: u64,
+    /// Transfers per request in batch mode (at most 8,190).
+    #[arg(long, default_value_t = 2_000)]
+    batch_size: usize,
+    /// Connections (threads), each with one request in flight.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    #[arg(long, default_value_t = 1_000)]
+    accounts: u64,
+    /// Requests per second offered (open loop); 0: closed loop, as fast as answered.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Use the real keyspace (default: shadow, which never touches a real balance).
+    #[arg(long)]
+    real: bool,
+    /// Where to write the SVG chart of throughput and latency over time.
+    #[arg(long, default_value = "bench-http.svg")]
+    chart: PathBuf,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn bench_http(args: HttpBenchArgs) -> Result<ExitCode> {
+    let mode = match args.mode.as_str() {
+        "batch" => drills::bench::http::Mode::Batch,
+        "single" => drills::bench::http::Mode::Single,
+        other => bail!("--mode {other:?} is not batch or single"),
+    };
+    let credentials = router::auth::CredentialsFile::read(&args.credentials)
+        .with_context(|| format!("cannot read credentials {}", args.credentials.display()))?;
+    let config = drills::bench::http::HttpBenchConfig {
+        target: args.target,
+        api_key: credentials.api_key,
+        mode,
+        transfers: args.transfers,
+        batch_size: args.batch_size,
+        concurrency: args.concurrency,
+        accounts: args.accounts,
+        rate: args.rate,
+        real: args.real,
+        chart: Some(args.chart),
+        progress: !args.json,
+    };
+    let report = drills::bench::http::run(config)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        let mut value = serde_json::to_value(&report)?;
+        if let Some(object) = value.as_object_mut() {
+            object.remove("per_second");
+        }
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
