@@ -155,6 +155,20 @@ impl Client {
         }
     }
 
+    /// GETs `path`; returns the JSON answer.
+    fn get(&self, path: &str) -> Result<Value, String> {
+        let mut request = self
+            .agent
+            .get(format!("{}{path}", self.base))
+            .header("Authorization", &self.auth);
+        if self.shadow {
+            request = request.header("tessera-keyspace", "shadow");
+        }
+        let mut response = request.call().map_err(|e| e.to_string())?;
+        let text = response.body_mut().read_to_vec().map_err(|e| e.to_string())?;
+        Ok(serde_json::from_slice(&text).unwrap_or(Value::Null))
+    }
+
     /// POSTs `body`; returns the status and the JSON answer.
     fn post(&self, path: &str, body: &Value) -> Result<(u16, Value), String> {
         let bytes = serde_json::to_vec(body).map_err(|e| e.to_string())?;
@@ -240,6 +254,23 @@ fn setup(client: &Client, config: &HttpBenchConfig, run: &str) -> Result<(), Htt
                 return Err(fail(format!("funding: {status} {body}")));
             }
             std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    // Accepted means debited; wait until every credit leg landed so no transfer of the
+    // run is refused for funds still on their way.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for n in 0..config.accounts {
+        loop {
+            let status = client
+                .get(&format!("/v1/transfers/{run}-fund{n}"))
+                .map_err(fail)?;
+            if status["status"] == "completed" {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(fail(format!("funding {n} never completed: {status}")));
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
     Ok(())
