@@ -334,6 +334,23 @@ fn up_serves_the_api_survives_a_dc_kill_and_stops_cleanly() {
     assert_eq!(metrics.status, 200);
     assert!(String::from_utf8_lossy(&metrics.body).contains("tessera_router"));
     assert_eq!(up.call_as(None, "GET", "/health", None).0, 200);
+    // Every process serves its ops endpoints.
+    for offset in 0..4u16 {
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{}", up.ops_port + offset)
+            .parse()
+            .unwrap();
+        for path in ["/health", "/ready", "/metrics"] {
+            let response =
+                httpc::request(addr, "GET", path, None, None, Duration::from_secs(5)).unwrap();
+            assert_eq!(response.status, 200, "{addr}{path}");
+        }
+        let metrics =
+            httpc::request(addr, "GET", "/metrics", None, None, Duration::from_secs(5)).unwrap();
+        assert!(
+            String::from_utf8_lossy(&metrics.body).contains("tessera_"),
+            "{addr}: no tessera metrics"
+        );
+    }
 
     // kill -9 of a DC node under a client: payments keep being accepted (takeover or
     // restart), each exactly once.

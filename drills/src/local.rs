@@ -232,16 +232,21 @@ fn start_child(exe: &Path, spec: &ChildSpec) -> Result<(Child, String), LocalErr
 pub const LOCAL_DCS: [&str; 3] = ["dc-a", "dc-b", "dc-c"];
 
 /// Arguments of `tessera store` for a local deployment.
-pub fn store_spec(data_dir: &Path, listen: &str) -> ChildSpec {
+pub fn store_spec(data_dir: &Path, listen: &str, ops: Option<&str>) -> ChildSpec {
+    let mut args: Vec<OsString> = vec![
+        "store".into(),
+        "--data".into(),
+        data_dir.join("store").into_os_string(),
+        "--listen".into(),
+        listen.into(),
+    ];
+    if let Some(ops) = ops {
+        args.push("--ops-listen".into());
+        args.push(ops.into());
+    }
     ChildSpec {
         name: "store".into(),
-        args: vec![
-            "store".into(),
-            "--data".into(),
-            data_dir.join("store").into_os_string(),
-            "--listen".into(),
-            listen.into(),
-        ],
+        args,
         log: data_dir.join("store.log"),
     }
 }
@@ -253,6 +258,7 @@ pub fn dc_spec(
     store_addr: &str,
     listen: &str,
     lease_ttl_ms: Option<u64>,
+    ops: Option<&str>,
 ) -> ChildSpec {
     let mut args: Vec<OsString> = vec![
         "dc".into(),
@@ -268,6 +274,10 @@ pub fn dc_spec(
     if let Some(ttl) = lease_ttl_ms {
         args.push("--lease-ttl-ms".into());
         args.push(ttl.to_string().into());
+    }
+    if let Some(ops) = ops {
+        args.push("--ops-listen".into());
+        args.push(ops.into());
     }
     ChildSpec {
         name: dc.into(),

@@ -37,6 +37,9 @@ pub struct UpSettings {
     pub store_port: u16,
     /// dc-a's port; dc-b and dc-c take the next two.
     pub dc_port: u16,
+    /// Ops endpoints (/metrics, /health, /ready): the store on this port, dc-a, dc-b and
+    /// dc-c on the next three (the router serves them on its API port).
+    pub ops_port: u16,
     pub lease_ttl_ms: Option<u64>,
     pub demo: bool,
 }
@@ -88,12 +91,23 @@ pub async fn run(settings: UpSettings, shutdown: impl Future<Output = ()>) -> Re
     };
     let store_listen = format!("127.0.0.1:{}", settings.store_port);
     let mut children: Vec<(Running, Instant)> = Vec::new();
-    let store = local::start(&settings.exe, local::store_spec(&dir, &store_listen))?;
+    let ops = |index: u16| format!("127.0.0.1:{}", settings.ops_port + index);
+    let store = local::start(
+        &settings.exe,
+        local::store_spec(&dir, &store_listen, Some(&ops(0))),
+    )?;
     let store_addr = store.addr.clone();
     children.push((store, Instant::now()));
     for (index, dc) in LOCAL_DCS.iter().enumerate() {
         let listen = format!("127.0.0.1:{}", settings.dc_port + index as u16);
-        let spec = local::dc_spec(&dir, dc, &store_addr, &listen, settings.lease_ttl_ms);
+        let spec = local::dc_spec(
+            &dir,
+            dc,
+            &store_addr,
+            &listen,
+            settings.lease_ttl_ms,
+            Some(&ops(index as u16 + 1)),
+        );
         children.push((local::start(&settings.exe, spec)?, Instant::now()));
     }
     let http_listen = format!("127.0.0.1:{}", settings.http_port);

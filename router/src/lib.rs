@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod auth;
 pub mod http;
+pub mod ops;
 pub mod routing;
 pub mod server;
 

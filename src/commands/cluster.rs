@@ -28,6 +28,9 @@ pub struct StoreArgs {
     /// Address to serve the store protocol on (loopback; port 0 picks one).
     #[arg(long, default_value = "127.0.0.1:7400")]
     listen: SocketAddr,
+    /// Serve /metrics, /health and /ready on this address.
+    #[arg(long)]
+    ops_listen: Option<SocketAddr>,
 }
 
 /// Serves the embedded store over loopback until SIGINT or SIGTERM.
@@ -42,6 +45,14 @@ pub fn store(args: StoreArgs) -> Result<ExitCode> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let addr = listener.local_addr()?;
+        if let Some(ops) = args.ops_listen {
+            let data = args.data.display().to_string();
+            let bound = crate::commands::start_ops(
+                ops,
+                std::sync::Arc::new(move || (true, serde_json::json!({ "data": data }))),
+            )?;
+            println!("store ops endpoints on http://{bound}");
+        }
         println!("store serving {} on {addr}", args.data.display());
         wire::store_server::serve(
             Arc::clone(&opened.store),
@@ -67,6 +78,9 @@ pub struct DcArgs {
     /// Address to serve the DC protocol on (loopback; port 0 picks one).
     #[arg(long, default_value = "127.0.0.1:7500")]
     listen: SocketAddr,
+    /// Serve /metrics, /health and /ready on this address.
+    #[arg(long)]
+    ops_listen: Option<SocketAddr>,
     /// Before registering, assign every unowned slot to these DCs (comma-separated), in
     /// runs of whole cells. Harmless when the table is already complete.
     #[arg(long, value_delimiter = ',')]
@@ -107,6 +121,26 @@ pub fn dc(args: DcArgs) -> Result<ExitCode> {
         let node = DcNode::start(store, config)
             .await
             .with_context(|| format!("cannot start DC node {dc}"))?;
+        if let Some(ops) = args.ops_listen {
+            let handler = node.handler();
+            let bound = crate::commands::start_ops(
+                ops,
+                Arc::new(move || {
+                    let status = handler.status();
+                    (
+                        status.incarnation > 0 && status.table_version > 0,
+                        serde_json::json!({
+                            "dc": status.dc.as_str(),
+                            "incarnation": status.incarnation,
+                            "table_version": status.table_version,
+                            "owned_slots": status.owned_slots,
+                            "active_accounts": status.active_accounts,
+                        }),
+                    )
+                }),
+            )?;
+            println!("dc {dc} ops endpoints on http://{bound}");
+        }
         println!("dc {dc} serving on {addr}");
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let server = tokio::spawn(wire::dc_server::serve(

@@ -173,6 +173,10 @@ pub struct UpArgs {
     /// Ports of dc-a, dc-b and dc-c are this and the next two.
     #[arg(long, default_value_t = 7501)]
     dc_port: u16,
+    /// Ops endpoints (/metrics, /health, /ready): the store on this port, dc-a, dc-b and
+    /// dc-c on the next three.
+    #[arg(long, default_value_t = 7600)]
+    ops_port: u16,
     /// Lease TTL of the DC nodes in ms (default: the nodes' default, 2000).
     #[arg(long)]
     lease_ttl_ms: Option<u64>,
@@ -190,6 +194,7 @@ pub fn up(args: UpArgs) -> Result<ExitCode> {
         http_port: args.http_port,
         store_port: args.store_port,
         dc_port: args.dc_port,
+        ops_port: args.ops_port,
         lease_ttl_ms: args.lease_ttl_ms,
         demo: args.demo,
     };

@@ -21,19 +21,19 @@ fn free_ports(count: usize) -> Vec<u16> {
         .collect()
 }
 
-/// Three consecutive free ports (for dc-a, dc-b, dc-c).
-fn free_run_of_three() -> u16 {
+/// `n` consecutive free ports.
+fn free_run(n: u16) -> u16 {
     for _ in 0..200 {
         let base = free_ports(1)[0];
         if base > 65_000 {
             continue;
         }
-        let all_free = (0..3).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok());
+        let all_free = (0..n).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok());
         if all_free {
             return base;
         }
     }
-    panic!("no run of three free ports");
+    panic!("no run of {n} free ports");
 }
 
 pub struct Up {
@@ -41,6 +41,8 @@ pub struct Up {
     pub dir: tempfile::TempDir,
     pub http: SocketAddr,
     pub store_port: u16,
+    /// The store's ops port; dc-a, dc-b, dc-c on the next three.
+    pub ops_port: u16,
     pub api_key: String,
     pub admin_token: String,
 }
@@ -66,7 +68,8 @@ pub fn start_up() -> Up {
     let dir = tempfile::tempdir().unwrap();
     let ports = free_ports(2);
     let (http_port, store_port) = (ports[0], ports[1]);
-    let dc_port = free_run_of_three();
+    let dc_port = free_run(3);
+    let ops_port = free_run(4);
     let mut child = Process::new(env!("CARGO_BIN_EXE_tessera"))
         .args([
             "up",
@@ -78,6 +81,8 @@ pub fn start_up() -> Up {
             &store_port.to_string(),
             "--dc-port",
             &dc_port.to_string(),
+            "--ops-port",
+            &ops_port.to_string(),
             "--lease-ttl-ms",
             "1000",
         ])
@@ -112,6 +117,7 @@ pub fn start_up() -> Up {
         child,
         http: format!("127.0.0.1:{http_port}").parse().unwrap(),
         store_port,
+        ops_port,
         api_key: credentials["api_key"].as_str().unwrap().to_string(),
         admin_token: credentials["admin_token"].as_str().unwrap().to_string(),
         dir,

@@ -187,7 +187,7 @@ fn start_deployment(config: &DcsBenchConfig) -> Result<Deployment, DcsBenchError
         .map_err(|e| DcsBenchError::Failed(format!("cannot create the data dir: {e}")))?;
     let store = local::start(
         &config.exe,
-        local::store_spec(&config.data_dir, "127.0.0.1:0"),
+        local::store_spec(&config.data_dir, "127.0.0.1:0", None),
     )?;
     let mut nodes = BTreeMap::new();
     for dc in LOCAL_DCS {
@@ -197,6 +197,7 @@ fn start_deployment(config: &DcsBenchConfig) -> Result<Deployment, DcsBenchError
             &store.addr,
             "127.0.0.1:0",
             config.lease_ttl_ms,
+            None,
         );
         nodes.insert(dc.to_string(), local::start(&config.exe, spec)?);
     }

@@ -165,7 +165,10 @@ impl Client {
             request = request.header("tessera-keyspace", "shadow");
         }
         let mut response = request.call().map_err(|e| e.to_string())?;
-        let text = response.body_mut().read_to_vec().map_err(|e| e.to_string())?;
+        let text = response
+            .body_mut()
+            .read_to_vec()
+            .map_err(|e| e.to_string())?;
         Ok(serde_json::from_slice(&text).unwrap_or(Value::Null))
     }
 
