@@ -188,6 +188,41 @@ fn up_serves_the_api_survives_a_dc_kill_and_stops_cleanly() {
         "invalid_expiry"
     );
 
+    // A split hot account: spread over parts, read as one, debited beyond any one part.
+    let (status, body) = create(
+        &up,
+        json!({"id": "hot", "user": "hot-user", "currency": "USD", "mode": "split:4"}),
+    );
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        create(
+            &up,
+            json!({"id": "hot2", "user": "h", "currency": "USD", "mode": "split:1"})
+        )
+        .1["error"]["code"],
+        "invalid_mode"
+    );
+    for n in 0..8 {
+        let (status, body) = up.pay(&format!("hot-in-{n}"), "bank", "hot", "5.00");
+        assert_eq!(status, 200, "{body}");
+        acked.push(format!("hot-in-{n}"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while up.balance("hot") != "40.00" {
+        assert!(Instant::now() < deadline, "hot never reached 40.00");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, body) = up.pay("hot-out", "hot", "c11", "40.00");
+    assert_eq!(status, 200, "the whole balance is usable: {body}");
+    acked.push("hot-out".into());
+    let (_, view) = up.call("GET", "/v1/accounts/hot", None);
+    assert_eq!(
+        (view["mode"].as_str(), view["balance"].as_str()),
+        (Some("split:4"), Some("0.00"))
+    );
+    let (_, moved) = up.call("GET", "/v1/transfers/hot-out", None);
+    assert_eq!(moved["from"], "hot");
+
     // Bad input: typed errors, nothing changes.
     let before: Vec<String> = (0..12).map(|n| up.balance(&format!("c{n}"))).collect();
     let bad = [
@@ -401,8 +436,9 @@ fn up_serves_the_api_survives_a_dc_kill_and_stops_cleanly() {
             units.parse::<i64>().unwrap() * 100 + cents.parse::<i64>().unwrap()
         })
         .sum();
-    // Customers only paid each other (the capture too): their sum is what the bank sent.
-    assert_eq!(total, 12 * 10_000, "customers' money (cents)");
+    // Customers only paid each other (the capture too) plus the 40.00 that went through
+    // the split account into c11: their sum is what the bank sent them.
+    assert_eq!(total, 12 * 10_000 + 4_000, "customers' money (cents)");
     let report = up.reconcile(&acked);
     assert_eq!(report["clean"], true);
 

@@ -20,8 +20,8 @@ use cells::ledger::{
 };
 use cells::ownership::{Fence, OwnershipTable};
 use cells::records::{
-    self, AccountRecord, AccountSpec, HoldRecord, OutboxKind, OutboxRecord, PostingRecord,
-    TransferOutcome, TransferRecord,
+    self, AccountKind, AccountRecord, AccountSpec, HoldRecord, HotMode, OutboxKind, OutboxRecord,
+    PostingRecord, TransferOutcome, TransferRecord,
 };
 use cells::slot::{slot_of, Slot};
 use cells::store::{CommitError, KeyValue, Store};
@@ -32,6 +32,7 @@ use crate::account::{AccountCommand, CreditLeg, Execute, ExecuteReply};
 use crate::config::{LedgerConfig, CREATE_ATTEMPTS_MAX};
 use crate::registry::{CreditForwarder, Shared};
 use crate::relay::{DeliverFromPeer, OutboxRelay};
+use crate::split;
 use crate::stats::LedgerStats;
 
 /// Longest a batch waits for a frozen slot (a handover in progress) before its commands
@@ -208,8 +209,11 @@ impl Ledger {
             .collect()
     }
 
-    /// Runs a batch of commands; one result per command, in order.
-    pub async fn execute(&self, commands: Vec<Command>) -> Result<Vec<CommandResult>, BatchError> {
+    /// Runs a batch whose split accounts are already mapped onto their parts.
+    async fn execute_plain(
+        &self,
+        commands: Vec<Command>,
+    ) -> Result<Vec<CommandResult>, BatchError> {
         if commands.len() > BATCH_COMMANDS_MAX {
             return Err(BatchError::TooLarge {
                 len: commands.len(),
@@ -759,5 +763,380 @@ fn mark_duplicate_ids(commands: &[Command], results: &mut [Option<CommandResult>
         if !seen.insert(key) {
             results[index] = Some(Err(ErrorCode::DuplicateIdInBatch));
         }
+    }
+}
+
+/// How one command of a client's batch maps onto the batch the actors run.
+enum Expanded {
+    /// The command at this inner position answers it.
+    One(usize),
+    /// A split account's creation: the parent, then its parts.
+    Create(Vec<usize>),
+    /// A split account's lookup: its parts, summed into the parent's view.
+    Lookup(Arc<AccountSpec>, Vec<usize>),
+}
+
+impl Ledger {
+    /// Runs a batch of commands; one result per command, in order.
+    pub async fn execute(&self, commands: Vec<Command>) -> Result<Vec<CommandResult>, BatchError> {
+        if commands.len() > BATCH_COMMANDS_MAX {
+            return Err(BatchError::TooLarge {
+                len: commands.len(),
+            });
+        }
+        let splits = match self.split_specs(&commands).await {
+            Ok(splits) if splits.is_empty() => {
+                let mut results = self.execute_plain(commands).await?;
+                self.unsplit_lookups(&mut results).await;
+                return Ok(results);
+            }
+            Ok(splits) => splits,
+            Err(code) => return Ok(vec![Err(code); commands.len()]),
+        };
+        let (inner, plan) = match expand(&commands, &splits) {
+            Ok(expanded) => expanded,
+            Err(code) => return Ok(vec![Err(code); commands.len()]),
+        };
+        if inner.len() > BATCH_COMMANDS_MAX {
+            return Err(BatchError::TooLarge { len: inner.len() });
+        }
+        self.rebalance_for(&inner, &splits).await;
+        let results = self.execute_plain(inner).await?;
+        let mut answers: Vec<CommandResult> = plan
+            .into_iter()
+            .map(|expanded| match expanded {
+                Expanded::One(i) => results[i].clone(),
+                Expanded::Create(indexes) => {
+                    let mut outcome = Ok(Outcome::AccountCreated);
+                    for i in &indexes {
+                        match (&outcome, &results[*i]) {
+                            (_, Ok(_)) => {}
+                            (Ok(_), Err(ErrorCode::AccountExists)) => {
+                                outcome = Err(ErrorCode::AccountExists)
+                            }
+                            (Err(ErrorCode::AccountExists), Err(ErrorCode::AccountExists)) => {}
+                            (_, Err(code)) => outcome = Err(*code),
+                        }
+                    }
+                    outcome
+                }
+                Expanded::Lookup(spec, indexes) => {
+                    let (mut balance, mut frozen, mut available) = (0i128, 0i128, 0i128);
+                    for i in indexes {
+                        match &results[i] {
+                            Ok(Outcome::Account(view)) => {
+                                balance += view.balance;
+                                frozen += view.frozen;
+                                available += view.available;
+                            }
+                            Ok(_) => return Err(ErrorCode::Internal),
+                            Err(code) => return Err(*code),
+                        }
+                    }
+                    Ok(Outcome::Account(cells::ledger::AccountView {
+                        spec: (*spec).clone(),
+                        balance,
+                        frozen,
+                        available,
+                    }))
+                }
+            })
+            .collect();
+        self.unsplit_lookups(&mut answers).await;
+        Ok(answers)
+    }
+
+    /// Transfer and hold views show a split account, not the part that ran the command.
+    async fn unsplit_lookups(&self, results: &mut [CommandResult]) {
+        let mut parents = Vec::new();
+        for result in results.iter() {
+            let ids: Vec<&AccountId> = match result {
+                Ok(Outcome::Transfer(view)) => vec![&view.from, &view.to],
+                Ok(Outcome::Hold(view)) => vec![&view.account],
+                _ => continue,
+            };
+            parents.extend(
+                ids.into_iter()
+                    .filter_map(|id| split::parent_of(id).map(|(p, _)| p)),
+            );
+        }
+        if parents.is_empty() {
+            return;
+        }
+        parents.sort();
+        parents.dedup();
+        let Ok(specs) = self.shared.specs(parents).await else {
+            return;
+        };
+        let splits: HashMap<AccountId, Arc<AccountSpec>> = specs
+            .into_iter()
+            .filter_map(|(id, spec)| {
+                spec.filter(|s| matches!(s.mode, HotMode::Split { .. }))
+                    .map(|s| (id, s))
+            })
+            .collect();
+        if splits.is_empty() {
+            return;
+        }
+        for result in results.iter_mut() {
+            *result = unsplit_view(result.clone(), &splits);
+        }
+    }
+
+    /// Specs of the split accounts the batch names (created in it or existing).
+    async fn split_specs(
+        &self,
+        commands: &[Command],
+    ) -> Result<HashMap<AccountId, Arc<AccountSpec>>, ErrorCode> {
+        let mut splits = HashMap::new();
+        let mut named = Vec::new();
+        for command in commands {
+            match command {
+                Command::CreateAccount(spec) => {
+                    if matches!(spec.mode, HotMode::Split { .. }) {
+                        splits.insert(spec.id.clone(), Arc::new(spec.clone()));
+                    }
+                }
+                Command::Transfer(request) => {
+                    named.push(request.from.clone());
+                    named.push(request.to.clone());
+                    for id in [&request.from, &request.to] {
+                        if let Some((parent, _)) = split::parent_of(id) {
+                            named.push(parent);
+                        }
+                    }
+                }
+                Command::Hold(request) => named.push(request.account.clone()),
+                Command::Capture(request) => named.push(request.to.clone()),
+                Command::LookupAccount(id) => named.push(id.clone()),
+                Command::LookupTransfer(_) | Command::LookupHold(_) | Command::Release(_) => {}
+            }
+        }
+        named.retain(|id| !splits.contains_key(id));
+        named.sort();
+        named.dedup();
+        if named.is_empty() {
+            return Ok(splits);
+        }
+        for (id, spec) in self.shared.specs(named).await? {
+            if let Some(spec) = spec.filter(|s| matches!(s.mode, HotMode::Split { .. })) {
+                splits.insert(id, spec);
+            }
+        }
+        Ok(splits)
+    }
+
+    /// Tops up every part this batch debits beyond what it holds, from its siblings, when
+    /// the split account as a whole can cover it; waits (bounded) for the top-ups' credit
+    /// legs. Customer accounts only (system accounts may go negative).
+    async fn rebalance_for(
+        &self,
+        inner: &[Command],
+        splits: &HashMap<AccountId, Arc<AccountSpec>>,
+    ) {
+        let mut need: HashMap<AccountId, HashMap<u16, i128>> = HashMap::new();
+        for command in inner {
+            let (account, amount) = match command {
+                Command::Transfer(request) => (&request.from, request.amount),
+                Command::Hold(request) => (&request.account, request.amount),
+                _ => continue,
+            };
+            let Some((parent, k)) = split::parent_of(account) else {
+                continue;
+            };
+            let Some(spec) = splits.get(&parent) else {
+                continue;
+            };
+            if spec.kind != AccountKind::Customer {
+                continue;
+            }
+            *need.entry(parent).or_default().entry(k).or_insert(0) +=
+                i128::from(amount.minor_units());
+        }
+        for (parent, wanted) in need {
+            let HotMode::Split { parts } = splits[&parent].mode else {
+                continue;
+            };
+            let Ok(ids) = split::part_ids(&parent, parts) else {
+                continue;
+            };
+            let lookups = ids.iter().cloned().map(Command::LookupAccount).collect();
+            let Ok(views) = self.execute_plain(lookups).await else {
+                continue;
+            };
+            // What each part has beyond this batch's debits on it (negative: short).
+            let mut surplus: Vec<i128> = views
+                .iter()
+                .map(|v| match v {
+                    Ok(Outcome::Account(view)) => view.available,
+                    _ => 0,
+                })
+                .collect();
+            for (k, amount) in &wanted {
+                surplus[usize::from(*k)] -= amount;
+            }
+            let nonce = self.shared.next_rebalance_nonce();
+            let mut moves = Vec::new();
+            for k in 0..parts {
+                let short = usize::from(k);
+                if surplus[short] >= 0 {
+                    continue;
+                }
+                let Some(plan) = split::plan_top_up(&surplus, short, 0) else {
+                    continue; // the whole account cannot cover it: the debit is refused
+                };
+                for (donor, take) in plan {
+                    surplus[donor] -= take;
+                    surplus[short] += take;
+                    let Ok(units) = u64::try_from(take) else {
+                        continue;
+                    };
+                    let Ok(amount) = cells::money::Amount::from_minor_units(units) else {
+                        continue;
+                    };
+                    moves.push(Command::Transfer(cells::ledger::TransferRequest {
+                        id: split::rebalance_id(&parent, nonce, donor as u16, k),
+                        from: ids[donor].clone(),
+                        to: ids[short].clone(),
+                        amount,
+                        currency: splits[&parent].currency,
+                    }));
+                }
+            }
+            if moves.is_empty() {
+                continue;
+            }
+            metrics::counter!("tessera_actors_split_rebalances_total")
+                .increment(moves.len() as u64);
+            let lookups: Vec<Command> = moves
+                .iter()
+                .filter_map(|m| match m {
+                    Command::Transfer(t) => Some(Command::LookupTransfer(t.id.clone())),
+                    _ => None,
+                })
+                .collect();
+            let Ok(answers) = self.execute_plain(moves).await else {
+                continue;
+            };
+            if answers.iter().any(|a| a.is_err()) {
+                tracing::debug!(?answers, "a rebalancing transfer was refused");
+            }
+            // Wait until the top-ups are credited (the debits then see the funds).
+            let deadline = std::time::Instant::now() + split::REBALANCE_WAIT_MAX;
+            while std::time::Instant::now() < deadline {
+                let Ok(status) = self.execute_plain(lookups.clone()).await else {
+                    break;
+                };
+                let done = status.iter().zip(&answers).all(|(s, a)| {
+                    a.is_err()
+                        || matches!(s, Ok(Outcome::Transfer(v)) if v.status == TransferStatus::Completed)
+                });
+                if done {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        }
+    }
+}
+
+/// The batch the actors run for `commands`, and how to answer each command from it.
+fn expand(
+    commands: &[Command],
+    splits: &HashMap<AccountId, Arc<AccountSpec>>,
+) -> Result<(Vec<Command>, Vec<Expanded>), ErrorCode> {
+    let parts_of = |id: &AccountId| {
+        splits.get(id).and_then(|spec| match spec.mode {
+            HotMode::Split { parts } => Some(parts),
+            _ => None,
+        })
+    };
+    let onto = |id: &AccountId, key: &str| -> Result<AccountId, ErrorCode> {
+        match parts_of(id) {
+            Some(parts) => split::part_id(id, split::part_for(key, parts)),
+            None => Ok(id.clone()),
+        }
+    };
+    let mut inner = Vec::with_capacity(commands.len());
+    let mut plan = Vec::with_capacity(commands.len());
+    for command in commands {
+        match command {
+            Command::CreateAccount(spec) if parts_of(&spec.id).is_some() => {
+                let parts = parts_of(&spec.id).expect("checked");
+                let mut indexes = vec![inner.len()];
+                inner.push(command.clone());
+                // Invalid split specs are refused by the parent's own validation; its
+                // parts are only created for a valid one.
+                if validate_account_spec(spec).is_ok() {
+                    for id in split::part_ids(&spec.id, parts)? {
+                        indexes.push(inner.len());
+                        inner.push(Command::CreateAccount(AccountSpec {
+                            id,
+                            mode: HotMode::Standard,
+                            ..spec.clone()
+                        }));
+                    }
+                }
+                plan.push(Expanded::Create(indexes));
+            }
+            Command::Transfer(request) => {
+                let mut request = request.clone();
+                if request.from != request.to {
+                    request.from = onto(&request.from, request.id.as_str())?;
+                    request.to = onto(&request.to, request.id.as_str())?;
+                }
+                plan.push(Expanded::One(inner.len()));
+                inner.push(Command::Transfer(request));
+            }
+            Command::Hold(request) => {
+                let mut request = request.clone();
+                request.account = onto(&request.account, request.id.as_str())?;
+                plan.push(Expanded::One(inner.len()));
+                inner.push(Command::Hold(request));
+            }
+            Command::Capture(request) => {
+                let mut request = request.clone();
+                request.to = onto(&request.to, request.hold.as_str())?;
+                plan.push(Expanded::One(inner.len()));
+                inner.push(Command::Capture(request));
+            }
+            Command::LookupAccount(id) if parts_of(id).is_some() => {
+                let parts = parts_of(id).expect("checked");
+                let mut indexes = Vec::new();
+                for part in split::part_ids(id, parts)? {
+                    indexes.push(inner.len());
+                    inner.push(Command::LookupAccount(part));
+                }
+                plan.push(Expanded::Lookup(Arc::clone(&splits[id]), indexes));
+            }
+            other => {
+                plan.push(Expanded::One(inner.len()));
+                inner.push(other.clone());
+            }
+        }
+    }
+    Ok((inner, plan))
+}
+
+/// Shows a split account's part as the account itself in transfer and hold views.
+fn unsplit_view(
+    result: CommandResult,
+    splits: &HashMap<AccountId, Arc<AccountSpec>>,
+) -> CommandResult {
+    let parent = |id: AccountId| match split::parent_of(&id) {
+        Some((parent, _)) if splits.contains_key(&parent) => parent,
+        _ => id,
+    };
+    match result {
+        Ok(Outcome::Transfer(mut view)) => {
+            view.from = parent(view.from);
+            view.to = parent(view.to);
+            Ok(Outcome::Transfer(view))
+        }
+        Ok(Outcome::Hold(mut view)) => {
+            view.account = parent(view.account);
+            Ok(Outcome::Hold(view))
+        }
+        other => other,
     }
 }

@@ -37,6 +37,7 @@ pub mod node;
 pub mod registry;
 pub mod relay;
 pub mod shift;
+pub mod split;
 pub mod stats;
 
 pub use config::LedgerConfig;

@@ -74,6 +74,9 @@ pub struct Shared {
     forwarder: OnceLock<Arc<dyn CreditForwarder>>,
     /// Frozen slots and batches in flight per slot (handover).
     pub(crate) gate: Gate,
+    /// Makes rebalancing transfer ids of split accounts unique (time-seeded, so unique
+    /// across restarts too).
+    rebalance_nonce: std::sync::atomic::AtomicU64,
 }
 
 /// Sends credit legs whose payee another DC owns to that DC (DC mode). Best effort: a leg
@@ -84,6 +87,12 @@ pub trait CreditForwarder: Send + Sync + 'static {
 }
 
 impl Shared {
+    /// A fresh nonce for split-account rebalancing ids.
+    pub(crate) fn next_rebalance_nonce(&self) -> u64 {
+        self.rebalance_nonce
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub(crate) fn new(
         store: Arc<dyn Store>,
         config: LedgerConfig,
@@ -104,6 +113,7 @@ impl Shared {
             ownership: RwLock::new(Arc::new(OwnershipTable::empty())),
             forwarder: OnceLock::new(),
             gate: Gate::default(),
+            rebalance_nonce: std::sync::atomic::AtomicU64::new(cells::ownership::now_ms() << 20),
         }
     }
 

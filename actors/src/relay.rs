@@ -59,6 +59,13 @@ impl OutboxRelay {
             return;
         };
         let table = self.shared.ownership();
+        if table.version == 0 {
+            // No table installed: this ledger relies on its fences alone (as the gate does);
+            // every payee is tried here and a payee this DC does not own is refused by its
+            // commit's fence, leaving the leg in the outbox for the owner.
+            self.route_local(legs);
+            return;
+        }
         let mut local = Vec::with_capacity(legs.len());
         let mut remote: HashMap<DcId, Vec<KeyValue>> = HashMap::new();
         let mut unresolved = Vec::new();

@@ -49,6 +49,9 @@ pub enum HotMode {
     Standard,
     /// Postings are appended; a periodic netting step folds them into the balance record.
     Append,
+    /// The balance is spread over `parts` part accounts (`<id>.p0` …), each its own actor;
+    /// the account's balance is their sum (see `actors::split`).
+    Split { parts: u16 },
 }
 
 /// The fields of an account fixed at creation.

@@ -400,12 +400,15 @@ fn account_spec(body: &CreateAccountBody) -> Result<AccountSpec, ApiError> {
     let mode = match body.mode.as_deref().unwrap_or("standard") {
         "standard" => HotMode::Standard,
         "append" => HotMode::Append,
-        other => {
-            return Err(ApiError::new(
-                ErrorCode::MalformedRequest,
-                format!("mode {other:?} is not \"standard\" or \"append\""),
-            ))
-        }
+        other => match other.strip_prefix("split:").map(str::parse::<u16>) {
+            Some(Ok(parts)) => HotMode::Split { parts },
+            _ => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidMode,
+                    format!("mode {other:?} is not \"standard\", \"append\" or \"split:N\""),
+                ))
+            }
+        },
     };
     let overdraft_limit = match body.overdraft_limit.as_deref() {
         None | Some("0") => 0,
@@ -430,10 +433,11 @@ fn kind_name(kind: AccountKind) -> &'static str {
     }
 }
 
-fn mode_name(mode: HotMode) -> &'static str {
+fn mode_name(mode: HotMode) -> String {
     match mode {
-        HotMode::Standard => "standard",
-        HotMode::Append => "append",
+        HotMode::Standard => "standard".into(),
+        HotMode::Append => "append".into(),
+        HotMode::Split { parts } => format!("split:{parts}"),
     }
 }
 

@@ -477,7 +477,7 @@ impl<'a> Draft<'a> {
     fn finish(&mut self, txn: &mut dyn Transaction) {
         let unnetted = self.delta.next_seq - self.delta.record_through_seq;
         let write_record = match self.spec().mode {
-            HotMode::Standard => unnetted > 0,
+            HotMode::Standard | HotMode::Split { .. } => unnetted > 0,
             HotMode::Append => {
                 unnetted >= self.shared.config.netting_postings
                     || (self.net_requested && unnetted > 0)

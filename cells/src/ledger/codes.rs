@@ -119,6 +119,8 @@ codes! {
         "no shift plan has this name";
     PlanConflict = 2013, "plan_conflict", 409, 0x99, false, false,
         "the plan cannot do this now (exists, paused, complete, stage, overlap, or changed meanwhile)";
+    InvalidMode = 1017, "invalid_mode", 400, 0x99, false, false,
+        "the hot-account mode is not standard, append or split with 2 to 64 parts";
 }
 
 impl ErrorCode {

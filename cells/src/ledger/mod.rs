@@ -140,12 +140,28 @@ pub fn customer_account(
 }
 
 /// Checks an account spec for values that are well-formed but not allowed.
+/// Most parts of a `split(n)` account.
+pub const SPLIT_PARTS_MAX: u16 = 64;
+
 pub fn validate_account_spec(spec: &AccountSpec) -> Result<(), ErrorCode> {
     if spec.kind == AccountKind::System && spec.overdraft_limit != 0 {
         return Err(ErrorCode::InvalidOverdraftLimit);
     }
     if spec.overdraft_limit > Amount::MAX_MINOR_UNITS {
         return Err(ErrorCode::InvalidOverdraftLimit);
+    }
+    if let HotMode::Split { parts } = spec.mode {
+        if !(2..=SPLIT_PARTS_MAX).contains(&parts) {
+            return Err(ErrorCode::InvalidMode);
+        }
+        // Each part keeps INV-5 on its own; an overdraft would have to be shared out.
+        if spec.overdraft_limit != 0 {
+            return Err(ErrorCode::InvalidOverdraftLimit);
+        }
+        // Room for the parts' ids (`<id>.p<k>`).
+        if spec.id.as_str().len() + 2 + (parts - 1).to_string().len() > 64 {
+            return Err(ErrorCode::InvalidId);
+        }
     }
     Ok(())
 }
