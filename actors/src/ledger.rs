@@ -889,36 +889,46 @@ impl Ledger {
         commands: &[Command],
     ) -> Result<HashMap<AccountId, Arc<AccountSpec>>, ErrorCode> {
         let mut splits = HashMap::new();
-        let mut named = Vec::new();
+        let mut parents = Vec::new();
         for command in commands {
             match command {
-                Command::CreateAccount(spec) => {
-                    if matches!(spec.mode, HotMode::Split { .. }) {
-                        splits.insert(spec.id.clone(), Arc::new(spec.clone()));
-                    }
+                Command::CreateAccount(spec) if matches!(spec.mode, HotMode::Split { .. }) => {
+                    splits.insert(spec.id.clone(), Arc::new(spec.clone()));
                 }
                 Command::Transfer(request) => {
-                    named.push(request.from.clone());
-                    named.push(request.to.clone());
                     for id in [&request.from, &request.to] {
                         if let Some((parent, _)) = split::parent_of(id) {
-                            named.push(parent);
+                            parents.push(parent);
                         }
                     }
                 }
-                Command::Hold(request) => named.push(request.account.clone()),
-                Command::Capture(request) => named.push(request.to.clone()),
-                Command::LookupAccount(id) => named.push(id.clone()),
-                Command::LookupTransfer(_) | Command::LookupHold(_) | Command::Release(_) => {}
+                _ => {}
             }
         }
-        named.retain(|id| !splits.contains_key(id));
-        named.sort();
-        named.dedup();
-        if named.is_empty() {
+        let named = commands
+            .iter()
+            .flat_map(|command| -> [Option<&AccountId>; 2] {
+                match command {
+                    Command::Transfer(request) => [Some(&request.from), Some(&request.to)],
+                    Command::Hold(request) => [Some(&request.account), None],
+                    Command::Capture(request) => [Some(&request.to), None],
+                    Command::LookupAccount(id) => [Some(id), None],
+                    _ => [None, None],
+                }
+            })
+            .flatten()
+            .chain(parents.iter());
+        let (cached, mut missing) = self.shared.scan_for_splits(named);
+        for spec in cached {
+            splits.entry(spec.id.clone()).or_insert(spec);
+        }
+        missing.retain(|id| !splits.contains_key(id));
+        if missing.is_empty() {
             return Ok(splits);
         }
-        for (id, spec) in self.shared.specs(named).await? {
+        missing.sort();
+        missing.dedup();
+        for (id, spec) in self.shared.specs(missing).await? {
             if let Some(spec) = spec.filter(|s| matches!(s.mode, HotMode::Split { .. })) {
                 splits.insert(id, spec);
             }

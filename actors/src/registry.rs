@@ -145,6 +145,29 @@ impl Shared {
     }
 
     /// The cached spec of `account`, if the directory holds it.
+    /// One pass over the cached specs of `accounts` (one lock): the split ones, and the
+    /// accounts whose spec is not cached.
+    pub(crate) fn scan_for_splits<'a>(
+        &self,
+        accounts: impl Iterator<Item = &'a AccountId>,
+    ) -> (Vec<Arc<AccountSpec>>, Vec<AccountId>) {
+        let mut splits = Vec::new();
+        let mut missing = Vec::new();
+        let Ok(directory) = self.directory.lock() else {
+            return (splits, accounts.cloned().collect());
+        };
+        for account in accounts {
+            match directory.get(account) {
+                Some(spec) if matches!(spec.mode, cells::records::HotMode::Split { .. }) => {
+                    splits.push(Arc::clone(spec))
+                }
+                Some(_) => {}
+                None => missing.push(account.clone()),
+            }
+        }
+        (splits, missing)
+    }
+
     pub(crate) fn cached_spec(&self, account: &AccountId) -> Option<Arc<AccountSpec>> {
         self.directory.lock().ok()?.get(account).cloned()
     }
