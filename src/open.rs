@@ -38,13 +38,23 @@ impl OpenStore {
     }
 }
 
+/// The environment variable naming the deployment's key prefix in FoundationDB.
+#[cfg(feature = "fdb")]
+pub const FDB_PREFIX_VAR: &str = "TESSERA_FDB_PREFIX";
+
 #[cfg(feature = "fdb")]
 fn open_fdb(cluster_file: &std::path::Path) -> Result<OpenStore> {
     use cells::store::fdb::{FdbNetwork, FdbOptions, FdbStore};
     // SAFETY: the guard lives in the returned `OpenStore`, which every command holds until
     // it returns from `main`; no command ends the process with `exit` while it is alive.
     let network = unsafe { FdbNetwork::boot() }.context("cannot start the FoundationDB client")?;
-    let store = FdbStore::open(cluster_file, FdbOptions::default()).with_context(|| {
+    // The deployment's key prefix (several deployments or test runs share one cluster).
+    let mut options = FdbOptions::default();
+    if let Ok(prefix) = std::env::var(FDB_PREFIX_VAR) {
+        options.prefix = cells::store::fdb_layout::KeyPrefix::new(prefix.into_bytes())
+            .with_context(|| format!("bad {FDB_PREFIX_VAR}"))?;
+    }
+    let store = FdbStore::open(cluster_file, options).with_context(|| {
         format!(
             "cannot open FoundationDB through {}",
             cluster_file.display()

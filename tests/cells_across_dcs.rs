@@ -109,37 +109,110 @@ impl Drop for Proc {
 
 struct Cluster {
     dir: tempfile::TempDir,
-    _store: Proc,
-    store_addr: String,
+    _store: Option<Proc>,
+    /// The store URL the nodes and tools are given (`remote:…` or `fdb:…`).
+    store_url: String,
     nodes: BTreeMap<String, Proc>,
-    remote: Arc<RemoteStore>,
+    remote: Arc<dyn Store>,
+}
+
+/// Where the cluster's store lives: the local store server, or (with the `fdb` feature and
+/// `TESSERA_FDB_CLUSTER_FILE`) a FoundationDB cluster under a fresh key prefix.
+enum Backend {
+    Local,
+    #[cfg_attr(not(feature = "fdb"), allow(dead_code))]
+    Fdb(std::path::PathBuf),
+}
+
+const FDB_CLUSTER_FILE_VAR: &str = "TESSERA_FDB_CLUSTER_FILE";
+
+fn backend() -> Backend {
+    match std::env::var_os(FDB_CLUSTER_FILE_VAR) {
+        Some(file) if cfg!(feature = "fdb") => {
+            println!(
+                "cells across DCs: against FoundationDB ({})",
+                file.to_string_lossy()
+            );
+            Backend::Fdb(file.into())
+        }
+        Some(_) => {
+            println!(
+                "cells across DCs: {FDB_CLUSTER_FILE_VAR} is set but this build has no `fdb` \
+                 feature; running against the local store server (`tessera store`)"
+            );
+            Backend::Local
+        }
+        None => {
+            println!(
+                "cells across DCs: against the local store server (`tessera store`); set \
+                 {FDB_CLUSTER_FILE_VAR} and build with `--features fdb` to run against FoundationDB"
+            );
+            Backend::Local
+        }
+    }
+}
+
+/// Opens the test's own handle on a FoundationDB store under `prefix`, cleared first.
+#[cfg(feature = "fdb")]
+fn open_fdb(cluster_file: &Path, prefix: &str) -> Arc<dyn Store> {
+    use cells::store::fdb::{FdbNetwork, FdbOptions, FdbStore};
+    static NETWORK: std::sync::OnceLock<FdbNetwork> = std::sync::OnceLock::new();
+    // SAFETY: booted once per process and kept for its whole life.
+    NETWORK.get_or_init(|| unsafe { FdbNetwork::boot() }.expect("start the FDB client"));
+    let options = FdbOptions {
+        prefix: cells::store::fdb_layout::KeyPrefix::new(prefix.as_bytes().to_vec()).unwrap(),
+        ..FdbOptions::default()
+    };
+    let store = FdbStore::open(cluster_file, options).expect("open FoundationDB");
+    block_on(store.clear_all()).expect("clear the test prefix");
+    store
+}
+
+#[cfg(not(feature = "fdb"))]
+fn open_fdb(_: &Path, _: &str) -> Arc<dyn Store> {
+    unreachable!("Backend::Fdb needs the fdb feature")
 }
 
 impl Cluster {
     fn start() -> Cluster {
-        Cluster::start_with(|_, store_addr| store_addr.to_string())
+        Cluster::start_with(|_, store_url| store_url.to_string())
     }
 
-    /// Starts the cluster; `store_for(dc, store_addr)` names the store address each DC
-    /// node is given (a proxy, for the tests that cut one node off the store).
+    /// Starts the cluster; `store_for(dc, store_url)` names the store URL each DC node is
+    /// given (a proxy, for the test that cuts one node off the store).
     fn start_with(store_for: impl Fn(&str, &str) -> String) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let mut command = tessera();
-        command
-            .args(["store", "--listen", "127.0.0.1:0", "--data"])
-            .arg(dir.path().join("store"));
-        let (store, store_addr) =
-            Proc::start(command, "store serving", &dir.path().join("store.log"));
+        let (store, store_url, remote): (Option<Proc>, String, Arc<dyn Store>) = match backend() {
+            Backend::Local => {
+                let mut command = tessera();
+                command
+                    .args(["store", "--listen", "127.0.0.1:0", "--data"])
+                    .arg(dir.path().join("store"));
+                let (store, store_addr) =
+                    Proc::start(command, "store serving", &dir.path().join("store.log"));
+                let remote =
+                    Arc::new(RemoteStore::connect(&store_addr, ClientOptions::default()).unwrap());
+                (Some(store), format!("remote:{store_addr}"), remote)
+            }
+            Backend::Fdb(file) => {
+                static RUN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                let run = RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let prefix = format!("tessera-e2e/{}/{run}/", std::process::id());
+                // The child processes find the same prefix in their environment.
+                std::env::set_var("TESSERA_FDB_PREFIX", &prefix);
+                let remote = open_fdb(&file, &prefix);
+                (None, format!("fdb:{}", file.display()), remote)
+            }
+        };
         let mut nodes = BTreeMap::new();
         for dc in DCS {
-            let (node, _) = start_node(dir.path(), &store_for(dc, &store_addr), dc);
+            let (node, _) = start_node(dir.path(), &store_for(dc, &store_url), dc);
             nodes.insert(dc.to_string(), node);
         }
-        let remote = Arc::new(RemoteStore::connect(&store_addr, ClientOptions::default()).unwrap());
         Cluster {
             dir,
             _store: store,
-            store_addr,
+            store_url,
             nodes,
             remote,
         }
@@ -159,7 +232,7 @@ impl Cluster {
         drop(file);
         let output = tessera()
             .args(["reconcile", "--json", "--store"])
-            .arg(format!("remote:{}", self.store_addr))
+            .arg(&self.store_url)
             .arg("--acked")
             .arg(&path)
             .output()
@@ -230,14 +303,14 @@ impl Cluster {
     }
 }
 
-fn start_node(dir: &Path, store_addr: &str, dc: &str) -> (Proc, String) {
+fn start_node(dir: &Path, store_url: &str, dc: &str) -> (Proc, String) {
     let mut command = tessera();
     command.args([
         "dc",
         "--id",
         dc,
         "--store",
-        &format!("remote:{store_addr}"),
+        store_url,
         "--listen",
         "127.0.0.1:0",
         "--bootstrap",
@@ -273,7 +346,7 @@ fn transfer(id: &str, from: usize, to: usize, units: u64) -> Command {
 /// Drives the DC nodes the way the router will: each command goes to the DC owning its
 /// account's user; retryable failures are retried with the same ids after a table reload.
 struct Driver {
-    remote: Arc<RemoteStore>,
+    remote: Arc<dyn Store>,
     table: OwnershipTable,
     links: HashMap<DcId, (String, DcClient)>,
     /// Account number → user (account `n` belongs to `user_of(n)`; `bank` is account 0).
@@ -283,7 +356,7 @@ struct Driver {
 }
 
 impl Driver {
-    fn new(remote: Arc<RemoteStore>) -> Driver {
+    fn new(remote: Arc<dyn Store>) -> Driver {
         let mut driver = Driver {
             remote,
             table: OwnershipTable::empty(),
@@ -452,7 +525,7 @@ fn seed() -> u64 {
 }
 
 /// Waits until the lease of `dc` is marked dead (a survivor took it over).
-fn wait_declared_dead(remote: &RemoteStore, dc: &str, within: Duration) -> Duration {
+fn wait_declared_dead(remote: &dyn Store, dc: &str, within: Duration) -> Duration {
     let started = Instant::now();
     loop {
         let leases = block_on(ownership::read_leases(remote)).unwrap();
@@ -495,7 +568,7 @@ fn killed_dc_is_taken_over_and_no_acknowledged_transfer_is_lost() {
     for round in 0..5 {
         driver.round(&mut rng, &format!("after-{round}"), 200);
     }
-    let detected = wait_declared_dead(&cluster.remote, victim, Duration::from_secs(20));
+    let detected = wait_declared_dead(cluster.remote.as_ref(), victim, Duration::from_secs(20));
     // A user of the dead DC is served again.
     let probe = users_of_victim[0];
     driver.refresh();
@@ -567,7 +640,7 @@ fn paused_dc_commits_nothing_after_it_resumes() {
     let direct = DcClient::connect(&victim_addr, DcClientOptions::default()).unwrap();
     assert!(direct.wait_connected(Duration::from_secs(2)));
     cluster.node(victim).signal("-STOP");
-    wait_declared_dead(&cluster.remote, victim, Duration::from_secs(20));
+    wait_declared_dead(cluster.remote.as_ref(), victim, Duration::from_secs(20));
     // While it sleeps, its users are served elsewhere.
     driver.round(&mut rng, "during", 300);
     // Queue a transfer for one of its former users on its socket, then wake it.
@@ -614,10 +687,10 @@ fn paused_dc_commits_nothing_after_it_resumes() {
 }
 
 /// Runs `tessera handover`; returns its JSON report.
-fn handover(store_addr: &str, first: u16, last: u16, to: &str) -> serde_json::Value {
+fn handover(store_url: &str, first: u16, last: u16, to: &str) -> serde_json::Value {
     let output = tessera()
         .args(["handover", "--json", "--store"])
-        .arg(format!("remote:{store_addr}"))
+        .arg(store_url)
         .args(["--slots", &format!("{first}-{last}"), "--to", to])
         .output()
         .unwrap();
@@ -679,7 +752,7 @@ fn slots_handed_over_back_and_forth_under_load_lose_nothing() {
     let last = first + 255;
     let home = driver.owner(&user_of(1)).unwrap().to_string();
     let away = DCS.iter().find(|dc| **dc != home).unwrap().to_string();
-    let store_addr = cluster.store_addr.clone();
+    let store_url = cluster.store_url.clone();
     let mover = std::thread::spawn(move || {
         let mut windows = Vec::new();
         for i in 0..6 {
@@ -691,7 +764,7 @@ fn slots_handed_over_back_and_forth_under_load_lose_nothing() {
             } else {
                 (slot, slot)
             };
-            let report = handover(&store_addr, a, b, to);
+            let report = handover(&store_url, a, b, to);
             if report["moved"] == true {
                 windows.push((
                     b - a + 1,
@@ -788,14 +861,23 @@ fn dc_cut_off_from_the_store_is_fenced_and_rejoins() {
     let victim = "dc-b";
     let proxy: Arc<Mutex<Option<Proxy>>> = Arc::new(Mutex::new(None));
     let made = Arc::clone(&proxy);
-    let cluster = Cluster::start_with(move |dc, store_addr| {
+    if matches!(backend(), Backend::Fdb(_)) {
+        println!(
+            "SKIPPED dc_cut_off_from_the_store_is_fenced_and_rejoins on FoundationDB: the cut \
+             goes through a TCP proxy in front of `tessera store`; cut an FDB client off with \
+             the drills' network faults instead"
+        );
+        return;
+    }
+    let cluster = Cluster::start_with(move |dc, store_url| {
+        let store_addr = store_url.strip_prefix("remote:").expect("a local store");
         if dc == victim {
             let started = Proxy::start(store_addr);
-            let addr = started.addr.clone();
+            let addr = format!("remote:{}", started.addr);
             *made.lock().unwrap() = Some(started);
             addr
         } else {
-            store_addr.to_string()
+            store_url.to_string()
         }
     });
     let proxy = proxy.lock().unwrap().take().unwrap();
@@ -807,7 +889,7 @@ fn dc_cut_off_from_the_store_is_fenced_and_rejoins() {
     for round in 0..4 {
         driver.round(&mut rng, &format!("cut-{round}"), 150);
     }
-    wait_declared_dead(&cluster.remote, victim, Duration::from_secs(20));
+    wait_declared_dead(cluster.remote.as_ref(), victim, Duration::from_secs(20));
     driver.round(&mut rng, "moved", 300);
     proxy.restore();
     // The node finds its lease lost once it reaches the store again, and rejoins empty.

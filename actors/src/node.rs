@@ -168,10 +168,29 @@ impl DcNode {
         follow.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut beat = tokio::time::interval(beat_every);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // With FoundationDB a watch on the table version wakes the follower at once; the
+        // embedded and remote stores have no watches and are polled.
+        let version_key = cells::keys::table_version();
+        let mut table_watch = self.store.watch(&version_key);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
+                fired = async {
+                    match table_watch.as_mut() {
+                        Some(watch) => watch.await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Err(error) = fired {
+                        tracing::warn!(dc = %self.config.dc, %error, "table watch failed; polling until it is set again");
+                        tokio::time::sleep(self.config.follow_interval).await;
+                    }
+                    if let Err(error) = self.follow().await {
+                        tracing::warn!(dc = %self.config.dc, %error, "cannot follow the ownership table");
+                    }
+                    table_watch = self.store.watch(&version_key);
+                }
                 _ = follow.tick() => {
                     if let Err(error) = self.follow().await {
                         tracing::warn!(dc = %self.config.dc, %error, "cannot follow the ownership table");

@@ -1,5 +1,6 @@
 //! The router process: the HTTP API on actix-web, and a follower that keeps the cached
-//! ownership table and DC links current between requests.
+//! ownership table and DC links current between requests (woken by a FoundationDB watch
+//! on the table version where the store has watches, polled otherwise).
 //!
 //! Must never: run without a bound on workers, connections or bodies; keep serving after
 //! the shutdown signal beyond actix's graceful timeout.
@@ -42,9 +43,27 @@ pub async fn serve(
     let follower = {
         let routing = Arc::clone(&routing);
         tokio::spawn(async move {
+            // A watch on the table version (FoundationDB) wakes the follower at once; the
+            // embedded and remote stores are polled.
+            let version_key = cells::keys::table_version();
             let mut tick = tokio::time::interval(FOLLOW_INTERVAL);
             loop {
-                tick.tick().await;
+                match routing.store().watch(&version_key) {
+                    Some(watch) => {
+                        tokio::select! {
+                            fired = watch => {
+                                if let Err(error) = fired {
+                                    tracing::warn!(%error, "table watch failed; polling");
+                                    tick.tick().await;
+                                }
+                            }
+                            _ = tick.tick() => {}
+                        }
+                    }
+                    None => {
+                        tick.tick().await;
+                    }
+                }
                 if let Err(error) = routing.refresh().await {
                     tracing::warn!(%error, "router cannot follow the ownership table");
                 }

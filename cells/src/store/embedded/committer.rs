@@ -194,6 +194,9 @@ impl Committer {
         }
         if !self.buffer.is_empty() {
             if let Err(error) = self.write_group() {
+                // Refuse later commits before anyone hears of this one: a caller told
+                // "unknown" must find the store already failed.
+                self.shared.commits_refused.store(true, Ordering::Release);
                 answer_unknown(group, verdicts, &error);
                 return Err(error);
             }
