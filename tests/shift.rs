@@ -41,6 +41,12 @@ fn a_shift_plan_runs_every_stage_and_rolls_back_under_load() {
         assert_eq!(status, 200, "{body}");
     }
 
+    // Accepted means debited: every funding leg is credited before the load starts, so a
+    // refusal for funds could only come from the shift.
+    for n in 0..CUSTOMERS {
+        up.wait_completed(&format!("fund-{n}"));
+    }
+
     // Plan: move the cell of user-0 (and of nobody else in particular) from its owner.
     let owners = up.owners();
     let slot = {

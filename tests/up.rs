@@ -13,6 +13,17 @@ use common::{pids_of, start_up, Up};
 use drills::httpc;
 use serde_json::{json, Value};
 
+/// The customers' money, in cents.
+fn customers_cents(up: &Up) -> i64 {
+    (0..12)
+        .map(|n| {
+            let text = up.balance(&format!("c{n}"));
+            let (units, cents) = text.split_once('.').unwrap();
+            units.parse::<i64>().unwrap() * 100 + cents.parse::<i64>().unwrap()
+        })
+        .sum()
+}
+
 fn create(up: &Up, body: Value) -> (u16, Value) {
     up.call("POST", "/v1/accounts", Some(body))
 }
@@ -62,6 +73,9 @@ fn up_serves_the_api_survives_a_dc_kill_and_stops_cleanly() {
             "{body}"
         );
         acked.push(id);
+    }
+    for n in 0..12 {
+        up.wait_completed(&format!("fund-{n}"));
     }
     let (status, body) = up.pay("pay-1", "c0", "c1", "10.25");
     assert_eq!(status, 200, "{body}");
@@ -223,7 +237,13 @@ fn up_serves_the_api_survives_a_dc_kill_and_stops_cleanly() {
     let (_, moved) = up.call("GET", "/v1/transfers/hot-out", None);
     assert_eq!(moved["from"], "hot");
 
-    // Bad input: typed errors, nothing changes.
+    // Bad input: typed errors, nothing changes. First every credit leg so far must have
+    // landed: the customers then hold exactly what the bank and the split account sent them.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while customers_cents(&up) != 12 * 10_000 + 4_000 {
+        assert!(Instant::now() < deadline, "credit legs never landed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let before: Vec<String> = (0..12).map(|n| up.balance(&format!("c{n}"))).collect();
     let bad = [
         (
@@ -429,16 +449,21 @@ fn up_serves_the_api_survives_a_dc_kill_and_stops_cleanly() {
         assert!(Instant::now() < deadline, "k-59 never completed");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let total: i64 = (0..12)
-        .map(|n| {
-            let text = up.balance(&format!("c{n}"));
-            let (units, cents) = text.split_once('.').unwrap();
-            units.parse::<i64>().unwrap() * 100 + cents.parse::<i64>().unwrap()
-        })
-        .sum();
     // Customers only paid each other (the capture too) plus the 40.00 that went through
-    // the split account into c11: their sum is what the bank sent them.
-    assert_eq!(total, 12 * 10_000 + 4_000, "customers' money (cents)");
+    // the split account into c11: once every leg has landed (those of the killed DC's
+    // payers through the new owner's outbox rescan), their sum is what was sent to them.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let total = customers_cents(&up);
+        if total == 12 * 10_000 + 4_000 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "customers hold {total} cents, not 124000: a credit leg never landed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let report = up.reconcile(&acked);
     assert_eq!(report["clean"], true);
 

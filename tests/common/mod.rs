@@ -207,6 +207,19 @@ pub fn pids_of(store_port: u16) -> Vec<String> {
 }
 
 impl Up {
+    /// Waits until a transfer's credit leg is durable too (accepted means debited).
+    pub fn wait_completed(&self, id: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, body) = self.call("GET", &format!("/v1/transfers/{id}"), None);
+            if body["status"] == "completed" {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{id} never completed: {body}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Runs `tessera route <args> --json` against the deployment's store.
     pub fn route(&self, args: &[&str]) -> (bool, Value, String) {
         let output = Process::new(env!("CARGO_BIN_EXE_tessera"))
