@@ -417,8 +417,8 @@ async fn history(store: &dyn Store, from: u64, limit: usize, json: bool) -> Resu
         return Ok(());
     }
     println!(
-        "{:>7}  {:<13}  {:<20}  {:<28}  what",
-        "version", "at (ms)", "who", "why"
+        "{:>7}  {:<23}  {:<20}  {:<28}  what",
+        "version", "at (UTC)", "who", "why"
     );
     for change in &changes {
         let mut moves: Vec<String> = Vec::new();
@@ -444,13 +444,55 @@ async fn history(store: &dyn Store, from: u64, limit: usize, json: bool) -> Resu
             moves.push(format!("takeover of {dead}"));
         }
         println!(
-            "{:>7}  {:<13}  {:<20}  {:<28}  {}",
+            "{:>7}  {:<23}  {:<20}  {:<28}  {}",
             change.version,
-            change.at_ms,
+            utc(change.at_ms),
             change.who,
             change.why,
             moves.join(", ")
         );
     }
     Ok(())
+}
+
+/// Milliseconds since the Unix epoch as `YYYY-MM-DD HH:MM:SS.mmm` (UTC; proleptic
+/// Gregorian calendar, days to civil date after Howard Hinnant's algorithm).
+fn utc(ms: u64) -> String {
+    let days = (ms / 86_400_000) as i64;
+    let in_day = ms % 86_400_000;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:03}",
+        in_day / 3_600_000,
+        in_day / 60_000 % 60,
+        in_day / 1_000 % 60,
+        in_day % 1_000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_renders_known_instants() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00:00.000");
+        assert_eq!(super::utc(951_782_400_000), "2000-02-29 00:00:00.000");
+        assert_eq!(super::utc(1_796_300_283_762), "2026-12-03 12:18:03.762");
+        assert_eq!(super::utc(1_709_251_199_999), "2024-02-29 23:59:59.999");
+    }
+
+    #[test]
+    fn cells_parse_and_print_as_runs() {
+        assert_eq!(super::parse_cells("0-3,7").unwrap(), vec![0, 1, 2, 3, 7]);
+        assert!(super::parse_cells("3-1").is_err());
+        assert!(super::parse_cells("256").is_err());
+        assert_eq!(super::cells_text(&[0, 1, 2, 3, 7, 9, 10]), "0-3,7,9-10");
+    }
 }
