@@ -57,6 +57,23 @@ pub fn plan_json(plan: &ShiftPlan) -> Value {
     })
 }
 
+/// One ownership history record as the admin API and `tessera route history --json` show it.
+pub fn change_json(change: &ownership::ChangeRecord) -> Value {
+    json!({
+        "version": change.version, "at_ms": change.at_ms, "who": change.who, "why": change.why,
+        "slots": change.slots.iter().map(|r| json!({
+            "first": r.first, "last": r.last,
+            "from": r.from.as_ref().map(|d| d.as_str()), "to": r.to.as_str(),
+        })).collect::<Vec<_>>(),
+        "users": change.users.iter().map(|u| json!({
+            "user": u.user.as_str(),
+            "from": u.from.as_ref().map(|d| d.as_str()),
+            "to": u.to.as_ref().map(|d| d.as_str()),
+        })).collect::<Vec<_>>(),
+        "declared_dead": change.declared_dead.as_ref().map(|d| d.as_str()),
+    })
+}
+
 fn report_json(report: &shift::ShiftReport) -> Value {
     json!({
         "plan": report.plan,

@@ -932,23 +932,6 @@ async fn admin_history(
     )
     .await
     .map_err(|_| ApiError::of(ErrorCode::Unavailable))?;
-    let changes: Vec<Value> = changes
-        .iter()
-        .map(|c| {
-            json!({
-                "version": c.version, "at_ms": c.at_ms, "who": c.who, "why": c.why,
-                "slots": c.slots.iter().map(|r| json!({
-                    "first": r.first, "last": r.last,
-                    "from": r.from.as_ref().map(|d| d.as_str()), "to": r.to.as_str(),
-                })).collect::<Vec<_>>(),
-                "users": c.users.iter().map(|u| json!({
-                    "user": u.user.as_str(),
-                    "from": u.from.as_ref().map(|d| d.as_str()),
-                    "to": u.to.as_ref().map(|d| d.as_str()),
-                })).collect::<Vec<_>>(),
-                "declared_dead": c.declared_dead.as_ref().map(|d| d.as_str()),
-            })
-        })
-        .collect();
+    let changes: Vec<Value> = changes.iter().map(crate::admin::change_json).collect();
     Ok(HttpResponse::Ok().json(json!({ "changes": changes })))
 }

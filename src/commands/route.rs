@@ -258,21 +258,7 @@ fn print_report(report: &ShiftReport, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn plan_json(plan: &ShiftPlan) -> serde_json::Value {
-    serde_json::json!({
-        "name": plan.name,
-        "cells": plan.cells,
-        "from": plan.from.as_str(),
-        "to": plan.to.as_str(),
-        "stages": plan.stages.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        "stage": plan.stage_name(plan.position),
-        "next": plan.stages.get(plan.position).map(ToString::to_string),
-        "paused": plan.paused,
-        "whitelist": plan.whitelist.iter().map(|u| u.as_str()).collect::<Vec<_>>(),
-        "updated_ms": plan.updated_ms,
-        "updated_by": plan.updated_by,
-    })
-}
+use router::admin::plan_json;
 
 fn print_plan(plan: &ShiftPlan, json: bool) -> Result<()> {
     if json {
@@ -393,27 +379,8 @@ async fn history(store: &dyn Store, from: u64, limit: usize, json: bool) -> Resu
     }
     let changes = ownership::history(store, from.max(1), limit).await?;
     if json {
-        println!(
-            "{}",
-            serde_json::to_string(
-                &changes
-                    .iter()
-                    .map(|c| serde_json::json!({
-                        "version": c.version, "at_ms": c.at_ms, "who": c.who, "why": c.why,
-                        "slots": c.slots.iter().map(|r| serde_json::json!({
-                            "first": r.first, "last": r.last,
-                            "from": r.from.as_ref().map(|d| d.as_str()), "to": r.to.as_str(),
-                        })).collect::<Vec<_>>(),
-                        "users": c.users.iter().map(|u| serde_json::json!({
-                            "user": u.user.as_str(),
-                            "from": u.from.as_ref().map(|d| d.as_str()),
-                            "to": u.to.as_ref().map(|d| d.as_str()),
-                        })).collect::<Vec<_>>(),
-                        "declared_dead": c.declared_dead.as_ref().map(|d| d.as_str()),
-                    }))
-                    .collect::<Vec<_>>()
-            )?
-        );
+        let changes: Vec<_> = changes.iter().map(router::admin::change_json).collect();
+        println!("{}", serde_json::to_string(&changes)?);
         return Ok(());
     }
     println!(

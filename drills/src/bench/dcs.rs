@@ -28,7 +28,7 @@ use cells::records::{AccountKind, AccountSpec, HotMode};
 use cells::slot::{slot_of, SLOTS_PER_CELL};
 use cells::store::{RangeRequest, Store};
 use hdrhistogram::Histogram;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use router::{Routing, RoutingOptions};
@@ -592,17 +592,7 @@ pub async fn run(config: DcsBenchConfig) -> Result<DcsBenchReport, DcsBenchError
     wait_settled(deployment.store.as_ref()).await?;
 
     // 1. Throughput.
-    let bar = if config.progress {
-        ProgressBar::new(config.transfers)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} {pos}/{len} transfers {per_sec} [{elapsed_precise}] {wide_bar}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let bar = super::transfers_bar(config.transfers, config.progress);
     let tally = Arc::new(Tally::default());
     let next_batch = Arc::new(AtomicU64::new(0));
     let started = Instant::now();

@@ -21,7 +21,7 @@ use cells::ledger::{
 use cells::money::{Amount, Currency};
 use cells::records::{AccountKind, AccountSpec, HotMode};
 use hdrhistogram::Histogram;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -266,17 +266,7 @@ pub async fn run(
 ) -> Result<EngineBenchReport, BenchError> {
     config.validate()?;
     setup(ledger, config).await?;
-    let bar = if config.progress {
-        ProgressBar::new(config.transfers)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} {pos}/{len} transfers {per_sec} [{elapsed_precise}] {wide_bar}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let bar = super::transfers_bar(config.transfers, config.progress);
     let progress = Arc::new(Progress {
         next_batch: AtomicU64::new(0),
         accepted: AtomicU64::new(0),

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -422,17 +422,7 @@ pub fn run(config: HttpBenchConfig) -> Result<HttpBenchReport, HttpBenchError> {
             .unwrap_or(0)
     );
     setup(&Client::new(&config), &config, &run_id)?;
-    let bar = if config.progress {
-        ProgressBar::new(config.transfers)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} {pos}/{len} transfers {per_sec} [{elapsed_precise}] {wide_bar}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let bar = super::transfers_bar(config.transfers, config.progress);
     let shared = Arc::new(Shared {
         next_request: AtomicU64::new(0),
         requests: AtomicU64::new(0),
