@@ -8,7 +8,7 @@
 //! Must never: send a command to an actor without a bound (a full mailbox answers
 //! `overloaded`), or report success for anything not yet durable.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::sync::Arc;
 
 use actix::{Actor, Arbiter, ArbiterHandle};

@@ -5,7 +5,7 @@
 //! handles every actor shares (store, relay, stats, settings). Must never start a second
 //! actor for an account whose actor is alive, and never grow past its limits.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 

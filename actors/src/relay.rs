@@ -7,7 +7,9 @@
 //!
 //! Must never: hold more than [`RELAY_RETRY_CREDITS_MAX`] legs, or block on a payee.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 use std::time::Instant;
 

@@ -27,11 +27,17 @@
 
 use foundationdb_tuple::TuplePack;
 
-/// Packs a tuple into a key sized for the common case (ids are at most 64 bytes).
+/// Packs a tuple into an exact-size key (through a reused buffer: keys are written by the
+/// million, and kept by the store's log and memtable).
 fn pack<T: TuplePack>(tuple: &T) -> Vec<u8> {
-    let mut key = Vec::with_capacity(96);
-    foundationdb_tuple::pack_into(tuple, &mut key);
-    key
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with_borrow_mut(|scratch| {
+        scratch.clear();
+        foundationdb_tuple::pack_into(tuple, scratch);
+        scratch.as_slice().to_vec()
+    })
 }
 
 use crate::ids::{AccountId, DcId, HoldId, TransferId, UserId};

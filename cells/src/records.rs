@@ -21,9 +21,19 @@ pub struct RecordError {
 
 /// Encodes a record.
 pub fn encode<T: Serialize>(record: &T) -> Vec<u8> {
-    // Serializing these plain structs into a Vec cannot fail. Most records are under
-    // 160 bytes: reserve that once instead of growing.
-    postcard::to_extend(record, Vec::with_capacity(160)).expect("records always serialize")
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    // Serialized into a reused buffer, then copied into an exact-size allocation: a record
+    // lives on in the store's memtable, and growth slack there is memory the process keeps
+    // touching (most records are 20–80 bytes).
+    SCRATCH.with_borrow_mut(|scratch| {
+        scratch.clear();
+        let scratch_buffer = std::mem::take(scratch);
+        // Serializing these plain structs into a Vec cannot fail.
+        *scratch = postcard::to_extend(record, scratch_buffer).expect("records always serialize");
+        scratch.as_slice().to_vec()
+    })
 }
 
 /// Decodes a record of type `T`.

@@ -6,7 +6,7 @@
 //! touches the actor's committed state: the actor applies the draft's delta only after the
 //! store says the transaction is durable.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use cells::ids::{HoldId, TransferId};
 use cells::keys::Keyspace;
@@ -142,6 +142,9 @@ impl<'a> Draft<'a> {
             .store
             .begin()
             .map_err(|_| ErrorCode::Unavailable)?;
+        let items: usize = jobs.iter().map(|job| job.items.len()).sum();
+        self.batch_transfers.reserve(items);
+        self.delta.results.reserve(items);
         self.expire_due_holds(txn.as_mut());
         for job in jobs {
             for item in &job.items {

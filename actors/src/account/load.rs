@@ -4,7 +4,7 @@
 //! active holds and the ownership fence (refusing, in DC mode, a user this DC does not own). Asserts the loaded state against the records' own
 //! invariants (frozen = sum of active holds) before the actor serves anything.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 
 use cells::ids::{AccountId, DcId};

@@ -106,7 +106,7 @@ fn checkpoint(shared: &Shared, job: &CheckpointJob) -> Result<(), StoreError> {
     let mut ingestion = shared.checkpoint.start_ingestion().map_err(fjall)?;
     for (key, value) in job.memtable.entries() {
         match value {
-            Some(value) => ingestion.write(key, value.as_slice()),
+            Some(value) => ingestion.write(key, value),
             None => ingestion.write_tombstone(key),
         }
         .map_err(fjall)?;
