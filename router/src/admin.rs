@@ -155,7 +155,7 @@ pub async fn get_plan(
 
 async fn after_step(state: &ApiState) {
     // Route by the new table at once rather than at the next poll.
-    let _ = state.routing.refresh().await;
+    let _ = state.routing.refresh_current().await;
 }
 
 pub async fn advance(

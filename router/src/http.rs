@@ -839,7 +839,7 @@ async fn get_hold(
 async fn admin_table(state: web::Data<ApiState>, request: HttpRequest) -> ApiResult {
     let _permit = admit(&state, &request, true, 1)?;
     // The store's current table, not the last poll's.
-    if let Err(error) = state.routing.refresh().await {
+    if let Err(error) = state.routing.refresh_current().await {
         tracing::warn!(%error, "admin table: cannot refresh");
     }
     let table = state.routing.table();

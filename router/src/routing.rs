@@ -151,17 +151,34 @@ impl Routing {
     /// Brings the table and the DC links up to date (incrementally; at most once per
     /// `refresh_min_interval`, concurrent callers share one refresh).
     pub async fn refresh(&self) -> Result<(), ownership::OwnershipError> {
+        self.refresh_since(None).await
+    }
+
+    /// Like [`Routing::refresh`], but the table read starts after this call does: for
+    /// callers that must see a change committed before they called (the admin API after a
+    /// shift step), where a refresh already in flight may have read the older table.
+    pub async fn refresh_current(&self) -> Result<(), ownership::OwnershipError> {
+        self.refresh_since(Some(Instant::now())).await
+    }
+
+    async fn refresh_since(
+        &self,
+        called: Option<Instant>,
+    ) -> Result<(), ownership::OwnershipError> {
         let _one = self.refresh_lock.lock().await;
         let current = {
             let view = self.read_view();
-            if view
-                .refreshed
-                .is_some_and(|at| at.elapsed() < self.options.refresh_min_interval)
-            {
+            // `refreshed` is when the last read began.
+            let fresh = view.refreshed.is_some_and(|at| match called {
+                Some(called) => at >= called,
+                None => at.elapsed() < self.options.refresh_min_interval,
+            });
+            if fresh {
                 return Ok(());
             }
             view.table.clone()
         };
+        let read_started = Instant::now();
         let table = ownership::refresh(self.store.as_ref(), &current).await?;
         let leases = ownership::read_leases(self.store.as_ref()).await?;
         let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
@@ -187,7 +204,7 @@ impl Routing {
             metrics::gauge!("tessera_router_table_version").set(table.version as f64);
         }
         view.table = table;
-        view.refreshed = Some(Instant::now());
+        view.refreshed = Some(read_started);
         Ok(())
     }
 
