@@ -153,6 +153,19 @@ pub async fn get_plan(
     Ok(HttpResponse::Ok().json(plan_json(&plan)))
 }
 
+/// Deletes a plan that stands at `none` (rolled back or never advanced).
+pub async fn delete_plan(
+    state: web::Data<ApiState>,
+    request: HttpRequest,
+    name: web::Path<String>,
+) -> ApiResult {
+    let _permit = admit(&state, &request, true, 1)?;
+    shift::delete_plan(state.routing.store().as_ref(), &name)
+        .await
+        .map_err(shift_error)?;
+    Ok(HttpResponse::Ok().json(json!({"deleted": name.as_str()})))
+}
+
 async fn after_step(state: &ApiState) {
     // Route by the new table at once rather than at the next poll.
     let _ = state.routing.refresh_current().await;

@@ -173,6 +173,10 @@ pub fn configure(config: &mut web::ServiceConfig) {
             web::get().to(crate::admin::get_plan),
         )
         .route(
+            "/v1/admin/plans/{name}",
+            web::delete().to(crate::admin::delete_plan),
+        )
+        .route(
             "/v1/admin/plans/{name}/advance",
             web::post().to(crate::admin::advance),
         )
@@ -224,6 +228,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/admin/plans"),
     ("post", "/v1/admin/plans"),
     ("get", "/v1/admin/plans/{name}"),
+    ("delete", "/v1/admin/plans/{name}"),
     ("post", "/v1/admin/plans/{name}/advance"),
     ("post", "/v1/admin/plans/{name}/pause"),
     ("post", "/v1/admin/plans/{name}/resume"),

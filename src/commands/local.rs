@@ -235,8 +235,45 @@ pub struct HttpBenchArgs {
     /// Where to write the SVG chart of throughput and latency over time.
     #[arg(long, default_value = "bench-http.svg")]
     chart: PathBuf,
+    /// Run a shift plan through every stage while the load runs (admin token from the
+    /// credentials file), then roll it back and delete it; the report shows each step and
+    /// the latency bump.
+    #[arg(long)]
+    shift: bool,
+    /// Cells the `--shift` plan moves (comma-separated; `a-b` for a run).
+    #[arg(long, default_value = "0-31")]
+    shift_cells: String,
+    #[arg(long, default_value = "dc-a")]
+    shift_from: String,
+    #[arg(long, default_value = "dc-b")]
+    shift_to: String,
+    /// Pause before the first step and between steps.
+    #[arg(long, default_value_t = 2_000)]
+    shift_step_ms: u64,
     #[arg(long)]
     json: bool,
+}
+
+/// Parses `0-31,40,42-43` into cell numbers (each below 256).
+fn parse_cells(text: &str) -> Result<Vec<u16>> {
+    let mut cells = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (first, last) = match part.split_once('-') {
+            Some((a, b)) => (a.trim().parse::<u16>()?, b.trim().parse::<u16>()?),
+            None => {
+                let cell = part.parse::<u16>()?;
+                (cell, cell)
+            }
+        };
+        if first > last || last >= 256 {
+            bail!("cell range {part:?} must be a-b with a ≤ b < 256");
+        }
+        cells.extend(first..=last);
+    }
+    if cells.is_empty() {
+        bail!("--shift-cells names no cell");
+    }
+    Ok(cells)
 }
 
 pub fn bench_http(args: HttpBenchArgs) -> Result<ExitCode> {
@@ -259,6 +296,18 @@ pub fn bench_http(args: HttpBenchArgs) -> Result<ExitCode> {
         real: args.real,
         chart: Some(args.chart),
         progress: !args.json,
+        shift: if args.shift {
+            Some(drills::bench::shift_load::ShiftLoad {
+                admin_token: credentials.admin_token.clone(),
+                cells: parse_cells(&args.shift_cells)
+                    .with_context(|| format!("bad --shift-cells {:?}", args.shift_cells))?,
+                from: args.shift_from,
+                to: args.shift_to,
+                step_interval: std::time::Duration::from_millis(args.shift_step_ms),
+            })
+        } else {
+            None
+        },
     };
     let report = drills::bench::http::run(config)?;
     if args.json {
@@ -271,4 +320,23 @@ pub fn bench_http(args: HttpBenchArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&value)?);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_cells;
+
+    #[test]
+    fn cell_lists_parse_runs_and_singles() {
+        assert_eq!(parse_cells("0-3").unwrap(), vec![0, 1, 2, 3]);
+        assert_eq!(parse_cells("7, 9-10").unwrap(), vec![7, 9, 10]);
+        assert_eq!(parse_cells("255").unwrap(), vec![255]);
+    }
+
+    #[test]
+    fn bad_cell_lists_are_refused() {
+        for bad in ["", "256", "3-1", "0-256", "a", "1-b", ","] {
+            assert!(parse_cells(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
 }

@@ -65,6 +65,8 @@ pub struct HttpBenchConfig {
     pub real: bool,
     pub chart: Option<PathBuf>,
     pub progress: bool,
+    /// A shift plan to run through the admin API while the load runs.
+    pub shift: Option<super::shift_load::ShiftLoad>,
 }
 
 impl HttpBenchConfig {
@@ -131,6 +133,57 @@ pub struct HttpBenchReport {
     pub latency_ms_max: f64,
     pub per_second: Vec<Second>,
     pub chart: Option<String>,
+    /// The shift stage run beside the load (`--shift`), and the latency bump it caused.
+    pub shift: Option<ShiftReport>,
+}
+
+/// What `--shift` did, and the latency around its steps.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShiftReport {
+    pub plan: String,
+    pub steps: Vec<super::shift_load::ShiftStep>,
+    /// Highest per-second p99 in the seconds a step ran in (and the second after it).
+    pub step_seconds_latency_ms_p99_max: f64,
+    /// Median per-second p99 of the other seconds.
+    pub quiet_seconds_latency_ms_p99_median: f64,
+    /// Set if the plan could not be created, rolled back or deleted.
+    pub error: Option<String>,
+}
+
+fn shift_report(
+    outcome: Result<(String, Vec<super::shift_load::ShiftStep>), String>,
+    seconds: &[Second],
+) -> ShiftReport {
+    let (plan, steps, error) = match outcome {
+        Ok((plan, steps)) => (plan, steps, None),
+        Err(error) => (String::new(), Vec::new(), Some(error)),
+    };
+    let busy: std::collections::BTreeSet<u64> = steps
+        .iter()
+        .flat_map(|step| {
+            let first = step.at_ms / 1_000;
+            let last = (step.at_ms + step.took_ms.ceil() as u64) / 1_000 + 1;
+            first..=last
+        })
+        .collect();
+    let step_max = seconds
+        .iter()
+        .filter(|s| busy.contains(&s.second))
+        .map(|s| s.latency_ms_p99)
+        .fold(0.0, f64::max);
+    let mut quiet: Vec<f64> = seconds
+        .iter()
+        .filter(|s| !busy.contains(&s.second))
+        .map(|s| s.latency_ms_p99)
+        .collect();
+    quiet.sort_by(f64::total_cmp);
+    ShiftReport {
+        plan,
+        steps,
+        step_seconds_latency_ms_p99_max: step_max,
+        quiet_seconds_latency_ms_p99_median: quiet.get(quiet.len() / 2).copied().unwrap_or(0.0),
+        error,
+    }
 }
 
 struct Client {
@@ -446,10 +499,23 @@ pub fn run(config: HttpBenchConfig) -> Result<HttpBenchReport, HttpBenchError> {
             std::thread::spawn(move || worker(client, config, run_id, shared, started, bar))
         })
         .collect();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let shifter = config.shift.clone().map(|shift| {
+        let (target, run_id, done) = (config.target.clone(), run_id.clone(), Arc::clone(&done));
+        std::thread::spawn(move || {
+            super::shift_load::drive(&target, &shift, &run_id, started, done, RUN_DEADLINE)
+        })
+    });
     for thread in threads {
         let _ = thread.join();
     }
     let seconds = started.elapsed().as_secs_f64();
+    done.store(true, Ordering::Relaxed);
+    let shift_outcome = shifter.map(|thread| {
+        thread
+            .join()
+            .unwrap_or_else(|_| Err("the shift driver panicked".to_string()))
+    });
     bar.finish_and_clear();
     let latency = shared
         .latency
@@ -506,6 +572,7 @@ pub fn run(config: HttpBenchConfig) -> Result<HttpBenchReport, HttpBenchError> {
         latency_ms_p99: ms(0.99),
         latency_ms_p999: ms(0.999),
         latency_ms_max: latency.max() as f64 / 1_000.0,
+        shift: shift_outcome.map(|outcome| shift_report(outcome, &per_second)),
         per_second,
         chart,
     })
@@ -578,4 +645,48 @@ pub fn svg_chart(seconds: &[Second], config: &HttpBenchConfig) -> String {
         legend2 = pad + 120.0,
         legend3 = pad + 240.0,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::bench::shift_load::ShiftStep;
+    use super::*;
+
+    fn second(second: u64, p99: f64) -> Second {
+        Second {
+            second,
+            transfers: 100,
+            latency_ms_p50: 1.0,
+            latency_ms_p99: p99,
+        }
+    }
+
+    #[test]
+    fn the_bump_compares_step_seconds_with_quiet_ones() {
+        let seconds: Vec<Second> = (0..10)
+            .map(|s| second(s, if s == 4 { 90.0 } else { 5.0 + s as f64 }))
+            .collect();
+        let step = ShiftStep {
+            action: "advance",
+            to_stage: Some("1/8".into()),
+            at_ms: 3_900,
+            took_ms: 200.0,
+            freeze_window_ms: Some(150.0),
+            status: 200,
+            error: None,
+        };
+        let report = shift_report(Ok(("p".into(), vec![step])), &seconds);
+        // Seconds 3, 4 and 5 hold the step (it ends in second 4; one more after it).
+        assert_eq!(report.step_seconds_latency_ms_p99_max, 90.0);
+        // Quiet seconds: 0, 1, 2, 6, 7, 8, 9 → p99 5, 6, 7, 11, 12, 13, 14; median 11.
+        assert_eq!(report.quiet_seconds_latency_ms_p99_median, 11.0);
+        assert!(report.error.is_none());
+    }
+
+    #[test]
+    fn a_failed_plan_is_reported_not_hidden() {
+        let report = shift_report(Err("cannot create".into()), &[second(0, 3.0)]);
+        assert_eq!(report.error.as_deref(), Some("cannot create"));
+        assert!(report.steps.is_empty());
+    }
 }

@@ -5,6 +5,7 @@
 pub mod dcs;
 pub mod engine;
 pub mod http;
+pub mod shift_load;
 
 /// The benchmarks' progress bar over `total` transfers (hidden when `visible` is false,
 /// e.g. with `--json`).
