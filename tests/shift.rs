@@ -260,7 +260,11 @@ fn a_shift_plan_runs_every_stage_and_rolls_back_under_load() {
     );
     // A plan at `none` can be deleted through the admin API, once.
     let path = "/v1/admin/plans/move-1";
-    assert_eq!(up.call("DELETE", path, None).0, 403, "a client key is not admin");
+    assert_eq!(
+        up.call("DELETE", path, None).0,
+        403,
+        "a client key is not admin"
+    );
     let (status, body) = up.call_as(Some(&up.admin_token), "DELETE", path, None);
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["deleted"], "move-1");

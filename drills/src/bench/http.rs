@@ -649,8 +649,8 @@ pub fn svg_chart(seconds: &[Second], config: &HttpBenchConfig) -> String {
 
 #[cfg(test)]
 mod tests {
-    use crate::bench::shift_load::ShiftStep;
     use super::*;
+    use crate::bench::shift_load::ShiftStep;
 
     fn second(second: u64, p99: f64) -> Second {
         Second {
