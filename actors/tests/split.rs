@@ -18,6 +18,22 @@ fn create_split(id: &str, parts: u16) -> cells::ledger::Command {
     cells::ledger::Command::CreateAccount(spec)
 }
 
+/// A ledger with a system account `bank`, a split account `hot` and a customer `other`.
+async fn with_split(dir: &std::path::Path, parts: u16, other: &str) -> actors::Ledger {
+    let ledger = ledger(open_store(dir));
+    let results = run(
+        &ledger,
+        vec![
+            create_system("bank"),
+            create_split("hot", parts),
+            create(other),
+        ],
+    )
+    .await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    ledger
+}
+
 async fn parts_balances(ledger: &actors::Ledger, id: &str, parts: u16) -> Vec<i128> {
     let mut out = Vec::new();
     for k in 0..parts {
@@ -29,17 +45,7 @@ async fn parts_balances(ledger: &actors::Ledger, id: &str, parts: u16) -> Vec<i1
 #[actix_rt::test]
 async fn split_account_sums_its_parts_and_rebalances_debits() {
     let dir = tempfile::tempdir().unwrap();
-    let ledger = ledger(open_store(dir.path()));
-    let results = run(
-        &ledger,
-        vec![
-            create_system("bank"),
-            create_split("hot", 4),
-            create("shop"),
-        ],
-    )
-    .await;
-    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let ledger = with_split(dir.path(), 4, "shop").await;
     // Creating it again with the same fields is an idempotent retry.
     assert_eq!(
         run(&ledger, vec![create_split("hot", 4)]).await,
@@ -122,17 +128,7 @@ async fn split_account_sums_its_parts_and_rebalances_debits() {
 #[actix_rt::test]
 async fn concurrent_debits_never_overdraw_a_split_account() {
     let dir = tempfile::tempdir().unwrap();
-    let ledger = ledger(open_store(dir.path()));
-    let results = run(
-        &ledger,
-        vec![
-            create_system("bank"),
-            create_split("hot", 8),
-            create("sink"),
-        ],
-    )
-    .await;
-    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let ledger = with_split(dir.path(), 8, "sink").await;
     assert!(run(&ledger, vec![transfer("f", "bank", "hot", 3_000)]).await[0].is_ok());
     settle(&ledger).await;
     // 16 clients ask for 4,000 in total from 3,000.

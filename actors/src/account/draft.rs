@@ -142,9 +142,14 @@ impl<'a> Draft<'a> {
             .store
             .begin()
             .map_err(|_| ErrorCode::Unavailable)?;
-        let items: usize = jobs.iter().map(|job| job.items.len()).sum();
-        self.batch_transfers.reserve(items);
-        self.delta.results.reserve(items);
+        let items = jobs.iter().flat_map(|job| &job.items);
+        // Only client transfers enter `batch_transfers` (a payee's draft of credits has none).
+        let transfers = items
+            .clone()
+            .filter(|item| matches!(item.work, Work::Client(AccountCommand::Transfer(_))))
+            .count();
+        self.batch_transfers.reserve(transfers);
+        self.delta.results.reserve(items.count());
         self.expire_due_holds(txn.as_mut());
         for job in jobs {
             for item in &job.items {

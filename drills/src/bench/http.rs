@@ -186,7 +186,9 @@ fn shift_report(
     }
 }
 
-struct Client {
+/// A blocking keep-alive client of the router's API (one per load thread; the shift
+/// driver has one with the admin token).
+pub(crate) struct Client {
     agent: ureq::Agent,
     base: String,
     auth: String,
@@ -195,6 +197,11 @@ struct Client {
 
 impl Client {
     fn new(config: &HttpBenchConfig) -> Client {
+        Client::with_token(&config.target, &config.api_key, !config.real)
+    }
+
+    /// A client of `target` that sends `token`, with the shadow-keyspace header if `shadow`.
+    pub(crate) fn with_token(target: &str, token: &str, shadow: bool) -> Client {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(30)))
@@ -202,10 +209,26 @@ impl Client {
             .into();
         Client {
             agent,
-            base: config.target.trim_end_matches('/').to_string(),
-            auth: format!("Bearer {}", config.api_key),
-            shadow: !config.real,
+            base: target.trim_end_matches('/').to_string(),
+            auth: format!("Bearer {token}"),
+            shadow,
         }
+    }
+
+    /// DELETEs `path`; returns the status and the JSON answer.
+    pub(crate) fn delete(&self, path: &str) -> Result<(u16, Value), String> {
+        let mut response = self
+            .agent
+            .delete(format!("{}{path}", self.base))
+            .header("Authorization", &self.auth)
+            .call()
+            .map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let text = response
+            .body_mut()
+            .read_to_vec()
+            .map_err(|e| e.to_string())?;
+        Ok((status, serde_json::from_slice(&text).unwrap_or(Value::Null)))
     }
 
     /// GETs `path`; returns the JSON answer.
@@ -226,7 +249,7 @@ impl Client {
     }
 
     /// POSTs `body`; returns the status and the JSON answer.
-    fn post(&self, path: &str, body: &Value) -> Result<(u16, Value), String> {
+    pub(crate) fn post(&self, path: &str, body: &Value) -> Result<(u16, Value), String> {
         let bytes = serde_json::to_vec(body).map_err(|e| e.to_string())?;
         let mut request = self
             .agent

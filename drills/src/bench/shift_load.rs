@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use super::http::Client;
+
 /// What to move, and how fast.
 #[derive(Debug, Clone)]
 pub struct ShiftLoad {
@@ -45,47 +47,6 @@ fn failed(step: &ShiftStep) -> bool {
     step.status != 200
 }
 
-/// An HTTP client for the admin API (blocking; the driver is a thread of its own).
-struct Admin {
-    agent: ureq::Agent,
-    base: String,
-    auth: String,
-}
-
-impl Admin {
-    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, Value), String> {
-        let url = format!("{}{path}", self.base);
-        let mut response = match (method, body) {
-            ("POST", body) => {
-                let bytes =
-                    serde_json::to_vec(body.unwrap_or(&json!({}))).map_err(|e| e.to_string())?;
-                self.agent
-                    .post(url)
-                    .header("Authorization", &self.auth)
-                    .header("Content-Type", "application/json")
-                    .send(&bytes[..])
-            }
-            ("DELETE", _) => self
-                .agent
-                .delete(url)
-                .header("Authorization", &self.auth)
-                .call(),
-            _ => self
-                .agent
-                .get(url)
-                .header("Authorization", &self.auth)
-                .call(),
-        }
-        .map_err(|e| e.to_string())?;
-        let status = response.status().as_u16();
-        let text = response
-            .body_mut()
-            .read_to_vec()
-            .map_err(|e| e.to_string())?;
-        Ok((status, serde_json::from_slice(&text).unwrap_or(Value::Null)))
-    }
-}
-
 /// Runs the plan until it reaches its last stage or `done` is set, then rolls back and
 /// deletes it. Returns the plan's name and its steps.
 pub fn drive(
@@ -96,19 +57,12 @@ pub fn drive(
     done: Arc<AtomicBool>,
     deadline: Duration,
 ) -> Result<(String, Vec<ShiftStep>), String> {
-    let admin = Admin {
-        agent: ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(30)))
-            .build()
-            .into(),
-        base: target.trim_end_matches('/').to_string(),
-        auth: format!("Bearer {}", shift.admin_token),
-    };
+    // Admin requests carry no keyspace header: the table is shared by both keyspaces.
+    let admin = Client::with_token(target, &shift.admin_token, false);
     let name = format!("bench-{run}");
     let body = json!({"name": name, "cells": shift.cells, "from": shift.from, "to": shift.to,
                       "who": "tessera bench http"});
-    let (status, answer) = admin.call("POST", "/v1/admin/plans", Some(&body))?;
+    let (status, answer) = admin.post("/v1/admin/plans", &body)?;
     if status != 201 {
         return Err(format!("cannot create the plan {name}: {status} {answer}"));
     }
@@ -128,7 +82,7 @@ pub fn drive(
     let step = |action: &'static str, path: String, body: Option<Value>| -> ShiftStep {
         let at = started.elapsed();
         let asked = Instant::now();
-        let answer = admin.call("POST", &path, body.as_ref());
+        let answer = admin.post(&path, &body.unwrap_or_else(|| json!({})));
         let took_ms = asked.elapsed().as_secs_f64() * 1e3;
         let (status, value, error) = match answer {
             Ok((status, value)) => {
@@ -166,7 +120,7 @@ pub fn drive(
             Some(json!({"to": "none"})),
         ));
     }
-    let (status, answer) = admin.call("DELETE", &format!("/v1/admin/plans/{name}"), None)?;
+    let (status, answer) = admin.delete(&format!("/v1/admin/plans/{name}"))?;
     if status != 200 {
         return Err(format!("cannot delete the plan {name}: {status} {answer}"));
     }
