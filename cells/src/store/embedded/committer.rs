@@ -14,14 +14,14 @@ use crate::store::{CommitError, StoreError};
 use super::checkpoint::CheckpointJob;
 use super::memtable::{Overlay, View};
 use super::transaction::{value_hash, ReadSet, RowsHasher};
-use super::wal::{encode_record, WalWriter, Write};
+use super::wal::{encode_record, WalWriter, Write, WriteBatch};
 use super::{closed, Failpoint, Shared, COMMIT_QUEUE_BYTES_MAX, COMMIT_QUEUE_TRANSACTIONS_MAX};
 
 /// A transaction handed to the committer.
 pub(crate) struct PendingCommit {
-    pub(crate) writes: Vec<Write>,
+    pub(crate) writes: WriteBatch,
     pub(crate) reads: ReadSet,
-    pub(crate) requires: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    pub(crate) requires: Requires,
     pub(crate) begun: Instant,
     pub(crate) size_bytes: usize,
     pub(crate) reply: Option<oneshot::Sender<Result<u64, CommitError>>>,
@@ -37,6 +37,31 @@ impl PendingCommit {
             // The caller may have dropped its future; the outcome stands regardless.
             let _ = reply.send(result);
         }
+    }
+}
+
+/// A transaction's preconditions (`key` must hold `value`, or be absent), in one buffer.
+#[derive(Debug, Default)]
+pub(crate) struct Requires(WriteBatch);
+
+impl Requires {
+    pub(crate) fn push(&mut self, key: &[u8], expected: Option<&[u8]>) {
+        self.0.push(match expected {
+            Some(value) => Write::Set(key, value),
+            None => Write::Clear(key),
+        });
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
+        self.0.iter().map(|write| match write {
+            Write::Set(key, value) => (key, Some(value)),
+            Write::Clear(key) => (key, None),
+            Write::ClearRange(..) => unreachable!("preconditions are pushed as points"),
+        })
     }
 }
 
@@ -260,7 +285,10 @@ impl Committer {
         let mut tables = self.shared.tables.write();
         for (pending, verdict) in group.iter_mut().zip(verdicts) {
             if let Verdict::Accepted { logged: true, .. } = verdict {
-                tables.apply(&self.shared.checkpoint, std::mem::take(&mut pending.writes))?;
+                tables.apply(
+                    &self.shared.checkpoint,
+                    &std::mem::take(&mut pending.writes),
+                )?;
             }
         }
         Ok(())
@@ -377,8 +405,9 @@ fn build_overlay<'a>(
     overlay
 }
 
-fn add_to_overlay<'a>(overlay: &mut Overlay<'a>, writes: &'a [Write], has_range: &mut bool) {
-    for write in writes {
+fn add_to_overlay<'a>(overlay: &mut Overlay<'a>, writes: &'a WriteBatch, has_range: &mut bool) {
+    *has_range |= writes.has_range();
+    for write in writes.iter() {
         match write {
             Write::Set(key, value) => {
                 overlay.insert(key, Some(value));
@@ -386,7 +415,7 @@ fn add_to_overlay<'a>(overlay: &mut Overlay<'a>, writes: &'a [Write], has_range:
             Write::Clear(key) => {
                 overlay.insert(key, None);
             }
-            Write::ClearRange(..) => *has_range = true,
+            Write::ClearRange(..) => {}
         }
     }
 }
@@ -410,10 +439,10 @@ fn check(view: &View<'_>, pending: &PendingCommit) -> Option<CommitError> {
 
 fn check_requires(view: &View<'_>, pending: &PendingCommit) -> Result<Vec<Vec<u8>>, StoreError> {
     let mut failing: Vec<Vec<u8>> = Vec::new();
-    for (key, expected) in &pending.requires {
+    for (key, expected) in pending.requires.iter() {
         let value = view.get(key)?;
-        if value.as_deref() != expected.as_deref() && !failing.contains(key) {
-            failing.push(key.clone());
+        if value.as_deref() != expected && !failing.iter().any(|seen| seen == key) {
+            failing.push(key.to_vec());
         }
     }
     if !failing.is_empty() {

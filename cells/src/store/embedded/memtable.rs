@@ -13,7 +13,7 @@ use std::sync::Arc;
 use crate::store::StoreError;
 
 use super::checkpoint::fjall as fjall_error;
-use super::wal::Write;
+use super::wal::{Write, WriteBatch};
 
 /// Bytes counted per memtable entry beyond its key and value (B-tree slot, `Vec` headers).
 pub(crate) const ENTRY_OVERHEAD_BYTES: usize = 64;
@@ -76,12 +76,8 @@ const KEY_INLINE_BYTES: usize = 40;
 pub(crate) struct MemKey(smallvec::SmallVec<[u8; KEY_INLINE_BYTES]>);
 
 impl MemKey {
-    pub(crate) fn new(key: Vec<u8>) -> MemKey {
-        if key.len() <= KEY_INLINE_BYTES {
-            MemKey(smallvec::SmallVec::from_slice(&key))
-        } else {
-            MemKey(smallvec::SmallVec::from_vec(key))
-        }
+    pub(crate) fn new(key: &[u8]) -> MemKey {
+        MemKey(smallvec::SmallVec::from_slice(key))
     }
 
     pub(crate) fn as_slice(&self) -> &[u8] {
@@ -188,11 +184,11 @@ impl Memtable {
             .map(|value| value.map(|at| self.values.get(at)))
     }
 
-    fn insert(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
+    fn insert(&mut self, key: &[u8], value: Option<&[u8]>) {
         let key_len = key.len();
         let value = value.map(|value| {
             self.bytes += value.len();
-            self.values.push(&value)
+            self.values.push(value)
         });
         self.bytes += key_len + ENTRY_OVERHEAD_BYTES;
         if self.map.insert(MemKey::new(key), value).is_some() {
@@ -266,21 +262,21 @@ impl Tables {
     pub(crate) fn apply(
         &mut self,
         checkpoint: &fjall::Keyspace,
-        writes: Vec<Write>,
+        writes: &WriteBatch,
     ) -> Result<(), StoreError> {
-        for write in writes {
+        for write in writes.iter() {
             match write {
                 Write::Set(key, value) => self.active.insert(key, Some(value)),
                 Write::Clear(key) => self.clear(key),
-                Write::ClearRange(begin, end) => self.clear_range(checkpoint, &begin, &end)?,
+                Write::ClearRange(begin, end) => self.clear_range(checkpoint, begin, end)?,
             }
         }
         Ok(())
     }
 
-    fn clear(&mut self, key: Vec<u8>) {
+    fn clear(&mut self, key: &[u8]) {
         if self.older_layers_empty() {
-            self.active.remove(&key);
+            self.active.remove(key);
         } else {
             self.active.insert(key, None);
         }
@@ -303,7 +299,7 @@ impl Tables {
             .map(|row| row.map(|(key, _)| key.into_owned()))
             .collect::<Result<_, _>>()?;
         for key in visible {
-            self.clear(key);
+            self.clear(&key);
         }
         Ok(())
     }

@@ -16,9 +16,9 @@ use crate::store::{
     check_key, check_value, BoxFuture, CommitError, KeyValue, RangeRequest, StoreError, Transaction,
 };
 
-use super::committer::{enqueue, PendingCommit};
+use super::committer::{enqueue, PendingCommit, Requires};
 use super::memtable::View;
-use super::wal::Write;
+use super::wal::{Write, WriteBatch};
 use super::{ready, Shared, TRANSACTION_READ_BYTES_MAX, TRANSACTION_WRITES_MAX};
 
 /// What a transaction read from the committed state, compared by value at commit.
@@ -78,24 +78,24 @@ struct OwnWrites {
 }
 
 impl OwnWrites {
-    fn apply(&mut self, write: &Write) {
+    fn apply(&mut self, write: Write<'_>) {
         match write {
             Write::Set(key, value) => {
-                self.points.insert(key.clone(), Some(value.clone()));
+                self.points.insert(key.to_vec(), Some(value.to_vec()));
             }
             Write::Clear(key) => {
-                self.points.insert(key.clone(), None);
+                self.points.insert(key.to_vec(), None);
             }
             Write::ClearRange(begin, end) => {
                 let inside: Vec<Vec<u8>> = self
                     .points
-                    .range::<[u8], _>((Bound::Included(&begin[..]), Bound::Excluded(&end[..])))
+                    .range::<[u8], _>((Bound::Included(begin), Bound::Excluded(end)))
                     .map(|(key, _)| key.clone())
                     .collect();
                 for key in inside {
                     self.points.remove(&key);
                 }
-                self.cleared.push((begin.clone(), end.clone()));
+                self.cleared.push((begin.to_vec(), end.to_vec()));
             }
         }
     }
@@ -118,10 +118,10 @@ impl OwnWrites {
 pub(crate) struct EmbeddedTransaction {
     shared: Arc<Shared>,
     begun: Instant,
-    writes: Vec<Write>,
+    writes: WriteBatch,
     own: Option<OwnWrites>,
     reads: ReadSet,
-    requires: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    requires: Requires,
     size_bytes: usize,
     read_bytes: usize,
 }
@@ -131,10 +131,10 @@ impl EmbeddedTransaction {
         EmbeddedTransaction {
             shared,
             begun: Instant::now(),
-            writes: Vec::new(),
+            writes: WriteBatch::default(),
             own: None,
             reads: ReadSet::default(),
-            requires: Vec::new(),
+            requires: Requires::default(),
             size_bytes: 0,
             read_bytes: 0,
         }
@@ -164,9 +164,9 @@ impl EmbeddedTransaction {
         Ok(())
     }
 
-    fn push_write(&mut self, write: Write) {
+    fn push_write(&mut self, write: Write<'_>) {
         if let Some(own) = &mut self.own {
-            own.apply(&write);
+            own.apply(write);
         }
         self.writes.push(write);
     }
@@ -306,22 +306,18 @@ impl Transaction for EmbeddedTransaction {
         check_key(key)?;
         check_value(value)?;
         self.charge_write(key.len() + value.len())?;
-        self.push_write(Write::Set(key.to_vec(), value.to_vec()));
+        self.push_write(Write::Set(key, value));
         Ok(())
     }
 
     fn set_owned(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), StoreError> {
-        check_key(&key)?;
-        check_value(&value)?;
-        self.charge_write(key.len() + value.len())?;
-        self.push_write(Write::Set(key, value));
-        Ok(())
+        self.set(&key, &value)
     }
 
     fn clear(&mut self, key: &[u8]) -> Result<(), StoreError> {
         check_key(key)?;
         self.charge_write(key.len())?;
-        self.push_write(Write::Clear(key.to_vec()));
+        self.push_write(Write::Clear(key));
         Ok(())
     }
 
@@ -332,7 +328,7 @@ impl Transaction for EmbeddedTransaction {
             return Err(StoreError::InvalidRange);
         }
         self.charge_write(begin.len() + end.len())?;
-        self.push_write(Write::ClearRange(begin.to_vec(), end.to_vec()));
+        self.push_write(Write::ClearRange(begin, end));
         Ok(())
     }
 
@@ -342,8 +338,7 @@ impl Transaction for EmbeddedTransaction {
             check_value(expected)?;
         }
         self.charge_write(key.len() + expected.map_or(0, <[u8]>::len))?;
-        self.requires
-            .push((key.to_vec(), expected.map(<[u8]>::to_vec)));
+        self.requires.push(key, expected);
         Ok(())
     }
 

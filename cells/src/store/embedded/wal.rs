@@ -9,12 +9,111 @@ use crate::store::StoreError;
 use super::memtable::Tables;
 use super::WAL_RECORD_BYTES_MAX;
 
-/// One buffered write of a transaction.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Write {
-    Set(Vec<u8>, Vec<u8>),
-    Clear(Vec<u8>),
-    ClearRange(Vec<u8>, Vec<u8>),
+/// One write of a transaction, borrowed from its [`WriteBatch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Write<'a> {
+    Set(&'a [u8], &'a [u8]),
+    Clear(&'a [u8]),
+    ClearRange(&'a [u8], &'a [u8]),
+}
+
+/// A transaction's writes, in order, in one buffer encoded exactly as the body of its log
+/// record: the committer copies the body into the log with one `memcpy`, and a transaction
+/// costs one allocation for its writes instead of two per write.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct WriteBatch {
+    body: Vec<u8>,
+    count: u32,
+    has_range: bool,
+}
+
+impl WriteBatch {
+    pub(crate) fn push(&mut self, write: Write<'_>) {
+        match write {
+            Write::Set(key, value) => {
+                self.body.push(TAG_SET);
+                put_bytes(&mut self.body, key);
+                put_bytes(&mut self.body, value);
+            }
+            Write::Clear(key) => {
+                self.body.push(TAG_CLEAR);
+                put_bytes(&mut self.body, key);
+            }
+            Write::ClearRange(begin, end) => {
+                self.body.push(TAG_CLEAR_RANGE);
+                put_bytes(&mut self.body, begin);
+                put_bytes(&mut self.body, end);
+                self.has_range = true;
+            }
+        }
+        self.count += 1;
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Whether a range clear is among the writes.
+    pub(crate) fn has_range(&self) -> bool {
+        self.has_range
+    }
+
+    pub(crate) fn iter(&self) -> WriteIter<'_> {
+        WriteIter {
+            reader: Reader { bytes: &self.body },
+        }
+    }
+
+    /// Checks a log record body of `count` writes and takes it as a batch.
+    fn decode(body: &[u8], count: usize) -> Result<WriteBatch, StoreError> {
+        let mut reader = Reader { bytes: body };
+        let mut has_range = false;
+        for _ in 0..count {
+            match read_write(&mut reader)? {
+                Write::ClearRange(..) => has_range = true,
+                Write::Set(..) | Write::Clear(..) => {}
+            }
+        }
+        if !reader.bytes.is_empty() {
+            return Err(corrupt("log record has trailing bytes"));
+        }
+        Ok(WriteBatch {
+            body: body.to_vec(),
+            count: u32::try_from(count).map_err(|_| corrupt("log record write count"))?,
+            has_range,
+        })
+    }
+}
+
+/// The writes of a [`WriteBatch`], in order.
+pub(crate) struct WriteIter<'a> {
+    reader: Reader<'a>,
+}
+
+impl<'a> Iterator for WriteIter<'a> {
+    type Item = Write<'a>;
+
+    fn next(&mut self) -> Option<Write<'a>> {
+        if self.reader.bytes.is_empty() {
+            return None;
+        }
+        // A batch is built by `push` or checked by `decode`: its body always parses.
+        Some(read_write(&mut self.reader).expect("a write batch body is well formed"))
+    }
+}
+
+fn read_write<'a>(reader: &mut Reader<'a>) -> Result<Write<'a>, StoreError> {
+    let tag = reader.take(1)?[0];
+    Ok(match tag {
+        TAG_SET => Write::Set(reader.slice()?, reader.slice()?),
+        TAG_CLEAR => Write::Clear(reader.slice()?),
+        TAG_CLEAR_RANGE => Write::ClearRange(reader.slice()?, reader.slice()?),
+        other => return Err(corrupt(format!("unknown log write tag {other}"))),
+    })
 }
 
 const TAG_SET: u8 = 1;
@@ -60,29 +159,12 @@ fn put_bytes(buffer: &mut Vec<u8>, bytes: &[u8]) {
 }
 
 /// Appends one record holding a transaction's writes at `version`.
-pub(crate) fn encode_record(buffer: &mut Vec<u8>, version: u64, writes: &[Write]) {
+pub(crate) fn encode_record(buffer: &mut Vec<u8>, version: u64, writes: &WriteBatch) {
     let start = buffer.len();
     buffer.extend_from_slice(&[0; RECORD_HEADER_BYTES]);
     buffer.extend_from_slice(&version.to_le_bytes());
-    buffer.extend_from_slice(&(writes.len() as u32).to_le_bytes());
-    for write in writes {
-        match write {
-            Write::Set(key, value) => {
-                buffer.push(TAG_SET);
-                put_bytes(buffer, key);
-                put_bytes(buffer, value);
-            }
-            Write::Clear(key) => {
-                buffer.push(TAG_CLEAR);
-                put_bytes(buffer, key);
-            }
-            Write::ClearRange(begin, end) => {
-                buffer.push(TAG_CLEAR_RANGE);
-                put_bytes(buffer, begin);
-                put_bytes(buffer, end);
-            }
-        }
-    }
+    buffer.extend_from_slice(&writes.count.to_le_bytes());
+    buffer.extend_from_slice(&writes.body);
     let payload_len = buffer.len() - start - RECORD_HEADER_BYTES;
     assert!(
         payload_len <= WAL_RECORD_BYTES_MAX,
@@ -118,14 +200,14 @@ impl<'a> Reader<'a> {
         Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
     }
 
-    fn vec(&mut self) -> Result<Vec<u8>, StoreError> {
+    fn slice(&mut self) -> Result<&'a [u8], StoreError> {
         let len = self.u32()? as usize;
-        Ok(self.take(len)?.to_vec())
+        self.take(len)
     }
 }
 
 /// Decodes a payload whose checksum held.
-pub(crate) fn decode_payload(payload: &[u8]) -> Result<(u64, Vec<Write>), StoreError> {
+pub(crate) fn decode_payload(payload: &[u8]) -> Result<(u64, WriteBatch), StoreError> {
     let mut reader = Reader { bytes: payload };
     let version_bytes = reader.take(8)?;
     let mut version = [0u8; 8];
@@ -135,19 +217,7 @@ pub(crate) fn decode_payload(payload: &[u8]) -> Result<(u64, Vec<Write>), StoreE
     if count > payload.len() / 5 {
         return Err(corrupt("log record write count exceeds its payload"));
     }
-    let mut writes = Vec::with_capacity(count);
-    for _ in 0..count {
-        let tag = reader.take(1)?[0];
-        writes.push(match tag {
-            TAG_SET => Write::Set(reader.vec()?, reader.vec()?),
-            TAG_CLEAR => Write::Clear(reader.vec()?),
-            TAG_CLEAR_RANGE => Write::ClearRange(reader.vec()?, reader.vec()?),
-            other => return Err(corrupt(format!("unknown log write tag {other}"))),
-        });
-    }
-    if !reader.bytes.is_empty() {
-        return Err(corrupt("log record has trailing bytes"));
-    }
+    let writes = WriteBatch::decode(reader.bytes, count)?;
     Ok((u64::from_le_bytes(version), writes))
 }
 
@@ -209,7 +279,7 @@ pub(crate) fn replay(
                     path.display()
                 )));
             }
-            tables.apply(checkpoint, writes)?;
+            tables.apply(checkpoint, &writes)?;
             replay.last_version = version;
             replay.records += 1;
             Ok(())
@@ -236,7 +306,7 @@ pub(crate) fn replay(
 fn replay_segment(
     bytes: &[u8],
     is_last: bool,
-    mut apply: impl FnMut(u64, Vec<Write>) -> Result<(), StoreError>,
+    mut apply: impl FnMut(u64, WriteBatch) -> Result<(), StoreError>,
 ) -> Result<usize, StoreError> {
     let mut offset = 0;
     while offset < bytes.len() {
@@ -314,12 +384,16 @@ mod tests {
 
     #[test]
     fn record_round_trips() {
-        let writes = vec![
-            Write::Set(b"a".to_vec(), b"1".to_vec()),
-            Write::Clear(b"b".to_vec()),
-            Write::ClearRange(b"c".to_vec(), b"d".to_vec()),
-            Write::Set(Vec::new(), Vec::new()),
+        let list = [
+            Write::Set(b"a", b"1"),
+            Write::Clear(b"b"),
+            Write::ClearRange(b"c", b"d"),
+            Write::Set(b"", b""),
         ];
+        let mut writes = WriteBatch::default();
+        list.iter().for_each(|write| writes.push(*write));
+        assert!(writes.has_range());
+        assert_eq!(writes.iter().collect::<Vec<_>>(), list);
         let mut buffer = Vec::new();
         encode_record(&mut buffer, 7, &writes);
         let (payload, next) = record_at(&buffer, 0).expect("whole record");
