@@ -491,14 +491,14 @@ impl Ledger {
                         }
                     }
                 };
-                Ok(Outcome::Transfer(TransferView {
+                Ok(Outcome::Transfer(Box::new(TransferView {
                     id: id.clone(),
                     from: record.from,
                     to: record.to,
                     amount: record.amount,
                     currency: record.currency,
                     status,
-                }))
+                })))
             }
             Command::LookupHold(id) => {
                 let bytes = store
@@ -506,14 +506,14 @@ impl Ledger {
                     .await
                     .map_err(|_| ErrorCode::Unavailable)?;
                 let record: HoldRecord = decode("hold", bytes.ok_or(ErrorCode::UnknownHold)?)?;
-                Ok(Outcome::Hold(HoldView {
+                Ok(Outcome::Hold(Box::new(HoldView {
                     id: id.clone(),
                     account: record.account,
                     amount: record.amount,
                     currency: record.currency,
                     expires_at_ms: record.expires_at_ms,
                     state: record.state,
-                }))
+                })))
             }
             _ => Err(ErrorCode::Internal),
         }
@@ -833,12 +833,12 @@ impl Ledger {
                             Err(code) => return Err(*code),
                         }
                     }
-                    Ok(Outcome::Account(cells::ledger::AccountView {
+                    Ok(Outcome::Account(Box::new(cells::ledger::AccountView {
                         spec: (*spec).clone(),
                         balance,
                         frozen,
                         available,
-                    }))
+                    })))
                 }
             })
             .collect();

@@ -18,7 +18,7 @@ use actors::{Ledger, LedgerConfig};
 use cells::ids::{HoldId, TransferId};
 use cells::ledger::audit::{audit, AuditReport};
 use cells::ledger::{
-    Command, CommandResult, ErrorCode, Outcome, TransferStatus, TransferView, BATCH_COMMANDS_MAX,
+    Command, CommandResult, ErrorCode, Outcome, TransferStatus, BATCH_COMMANDS_MAX,
 };
 use cells::records::{AccountKind, HoldState};
 use cells::store::embedded::{EmbeddedOptions, EmbeddedStore};
@@ -302,8 +302,8 @@ async fn check_transfer_lookups(ledger: &Ledger, logs: &[ClientLog]) {
         let results = run(ledger, lookups).await;
         for (id, result) in chunk.iter().zip(results) {
             match result {
-                Ok(Outcome::Transfer(TransferView { status, .. })) => {
-                    assert_eq!(status, expected[id], "transfer {id}")
+                Ok(Outcome::Transfer(view)) => {
+                    assert_eq!(view.status, expected[id], "transfer {id}")
                 }
                 other => panic!("lookup of transfer {id}: {other:?}"),
             }

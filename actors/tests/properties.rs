@@ -585,7 +585,7 @@ impl Model {
     fn lookup_account(&self, id: &AccountId) -> CommandResult {
         self.accounts
             .get(id)
-            .map(|account| Outcome::Account(account.view()))
+            .map(|account| Outcome::Account(Box::new(account.view())))
             .ok_or(ErrorCode::UnknownAccount)
     }
 }
@@ -596,7 +596,7 @@ fn lookup_transfer(
 ) -> CommandResult {
     let recorded = at_start.get(id).ok_or(ErrorCode::UnknownTransfer)?;
     let request = &recorded.request;
-    Ok(Outcome::Transfer(TransferView {
+    Ok(Outcome::Transfer(Box::new(TransferView {
         id: id.clone(),
         from: request.from.clone(),
         to: request.to.clone(),
@@ -606,19 +606,19 @@ fn lookup_transfer(
         status: recorded
             .rejected
             .map_or(TransferStatus::Completed, TransferStatus::Rejected),
-    }))
+    })))
 }
 
 fn lookup_hold(id: &HoldId, at_start: &HashMap<HoldId, ModelHold>) -> CommandResult {
     let recorded = at_start.get(id).ok_or(ErrorCode::UnknownHold)?;
-    Ok(Outcome::Hold(HoldView {
+    Ok(Outcome::Hold(Box::new(HoldView {
         id: id.clone(),
         account: recorded.request.account.clone(),
         amount: recorded.request.amount,
         currency: recorded.request.currency,
         expires_at_ms: None,
         state: recorded.state.clone(),
-    }))
+    })))
 }
 
 // ------------------------------------------------------------------------------------------

@@ -182,7 +182,7 @@ impl<'a> Draft<'a> {
             Work::Client(AccountCommand::Capture(request, snapshot)) => {
                 self.capture(txn, request, snapshot)
             }
-            Work::Client(AccountCommand::Lookup) => Ok(Outcome::Account(self.view())),
+            Work::Client(AccountCommand::Lookup) => Ok(Outcome::Account(Box::new(self.view()))),
             Work::Credit(leg) => self.credit(txn, leg),
             Work::Expire(hold) => {
                 if self.active_hold(hold).is_some() {

@@ -115,13 +115,18 @@ pub enum Outcome {
     HoldCreated,
     HoldReleased,
     HoldCaptured,
-    Account(AccountView),
-    Transfer(TransferView),
-    Hold(HoldView),
+    // Boxed: results travel by the million through batches and replies, and the common
+    // ones (accepted, created) should not pay for the size of a view.
+    Account(Box<AccountView>),
+    Transfer(Box<TransferView>),
+    Hold(Box<HoldView>),
 }
 
 /// One typed result per command.
 pub type CommandResult = Result<Outcome, ErrorCode>;
+
+// Results are moved by the million: keep them two words.
+const _: () = assert!(std::mem::size_of::<CommandResult>() <= 16);
 
 /// Builds an account spec with the defaults (customer, no overdraft, standard mode).
 pub fn customer_account(
