@@ -129,7 +129,7 @@ impl OutboxRelay {
         if legs.is_empty() {
             return;
         }
-        let mut by_payee: HashMap<AccountId, Vec<CreditLeg>> = HashMap::new();
+        let mut by_payee: HashMap<AccountId, Vec<CreditLeg>> = HashMap::with_capacity(legs.len());
         for leg in legs {
             by_payee.entry(leg.record.to.clone()).or_default().push(leg);
         }

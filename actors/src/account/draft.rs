@@ -26,6 +26,9 @@ use crate::registry::Shared;
 /// Most bytes one item adds to a transaction (ids are at most 64 bytes, so every key and
 /// record an item writes is bounded).
 pub(crate) const ITEM_BYTES_MAX: usize = 1_200;
+/// Bytes a typical item writes (a transfer's records and precondition, or a credit's), for
+/// sizing a transaction's buffers once.
+const ITEM_BYTES_TYPICAL: usize = 320;
 /// Bytes of the per-commit records (account record, epoch precondition).
 const COMMIT_OVERHEAD_BYTES_MAX: usize = 10_000;
 
@@ -149,7 +152,9 @@ impl<'a> Draft<'a> {
             .filter(|item| matches!(item.work, Work::Client(AccountCommand::Transfer(_))))
             .count();
         self.batch_transfers.reserve(transfers);
-        self.delta.results.reserve(items.count());
+        let count = items.count();
+        self.delta.results.reserve(count);
+        txn.reserve(count * ITEM_BYTES_TYPICAL + 256);
         self.expire_due_holds(txn.as_mut());
         for job in jobs {
             for item in &job.items {

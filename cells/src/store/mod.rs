@@ -267,6 +267,11 @@ pub trait Transaction: Send {
     fn require(&mut self, key: &[u8], expected: Option<&[u8]>) -> Result<(), StoreError>;
     /// Bytes this transaction would write so far (keys, values, ranges, preconditions).
     fn size_bytes(&self) -> usize;
+    /// A hint: about `bytes` more of writes and preconditions will follow (a backend may
+    /// reserve buffers once instead of growing them). Changes nothing else.
+    fn reserve(&mut self, bytes: usize) {
+        let _ = bytes;
+    }
     /// Commits: resolves to the commit version once the writes are durable.
     fn commit(self: Box<Self>) -> BoxFuture<'static, Result<u64, CommitError>>;
 }

@@ -56,6 +56,10 @@ impl Requires {
         self.0.is_empty()
     }
 
+    pub(crate) fn reserve(&mut self, bytes: usize) {
+        self.0.reserve(bytes);
+    }
+
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
         self.0.iter().map(|write| match write {
             Write::Set(key, value) => (key, Some(value)),

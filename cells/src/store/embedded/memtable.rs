@@ -20,7 +20,7 @@ pub(crate) const ENTRY_OVERHEAD_BYTES: usize = 64;
 
 /// Writes of earlier transactions of the group being validated (not durable yet). A hash
 /// map: point lookups are the hot path; the rare range validation sorts what it needs.
-pub(crate) type Overlay<'a> = HashMap<&'a [u8], Option<&'a [u8]>, xxhash_rust::xxh3::Xxh3Builder>;
+pub(crate) type Overlay<'a> = HashMap<&'a [u8], Option<&'a [u8]>, foldhash::fast::RandomState>;
 
 /// Key bytes ordered exactly like `[u8]`, but compared eight bytes at a time inline: the
 /// memtable's B-tree compares keys with long shared prefixes (tuple-encoded), and a libc

@@ -346,6 +346,14 @@ impl Transaction for EmbeddedTransaction {
         self.size_bytes
     }
 
+    fn reserve(&mut self, bytes: usize) {
+        // Bounded by the transaction limit, whatever the hint says. About a quarter of a
+        // draft's bytes are preconditions.
+        let bytes = bytes.min(TRANSACTION_BYTES_MAX);
+        self.writes.reserve(bytes - bytes / 4);
+        self.requires.reserve(bytes / 4);
+    }
+
     fn commit(self: Box<Self>) -> BoxFuture<'static, Result<u64, CommitError>> {
         let this = *self;
         let max_ms = this.shared.options.transaction_duration_ms_max;

@@ -53,6 +53,10 @@ impl WriteBatch {
         self.count as usize
     }
 
+    pub(crate) fn reserve(&mut self, bytes: usize) {
+        self.body.reserve(bytes);
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.count == 0
     }
