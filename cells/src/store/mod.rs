@@ -231,6 +231,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<Vec<KeyValue>, StoreError>>;
     /// Counters about the backend.
     fn stats(&self) -> StoreStats;
+    /// Latencies of the durable commits since the last call, in microseconds: from
+    /// [`Transaction::commit`] to the store's answer (queueing, validation, the log write and
+    /// its sync). `None` when the backend does not measure it.
+    fn take_commit_latency(&self) -> Option<hdrhistogram::Histogram<u64>> {
+        None
+    }
     /// A future that resolves when the value at `key` may have changed since this call
     /// (it may also resolve spuriously, and a change that is undone before the backend looks
     /// may go unseen). Callers that must not miss a change call `watch` first, then read the

@@ -23,6 +23,8 @@ pub(crate) struct PendingCommit {
     pub(crate) reads: ReadSet,
     pub(crate) requires: Requires,
     pub(crate) begun: Instant,
+    /// When `commit` was called (the start of the commit latency).
+    pub(crate) committing: Instant,
     pub(crate) size_bytes: usize,
     pub(crate) reply: Option<oneshot::Sender<Result<u64, CommitError>>>,
 }
@@ -232,16 +234,20 @@ impl Committer {
         }
         let applied = self.apply(group, &verdicts);
         let (mut accepted, mut last_version) = (0u64, None);
+        let mut latency = self.shared.commit_latency_us.lock();
         for (pending, verdict) in group.iter_mut().zip(verdicts) {
             match verdict {
                 Verdict::Accepted { version, .. } => {
                     accepted += 1;
                     last_version = Some(version);
                     pending.answer(Ok(version));
+                    let micros = pending.committing.elapsed().as_micros();
+                    latency.saturating_record(u64::try_from(micros).unwrap_or(u64::MAX).max(1));
                 }
                 Verdict::Rejected(error) => pending.answer(Err(error)),
             }
         }
+        drop(latency);
         let counters = &self.shared.counters;
         if let Some(version) = last_version {
             counters

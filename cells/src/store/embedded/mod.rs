@@ -174,10 +174,18 @@ pub(crate) struct Shared {
     pub(crate) queue: Mutex<Queue>,
     pub(crate) queue_ready: Condvar,
     pub(crate) counters: Counters,
+    /// Durable commits since the last [`Store::take_commit_latency`]: from the commit call to
+    /// the answer, in microseconds.
+    pub(crate) commit_latency_us: Mutex<hdrhistogram::Histogram<u64>>,
     /// Set once the store closes or fails (mirrors the queue's flags, read without its lock).
     pub(crate) commits_refused: AtomicBool,
     pub(crate) options: EmbeddedOptions,
     pub(crate) dir: PathBuf,
+}
+
+/// Microseconds from 1 µs to one hour, 3 significant digits.
+fn latency_histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static bounds are valid")
 }
 
 impl Shared {
@@ -235,6 +243,7 @@ impl EmbeddedStore {
             queue: Mutex::new(Queue::default()),
             queue_ready: Condvar::new(),
             counters: Counters::default(),
+            commit_latency_us: Mutex::new(latency_histogram()),
             commits_refused: AtomicBool::new(false),
             options,
             dir: dir.to_path_buf(),
@@ -327,6 +336,11 @@ impl Store for EmbeddedStore {
             })
         });
         ready(result)
+    }
+
+    fn take_commit_latency(&self) -> Option<hdrhistogram::Histogram<u64>> {
+        let mut histogram = self.shared.commit_latency_us.lock();
+        Some(std::mem::replace(&mut *histogram, latency_histogram()))
     }
 
     fn stats(&self) -> StoreStats {

@@ -375,6 +375,7 @@ impl Transaction for EmbeddedTransaction {
             reads: this.reads,
             requires: this.requires,
             begun: this.begun,
+            committing: Instant::now(),
             size_bytes: this.size_bytes,
             reply: Some(reply),
         };
