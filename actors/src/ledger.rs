@@ -230,7 +230,7 @@ impl Ledger {
             Ok(holds) => holds,
             Err(code) => return Ok(fill(results, code)),
         };
-        let mut routed = Routed::new();
+        let mut routed = Routed::with_capacity(commands.len());
         for (index, command) in commands.iter().enumerate() {
             if results[index].is_some() {
                 continue;
@@ -533,7 +533,7 @@ impl Ledger {
         commands: &[Command],
         results: &[Option<CommandResult>],
     ) -> Result<HashMap<AccountId, Option<Arc<AccountSpec>>>, ErrorCode> {
-        let mut wanted = HashSet::new();
+        let mut wanted = HashSet::with_capacity(2 * commands.len());
         for (command, result) in commands.iter().zip(results) {
             if result.is_some() {
                 continue;
