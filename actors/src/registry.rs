@@ -172,6 +172,19 @@ impl Shared {
         self.directory.lock().ok()?.get(account).cloned()
     }
 
+    /// The cached specs of `accounts`, in order, under one lock of the directory.
+    pub(crate) fn cached_specs<'a>(
+        &self,
+        accounts: impl Iterator<Item = &'a AccountId>,
+    ) -> Vec<Option<Arc<AccountSpec>>> {
+        match self.directory.lock() {
+            Ok(directory) => accounts
+                .map(|account| directory.get(account).cloned())
+                .collect(),
+            Err(_) => accounts.map(|_| None).collect(),
+        }
+    }
+
     pub(crate) fn set_relay(&self, relay: Addr<OutboxRelay>) {
         assert!(self.relay.set(relay).is_ok(), "relay is set once");
     }

@@ -72,8 +72,11 @@ impl OutboxRelay {
         let mut remote: HashMap<DcId, Vec<KeyValue>> = HashMap::new();
         let mut unresolved = Vec::new();
         let mut left = 0u64;
-        for leg in legs {
-            let Some(spec) = self.shared.cached_spec(&leg.record.to) else {
+        let specs = self
+            .shared
+            .cached_specs(legs.iter().map(|leg| &leg.record.to));
+        for (leg, spec) in legs.into_iter().zip(specs) {
+            let Some(spec) = spec else {
                 unresolved.push(leg);
                 continue;
             };

@@ -25,7 +25,8 @@ use cells::money::{Amount, Currency};
 use cells::records::{self, AccountKind, AccountSpec, HoldState, HotMode, PostingRecord};
 use cells::store::RangeRequest;
 use rust_decimal::Decimal;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
@@ -590,19 +591,39 @@ fn transfer_command(body: &TransferBody) -> Result<Command, ApiError> {
     }))
 }
 
-/// `{"id","status","code"}` of one transfer result.
-fn transfer_result(id: &str, result: &CommandResult) -> (StatusCode, Value) {
+/// `{"id","status","code"}` of one transfer result (`message` only for items that did not
+/// parse). Serialized straight from this struct: a batch answers up to 8,190 of them.
+#[derive(Debug, Serialize)]
+struct TransferResult<'a> {
+    id: &'a str,
+    status: &'static str,
+    code: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+}
+
+fn transfer_result<'a>(id: &'a str, result: &CommandResult) -> (StatusCode, TransferResult<'a>) {
     match result {
         Ok(_) => (
             StatusCode::OK,
-            json!({"id": id, "status": "accepted", "code": Value::Null}),
+            TransferResult {
+                id,
+                status: "accepted",
+                code: None,
+                message: None,
+            },
         ),
         Err(code) => {
             let info = code.info();
             let status = if info.retryable { "retry" } else { "rejected" };
             (
                 StatusCode::from_u16(info.http_status).unwrap_or(StatusCode::BAD_REQUEST),
-                json!({"id": id, "status": status, "code": info.name}),
+                TransferResult {
+                    id,
+                    status,
+                    code: Some(info.name),
+                    message: None,
+                },
             )
         }
     }
@@ -627,7 +648,19 @@ async fn create_transfer(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BatchBody {
-    transfers: Vec<Value>,
+    /// Kept raw: each item is parsed on its own, so a bad item gets its own error.
+    transfers: Vec<Box<RawValue>>,
+}
+
+/// The id of an item that did not parse, if it has a string one.
+#[derive(Deserialize)]
+struct IdProbe {
+    id: Option<Value>,
+}
+
+#[derive(Serialize)]
+struct BatchResults<'a> {
+    results: Vec<TransferResult<'a>>,
 }
 
 async fn create_transfers(
@@ -644,42 +677,53 @@ async fn create_transfers(
     }
     let _permit = admit(&state, &request, false, count as u64)?;
     // Items that do not parse get their own error; the rest run as one batch.
-    let mut results: Vec<Option<Value>> = vec![None; count];
+    let mut results: Vec<Option<TransferResult<'_>>> = Vec::with_capacity(count);
     let mut commands = Vec::with_capacity(count);
     let mut positions = Vec::with_capacity(count);
-    let mut ids = Vec::with_capacity(count);
+    let mut ids: Vec<String> = Vec::with_capacity(count);
     for (index, item) in body.transfers.iter().enumerate() {
-        let id = item
-            .get("id")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        let parsed = serde_json::from_value::<TransferBody>(item.clone())
+        let parsed = serde_json::from_str::<TransferBody>(item.get())
             .map_err(|e| ApiError::new(ErrorCode::MalformedRequest, e.to_string()))
-            .and_then(|body| transfer_command(&body));
+            .and_then(|body| Ok((transfer_command(&body)?, body.id)));
         match parsed {
-            Ok(command) => {
+            Ok((command, id)) => {
                 commands.push(command);
                 positions.push(index);
+                ids.push(id);
+                results.push(None);
             }
             Err(error) => {
-                results[index] = Some(json!({
-                    "id": id, "status": "rejected", "code": error.code.name(),
-                    "message": error.message,
+                let id = serde_json::from_str::<IdProbe>(item.get())
+                    .ok()
+                    .and_then(|probe| match probe.id {
+                        Some(Value::String(id)) => Some(id),
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                ids.push(id);
+                results.push(Some(TransferResult {
+                    id: "",
+                    status: "rejected",
+                    code: Some(error.code.name()),
+                    message: Some(error.message),
                 }));
             }
         }
-        ids.push(id);
     }
     let (answers, _) = state.routing.execute(space_of(&request), commands).await;
     for (position, answer) in positions.into_iter().zip(answers) {
-        results[position] = Some(transfer_result(&ids[position], &answer).1);
+        results[position] = Some(transfer_result("", &answer).1);
     }
-    let results: Vec<Value> = results
+    let results = results
         .into_iter()
-        .map(|r| r.unwrap_or(Value::Null))
+        .zip(&ids)
+        .map(|(result, id)| {
+            let mut result = result.expect("every item has a result");
+            result.id = id;
+            result
+        })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({ "results": results })))
+    Ok(HttpResponse::Ok().json(BatchResults { results }))
 }
 
 async fn get_transfer(
