@@ -27,16 +27,46 @@ impl Role {
     }
 }
 
+/// The per-frame counters of one role, resolved once: frames are counted by the million,
+/// and a lookup in the recorder's registry per frame showed in profiles. (Handles resolved
+/// before a recorder is installed stay no-ops; every binary installs its recorder first.)
+struct FrameCounters {
+    frames_sent: metrics::Counter,
+    bytes_sent: metrics::Counter,
+    frames_received: metrics::Counter,
+    bytes_received: metrics::Counter,
+}
+
+fn frame_counters(role: Role) -> &'static FrameCounters {
+    static COUNTERS: [std::sync::OnceLock<FrameCounters>; 4] =
+        [const { std::sync::OnceLock::new() }; 4];
+    let index = match role {
+        Role::StoreClient => 0,
+        Role::StoreServer => 1,
+        Role::DcServer => 2,
+        Role::DcClient => 3,
+    };
+    COUNTERS[index].get_or_init(|| {
+        let label = role.label();
+        FrameCounters {
+            frames_sent: metrics::counter!("tessera_wire_frames_sent_total", "role" => label),
+            bytes_sent: metrics::counter!("tessera_wire_bytes_sent_total", "role" => label),
+            frames_received: metrics::counter!("tessera_wire_frames_received_total", "role" => label),
+            bytes_received: metrics::counter!("tessera_wire_bytes_received_total", "role" => label),
+        }
+    })
+}
+
 pub fn frame_sent(role: Role, bytes: usize) {
-    metrics::counter!("tessera_wire_frames_sent_total", "role" => role.label()).increment(1);
-    metrics::counter!("tessera_wire_bytes_sent_total", "role" => role.label())
-        .increment(bytes as u64);
+    let counters = frame_counters(role);
+    counters.frames_sent.increment(1);
+    counters.bytes_sent.increment(bytes as u64);
 }
 
 pub fn frame_received(role: Role, bytes: usize) {
-    metrics::counter!("tessera_wire_frames_received_total", "role" => role.label()).increment(1);
-    metrics::counter!("tessera_wire_bytes_received_total", "role" => role.label())
-        .increment(bytes as u64);
+    let counters = frame_counters(role);
+    counters.frames_received.increment(1);
+    counters.bytes_received.increment(bytes as u64);
 }
 
 /// A connection closed because of a bad frame or a failed socket.
