@@ -41,6 +41,14 @@ pub const LEASE_TTL_MS_DEFAULT: u64 = 2_000;
 /// Attempts at a table change (bootstrap, registration) that conflicts with other nodes'.
 const TABLE_CHANGE_ATTEMPTS_MAX: usize = 16;
 
+/// How often a node's relays rescan the durable outbox of the slots the node owns, as a
+/// safety net. Every event that can leave a leg behind asks for a rescan at once (an
+/// ownership change, a failed delivery or forward, an unknown commit outcome); the periodic
+/// scan only bounds the delay of a leg lost without a signal (a peer that took a forwarded
+/// leg and died before committing it). A scan re-delivers every entry still in flight, and
+/// reads the outbox's history of cleared entries, so it is not free under load.
+pub const OUTBOX_RESCAN_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Settings of a [`DcNode`].
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -117,7 +125,7 @@ impl DcNode {
                 LedgerConfig {
                     keyspace,
                     dc: Some(config.dc.clone()),
-                    outbox_rescan_interval: Some(Duration::from_secs(1)),
+                    outbox_rescan_interval: Some(OUTBOX_RESCAN_INTERVAL),
                     ..config.ledger.clone()
                 },
             );

@@ -25,6 +25,8 @@ use serde_json::{json, Value};
 /// Longest a run may take, whatever it was asked.
 pub const RUN_DEADLINE: Duration = Duration::from_secs(600);
 pub const CONCURRENCY_MAX: usize = 256;
+/// How far ahead of the workers' start the clock of a run starts.
+const START_LEAD: Duration = Duration::from_millis(50);
 /// Times one transfer is re-sent after retryable answers before it counts as failed.
 const RESENDS_MAX: u32 = 50;
 
@@ -383,6 +385,9 @@ fn worker(
     let interval = (config.rate > 0).then(|| Duration::from_secs_f64(1.0 / config.rate as f64));
     let mut local = histogram();
     let deadline = started + RUN_DEADLINE;
+    if let Some(wait) = started.checked_duration_since(Instant::now()) {
+        std::thread::sleep(wait);
+    }
     loop {
         let index = shared.next_request.fetch_add(1, Ordering::Relaxed);
         if index >= requests || Instant::now() > deadline {
@@ -509,11 +514,22 @@ pub fn run(config: HttpBenchConfig) -> Result<HttpBenchReport, HttpBenchError> {
         latency: Mutex::new(histogram()),
         seconds: Mutex::new(Vec::new()),
     });
-    let started = Instant::now();
-    let threads: Vec<_> = (0..config.concurrency)
+    // Every worker's connection is open before the clock starts (one request each), and
+    // the first scheduled request lies a little ahead, so that neither connection set-up
+    // nor thread start-up is counted as transfer latency.
+    let clients: Vec<Client> = (0..config.concurrency)
         .map(|_| {
+            let client = Client::new(&config);
+            let _ = client.get("/v1/errors");
+            client
+        })
+        .collect();
+    let started = Instant::now() + START_LEAD;
+    let threads: Vec<_> = clients
+        .into_iter()
+        .map(|client| {
             let (client, config, run_id, shared, bar) = (
-                Client::new(&config),
+                client,
                 config.clone(),
                 run_id.clone(),
                 Arc::clone(&shared),
