@@ -24,10 +24,7 @@ impl Default for LedgerStats {
             debits_committed: AtomicU64::new(0),
             credits_committed: AtomicU64::new(0),
             commits: AtomicU64::new(0),
-            // 1 µs to 1 hour, 3 significant digits: creation cannot fail with these bounds.
-            commit_latency_us: Mutex::new(
-                Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
-            ),
+            commit_latency_us: Mutex::new(cells::store::latency_histogram()),
         }
     }
 }

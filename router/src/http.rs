@@ -658,6 +658,16 @@ struct IdProbe {
     id: Option<Value>,
 }
 
+/// The string `id` of a batch item (empty if it has none), for the answer to a bad item.
+fn item_id(item: &RawValue) -> String {
+    match serde_json::from_str::<IdProbe>(item.get()) {
+        Ok(IdProbe {
+            id: Some(Value::String(id)),
+        }) => id,
+        _ => String::new(),
+    }
+}
+
 #[derive(Serialize)]
 struct BatchResults<'a> {
     results: Vec<TransferResult<'a>>,
@@ -676,51 +686,40 @@ async fn create_transfers(
         ));
     }
     let _permit = admit(&state, &request, false, count as u64)?;
-    // Items that do not parse get their own error; the rest run as one batch.
-    let mut results: Vec<Option<TransferResult<'_>>> = Vec::with_capacity(count);
+    // Items that do not parse get their own error; the rest run as one batch, whose answers
+    // come back in the order of its commands.
     let mut commands = Vec::with_capacity(count);
-    let mut positions = Vec::with_capacity(count);
     let mut ids: Vec<String> = Vec::with_capacity(count);
-    for (index, item) in body.transfers.iter().enumerate() {
+    let mut refusals: Vec<Option<ApiError>> = Vec::with_capacity(count);
+    for item in &body.transfers {
         let parsed = serde_json::from_str::<TransferBody>(item.get())
             .map_err(|e| ApiError::new(ErrorCode::MalformedRequest, e.to_string()))
             .and_then(|body| Ok((transfer_command(&body)?, body.id)));
         match parsed {
             Ok((command, id)) => {
                 commands.push(command);
-                positions.push(index);
                 ids.push(id);
-                results.push(None);
+                refusals.push(None);
             }
             Err(error) => {
-                let id = serde_json::from_str::<IdProbe>(item.get())
-                    .ok()
-                    .and_then(|probe| match probe.id {
-                        Some(Value::String(id)) => Some(id),
-                        _ => None,
-                    })
-                    .unwrap_or_default();
-                ids.push(id);
-                results.push(Some(TransferResult {
-                    id: "",
-                    status: "rejected",
-                    code: Some(error.code.name()),
-                    message: Some(error.message),
-                }));
+                ids.push(item_id(item));
+                refusals.push(Some(error));
             }
         }
     }
     let (answers, _) = state.routing.execute(space_of(&request), commands).await;
-    for (position, answer) in positions.into_iter().zip(answers) {
-        results[position] = Some(transfer_result("", &answer).1);
-    }
-    let results = results
-        .into_iter()
-        .zip(&ids)
-        .map(|(result, id)| {
-            let mut result = result.expect("every item has a result");
-            result.id = id;
-            result
+    let mut answers = answers.iter();
+    let results = ids
+        .iter()
+        .zip(refusals)
+        .map(|(id, refusal)| match refusal {
+            Some(error) => TransferResult {
+                id,
+                status: "rejected",
+                code: Some(error.code.name()),
+                message: Some(error.message),
+            },
+            None => transfer_result(id, answers.next().expect("one answer per command")).1,
         })
         .collect();
     Ok(HttpResponse::Ok().json(BatchResults { results }))

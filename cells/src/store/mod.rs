@@ -32,6 +32,12 @@ pub mod url;
 use std::future::Future;
 use std::pin::Pin;
 
+/// A latency histogram in microseconds, from 1 µs to one hour at 3 significant digits: the
+/// shape of [`Store::take_commit_latency`], shared by every latency Tessera records.
+pub fn latency_histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static bounds are valid")
+}
+
 /// A boxed, sendable future: the shape of every asynchronous answer of this interface.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

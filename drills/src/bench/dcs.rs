@@ -360,7 +360,7 @@ async fn load_worker(
     bar: ProgressBar,
 ) {
     let batches = config.transfers.div_ceil(config.batch_size as u64);
-    let mut histogram = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("bounds");
+    let mut histogram = cells::store::latency_histogram();
     loop {
         let batch = next_batch.fetch_add(1, Ordering::Relaxed);
         if batch >= batches {
@@ -431,7 +431,7 @@ async fn background_load(
 }
 
 fn summarize(windows_us: &[u64], drains_us: &[u64]) -> HandoverSummary {
-    let mut histogram = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("bounds");
+    let mut histogram = cells::store::latency_histogram();
     for w in windows_us {
         histogram.saturating_record((*w).max(1));
     }

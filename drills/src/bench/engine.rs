@@ -279,9 +279,7 @@ pub async fn run(
         accepted: AtomicU64::new(0),
         retried: AtomicU64::new(0),
         rejected: Mutex::new(Default::default()),
-        batch_latency_us: Mutex::new(
-            Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
-        ),
+        batch_latency_us: Mutex::new(cells::store::latency_histogram()),
         bar,
     });
     let store = ledger.store().stats();

@@ -295,10 +295,8 @@ impl Committer {
         let mut tables = self.shared.tables.write();
         for (pending, verdict) in group.iter_mut().zip(verdicts) {
             if let Verdict::Accepted { logged: true, .. } = verdict {
-                tables.apply(
-                    &self.shared.checkpoint,
-                    &std::mem::take(&mut pending.writes),
-                )?;
+                // The batch is freed with the group, outside the tables' lock.
+                tables.apply(&self.shared.checkpoint, &pending.writes)?;
             }
         }
         Ok(())

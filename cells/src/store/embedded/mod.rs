@@ -183,11 +183,6 @@ pub(crate) struct Shared {
     pub(crate) dir: PathBuf,
 }
 
-/// Microseconds from 1 µs to one hour, 3 significant digits.
-fn latency_histogram() -> hdrhistogram::Histogram<u64> {
-    hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static bounds are valid")
-}
-
 impl Shared {
     /// Reads under one consistent state of the tables.
     pub(crate) fn with_view<T>(&self, read: impl FnOnce(&View<'_>) -> T) -> T {
@@ -243,7 +238,7 @@ impl EmbeddedStore {
             queue: Mutex::new(Queue::default()),
             queue_ready: Condvar::new(),
             counters: Counters::default(),
-            commit_latency_us: Mutex::new(latency_histogram()),
+            commit_latency_us: Mutex::new(super::latency_histogram()),
             commits_refused: AtomicBool::new(false),
             options,
             dir: dir.to_path_buf(),
@@ -340,7 +335,10 @@ impl Store for EmbeddedStore {
 
     fn take_commit_latency(&self) -> Option<hdrhistogram::Histogram<u64>> {
         let mut histogram = self.shared.commit_latency_us.lock();
-        Some(std::mem::replace(&mut *histogram, latency_histogram()))
+        Some(std::mem::replace(
+            &mut *histogram,
+            super::latency_histogram(),
+        ))
     }
 
     fn stats(&self) -> StoreStats {
