@@ -10,30 +10,60 @@ use std::time::{Duration, Instant};
 use drills::httpc;
 use serde_json::{json, Value};
 
-fn free_ports(count: usize) -> Vec<u16> {
-    // Bind them all at once so they differ, then release them for the deployment.
-    let listeners: Vec<TcpListener> = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
+/// Ports for one deployment: http, store, a run of three (DC nodes) and a run of four
+/// (ops endpoints), all distinct and all below the kernel's ephemeral range, so that no
+/// outgoing connection of another process can take one between the choice and the bind.
+/// Each chosen port is held by a listener until every port is chosen.
+struct Ports {
+    http: u16,
+    store: u16,
+    dc: u16,
+    ops: u16,
 }
 
-/// `n` consecutive free ports.
-fn free_run(n: u16) -> u16 {
-    for _ in 0..200 {
-        let base = free_ports(1)[0];
-        if base > 65_000 {
-            continue;
+/// Where this machine's outgoing connections take their local ports (Linux default if
+/// unreadable).
+fn ephemeral_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
+}
+
+fn choose_ports() -> Ports {
+    use rand::Rng as _;
+    let top = ephemeral_start().saturating_sub(8).max(11_000);
+    let mut held: Vec<TcpListener> = Vec::new();
+    let mut rng = rand::rng();
+    // A run of `n` ports, none of them already held, each bound (and kept) now.
+    let mut run = |n: u16, held: &mut Vec<TcpListener>| -> u16 {
+        for _ in 0..500 {
+            let base: u16 = rng.random_range(10_000..top);
+            let taken = |port: u16| held.iter().any(|l| l.local_addr().unwrap().port() == port);
+            if (base..base + n).any(taken) {
+                continue;
+            }
+            let bound: Vec<TcpListener> = (base..base + n)
+                .map_while(|port| TcpListener::bind(("127.0.0.1", port)).ok())
+                .collect();
+            if bound.len() == n as usize {
+                held.extend(bound);
+                return base;
+            }
         }
-        let all_free = (0..n).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok());
-        if all_free {
-            return base;
-        }
+        panic!("no run of {n} free ports below {top}");
+    };
+    let http = run(1, &mut held);
+    let store = run(1, &mut held);
+    let dc = run(3, &mut held);
+    let ops = run(4, &mut held);
+    drop(held);
+    Ports {
+        http,
+        store,
+        dc,
+        ops,
     }
-    panic!("no run of {n} free ports");
 }
 
 pub struct Up {
@@ -64,25 +94,42 @@ impl Drop for Up {
     }
 }
 
+/// Starts `tessera up` on free ports; a start that fails before `ready` (a port taken
+/// between the choice and the bind, say) is retried with other ports, up to three times,
+/// and the last failure shows the deployment's log.
 pub fn start_up() -> Up {
+    let mut failures = Vec::new();
+    for _ in 0..3 {
+        match try_start_up() {
+            Ok(up) => return up,
+            Err(failure) => {
+                eprintln!("tessera up did not start: {failure}");
+                failures.push(failure);
+            }
+        }
+    }
+    panic!(
+        "tessera up never became ready:\n{}",
+        failures.join("\n---\n")
+    );
+}
+
+fn try_start_up() -> Result<Up, String> {
     let dir = tempfile::tempdir().unwrap();
-    let ports = free_ports(2);
-    let (http_port, store_port) = (ports[0], ports[1]);
-    let dc_port = free_run(3);
-    let ops_port = free_run(4);
+    let ports = choose_ports();
     let mut child = Process::new(env!("CARGO_BIN_EXE_tessera"))
         .args([
             "up",
             "--data-dir",
             dir.path().to_str().unwrap(),
             "--http-port",
-            &http_port.to_string(),
+            &ports.http.to_string(),
             "--store-port",
-            &store_port.to_string(),
+            &ports.store.to_string(),
             "--dc-port",
-            &dc_port.to_string(),
+            &ports.dc.to_string(),
             "--ops-port",
-            &ops_port.to_string(),
+            &ports.ops.to_string(),
             "--lease-ttl-ms",
             "1000",
         ])
@@ -102,26 +149,58 @@ pub fn start_up() -> Up {
         }
     });
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    let failure = loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match received.recv_timeout(left) {
-            Ok(line) if line == "ready" => break,
+            Ok(line) if line == "ready" => break None,
             Ok(_) => {}
-            Err(_) => panic!("tessera up printed no ready line within 60 s"),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                break Some("no ready line within 60 s".to_string())
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                break Some("it exited before printing ready".to_string())
+            }
         }
+    };
+    if let Some(reason) = failure {
+        let _ = child.kill();
+        let status = child.wait().ok();
+        let logs = deployment_logs(dir.path());
+        return Err(format!("{reason} (status {status:?})\n{logs}"));
     }
     let credentials: Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("credentials.json")).unwrap())
             .unwrap();
-    Up {
+    Ok(Up {
         child,
-        http: format!("127.0.0.1:{http_port}").parse().unwrap(),
-        store_port,
-        ops_port,
+        http: format!("127.0.0.1:{}", ports.http).parse().unwrap(),
+        store_port: ports.store,
+        ops_port: ports.ops,
         api_key: credentials["api_key"].as_str().unwrap().to_string(),
         admin_token: credentials["admin_token"].as_str().unwrap().to_string(),
         dir,
+    })
+}
+
+/// The tail of every log in a deployment's data dir, for a failure message.
+fn deployment_logs(dir: &std::path::Path) -> String {
+    let mut out = String::new();
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    entries.sort();
+    for path in entries {
+        if path.extension().is_some_and(|e| e == "log") {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            out.push_str(&format!("== {}\n", path.display()));
+            for line in tail.into_iter().rev() {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
     }
+    out
 }
 
 impl Up {
