@@ -160,6 +160,10 @@ impl Committer {
         loop {
             let closing = self.take_queued(&mut batch);
             if batch.is_empty() && closing {
+                // A cleanly closed log ends at its last record (no preallocated zeros).
+                if let Err(error) = self.wal.finish() {
+                    tracing::warn!(%error, "could not cut the log's preallocated tail");
+                }
                 return;
             }
             let mut start = 0;

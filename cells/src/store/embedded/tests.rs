@@ -8,7 +8,7 @@ use std::sync::Arc;
 use futures::executor::block_on;
 use proptest::prelude::*;
 
-use super::wal::list_segments;
+use super::wal::{list_segments, WAL_PREALLOCATE_BYTES};
 use super::{EmbeddedOptions, EmbeddedStore, Failpoint};
 use crate::store::{CommitError, RangeRequest, Store, StoreError};
 
@@ -62,6 +62,70 @@ fn torn_tail_recovers_every_complete_record() {
     drop(store);
     let store = open(dir.path(), EmbeddedOptions::default());
     assert_eq!(everything(&store).len(), 20);
+}
+
+#[test]
+fn the_log_is_preallocated_while_open_and_exact_when_closed() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = open(dir.path(), EmbeddedOptions::default());
+    for index in 0..20 {
+        put(&store, &[(key(index), vec![index as u8; 50])]).expect("commit");
+    }
+    let segment = last_segment(dir.path());
+    let open_len = std::fs::metadata(&segment).expect("meta").len();
+    assert_eq!(
+        open_len % WAL_PREALLOCATE_BYTES,
+        0,
+        "zeros ahead of the records"
+    );
+    drop(store);
+    let closed_len = std::fs::metadata(&segment).expect("meta").len();
+    assert!(
+        closed_len < open_len && closed_len > 20 * 50,
+        "{closed_len}"
+    );
+    let bytes = std::fs::read(&segment).expect("read");
+    assert_ne!(
+        bytes.last(),
+        Some(&0),
+        "the closed log ends at its last record"
+    );
+    let store = open(dir.path(), EmbeddedOptions::default());
+    assert_eq!(everything(&store).len(), 20);
+}
+
+#[test]
+fn zeros_after_the_last_record_are_the_end_of_the_log() {
+    // What a kill -9 leaves: the records, then the writer's preallocated zeros — with or
+    // without a torn record between them.
+    for torn in [false, true] {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = open(dir.path(), EmbeddedOptions::default());
+        for index in 0..20 {
+            put(&store, &[(key(index), vec![index as u8; 50])]).expect("commit");
+        }
+        drop(store);
+        let segment = last_segment(dir.path());
+        let mut bytes = std::fs::read(&segment).expect("read");
+        let records_len = bytes.len();
+        if torn {
+            bytes.truncate(records_len - 7);
+        }
+        bytes.resize(bytes.len() + WAL_PREALLOCATE_BYTES as usize, 0);
+        std::fs::write(&segment, &bytes).expect("write");
+        let store = open(dir.path(), EmbeddedOptions::default());
+        let rows = everything(&store);
+        assert_eq!(rows.len(), if torn { 19 } else { 20 }, "torn: {torn}");
+        put(&store, &[(key(99), b"after".to_vec())]).expect("commit after recovery");
+        drop(store);
+        let cut = std::fs::metadata(&segment).expect("meta").len() as usize;
+        assert!(
+            cut <= records_len,
+            "recovery cut the zeros ({cut} > {records_len})"
+        );
+        let store = open(dir.path(), EmbeddedOptions::default());
+        assert_eq!(everything(&store).len(), if torn { 20 } else { 21 });
+    }
 }
 
 #[test]

@@ -1,7 +1,6 @@
 //! The write-ahead log: record codec, segment files, the appending writer and recovery.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::store::StoreError;
@@ -291,7 +290,16 @@ pub(crate) fn replay(
         if replay.records > records_before {
             replay.log_bytes += valid_len as u64;
         }
-        if valid_len < bytes.len() {
+        if valid_len < bytes.len() && bytes[valid_len..].iter().all(|byte| *byte == 0) {
+            tracing::debug!(
+                segment = %path.display(),
+                zeros = bytes.len() - valid_len,
+                "cutting the preallocated zeros after the last record"
+            );
+            let file = OpenOptions::new().write(true).open(path)?;
+            file.set_len(valid_len as u64)?;
+            file.sync_all()?;
+        } else if valid_len < bytes.len() {
             tracing::warn!(
                 segment = %path.display(),
                 valid_bytes = valid_len,
@@ -320,6 +328,8 @@ fn replay_segment(
                 apply(version, writes)?;
                 offset = next;
             }
+            // Zeros the writer preallocated, or a record torn by a crash (which only the
+            // last segment can hold: rotation cuts a segment back to its records).
             None if is_last && !valid_record_after(bytes, offset) => return Ok(offset),
             None => {
                 return Err(corrupt(format!(
@@ -331,11 +341,29 @@ fn replay_segment(
     Ok(offset)
 }
 
+/// Bytes of zeros the writer adds past the end of the log at a time. Overwriting blocks
+/// that already exist lets `fdatasync` flush data only; an append also has to persist the
+/// file's new size and block allocation, which measured about twice as slow per sync on
+/// this machine's disk (0.16 vs 0.09 ms) with rare stalls of tens of milliseconds.
+pub(crate) const WAL_PREALLOCATE_BYTES: u64 = 1 << 20;
+
+/// Zeros written per call when preallocating.
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+
 /// Appends groups to the active segment.
+///
+/// The segment is extended with zeros ahead of the records ([`WAL_PREALLOCATE_BYTES`] at a
+/// time, in the same sync as the group that needs them), so a crash can leave zeros after
+/// the last record of the last segment; recovery treats them as the end of the log. A
+/// closed or rotated segment is cut back to its records.
 pub(crate) struct WalWriter {
     dir: PathBuf,
     file: File,
     sync: bool,
+    /// Bytes of records in the segment (where the next group goes).
+    len: u64,
+    /// Length of the file: records, then zeros.
+    allocated: u64,
 }
 
 impl WalWriter {
@@ -354,12 +382,14 @@ impl WalWriter {
             dir: dir.to_path_buf(),
             file,
             sync,
+            len: 0,
+            allocated: 0,
         })
     }
 
     /// Appends `bytes` and makes them durable.
     pub(crate) fn append(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
-        self.file.write_all(bytes)?;
+        self.write(bytes)?;
         if self.sync {
             self.file.sync_data()?;
         }
@@ -368,15 +398,53 @@ impl WalWriter {
 
     /// Writes without syncing (the torn-write failpoint).
     pub(crate) fn append_unsynced(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
-        self.file.write_all(bytes)?;
+        self.write(bytes)
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        use std::os::unix::fs::FileExt as _;
+        let end = self.len + bytes.len() as u64;
+        if end > self.allocated {
+            self.preallocate(end)?;
+        }
+        self.file.write_all_at(bytes, self.len)?;
+        self.len = end;
+        Ok(())
+    }
+
+    /// Extends the file with zeros to cover `end` and the next chunk after it.
+    fn preallocate(&mut self, end: u64) -> Result<(), StoreError> {
+        use std::os::unix::fs::FileExt as _;
+        let target = end.div_ceil(WAL_PREALLOCATE_BYTES) * WAL_PREALLOCATE_BYTES;
+        // Zeros from where the records will end (the group itself overwrites the part
+        // before it, so only what lies past the records and past the old length is written).
+        let mut at = self.allocated.max(end);
+        while at < target {
+            let count = (target - at).min(ZEROS.len() as u64) as usize;
+            self.file.write_all_at(&ZEROS[..count], at)?;
+            at += count as u64;
+        }
+        self.allocated = target;
+        metrics::counter!("tessera_store_wal_preallocated_bytes_total").increment(target - end);
+        Ok(())
+    }
+
+    /// Cuts the zeros after the last record and syncs: a closed segment ends at its last
+    /// record.
+    pub(crate) fn finish(&mut self) -> Result<(), StoreError> {
+        if self.allocated > self.len {
+            self.file.set_len(self.len)?;
+            self.allocated = self.len;
+        }
+        if self.sync {
+            self.file.sync_all()?;
+        }
         Ok(())
     }
 
     /// Closes the active segment and starts the next one at `first_version`.
     pub(crate) fn rotate(&mut self, first_version: u64) -> Result<(), StoreError> {
-        if self.sync {
-            self.file.sync_all()?;
-        }
+        self.finish()?;
         *self = WalWriter::create(&self.dir, first_version, self.sync)?;
         Ok(())
     }
