@@ -31,8 +31,8 @@ use cells::ownership::Fence;
 use cells::records::{AccountSpec, HoldRecord, HoldState, OutboxRecord};
 use cells::slot::Slot;
 use cells::store::CommitError;
-use futures::channel::oneshot;
 
+use crate::answers::Reply;
 use crate::registry::Shared;
 use crate::relay::Deliver;
 use draft::{Delta, Draft, Sealed};
@@ -75,15 +75,12 @@ pub struct CreditLeg {
     pub verify: bool,
 }
 
-/// Results of an [`Execute`], by the caller's command index.
-pub type ExecuteReply = Vec<(usize, CommandResult)>;
-
 /// Runs commands on this account; the reply arrives once they are durable.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Execute {
     pub commands: Vec<(usize, AccountCommand)>,
-    pub reply: oneshot::Sender<ExecuteReply>,
+    pub reply: Reply,
 }
 
 /// Applies credit legs from the outbox (sent by the relay).
@@ -178,7 +175,7 @@ pub(crate) struct Item {
 }
 
 pub(crate) enum Origin {
-    Client(oneshot::Sender<ExecuteReply>),
+    Client(Reply),
     Internal,
 }
 
@@ -190,14 +187,8 @@ pub(crate) struct Job {
 impl Job {
     fn answer(self, results: Vec<CommandResult>) {
         if let Origin::Client(reply) = self.origin {
-            let answer = self
-                .items
-                .iter()
-                .map(|item| item.index)
-                .zip(results)
-                .collect();
-            // The caller may have given up; nothing to do then.
-            let _ = reply.send(answer);
+            // The caller may have given up; its slots are then written for nobody.
+            reply.answer(self.items.iter().map(|item| item.index).zip(results));
         }
     }
 

@@ -25,10 +25,9 @@ use cells::records::{
 };
 use cells::slot::{slot_of, Slot};
 use cells::store::{CommitError, KeyValue, Store};
-use futures::channel::oneshot;
-use futures::future::join_all;
 
-use crate::account::{AccountCommand, CreditLeg, Execute, ExecuteReply};
+use crate::account::{AccountCommand, CreditLeg, Execute};
+use crate::answers::BatchAnswers;
 use crate::config::{LedgerConfig, CREATE_ATTEMPTS_MAX};
 use crate::registry::{CreditForwarder, Shared};
 use crate::relay::{DeliverFromPeer, OutboxRelay};
@@ -246,9 +245,12 @@ impl Ledger {
         let entered = self.enter_gate(&mut routed, &specs, &mut results).await;
         self.dispatch(routed, &mut results).await;
         drop(entered);
+        // Every command was settled before dispatch or sent to an actor; one still without
+        // an answer went to an actor that stopped before answering: nothing it had not
+        // answered committed without its caller hearing of it, except an unknown outcome.
         Ok(results
             .into_iter()
-            .map(|r| r.unwrap_or(Err(ErrorCode::Internal)))
+            .map(|r| r.unwrap_or(Err(ErrorCode::OutcomeUnknown)))
             .collect())
     }
 
@@ -344,43 +346,34 @@ impl Ledger {
     }
 
     async fn dispatch(&self, routed: Routed, results: &mut [Option<CommandResult>]) {
-        let mut waiting = Vec::with_capacity(routed.len());
+        // One set of result slots for every actor of the batch (not a channel each).
+        let answers = BatchAnswers::new(results.len());
         let places = self.shared.reserve_many(routed.keys());
         for ((_, commands), place) in routed.into_iter().zip(places) {
-            let indexes: Vec<usize> = commands.iter().map(|(i, _)| *i).collect();
-            let (reply, answer) = oneshot::channel::<ExecuteReply>();
-            let sent = match place {
-                Ok(place) => place
-                    .send(Execute { commands, reply })
-                    .map_err(|_| ErrorCode::Overloaded),
-                Err(code) => Err(code),
+            let message = Execute {
+                commands,
+                reply: answers.reply(),
             };
-            match sent {
-                Ok(()) => waiting.push((indexes, answer)),
-                Err(code) => {
-                    metrics::counter!("tessera_actors_overloaded_total").increment(1);
-                    indexes
-                        .into_iter()
-                        .for_each(|i| results[i] = Some(Err(code)));
-                }
+            let refused = match place {
+                Ok(place) => place
+                    .send(message)
+                    .err()
+                    .map(|message| (message, ErrorCode::Overloaded)),
+                Err(code) => Some((message, code)),
+            };
+            if let Some((message, code)) = refused {
+                metrics::counter!("tessera_actors_overloaded_total").increment(1);
+                message
+                    .commands
+                    .iter()
+                    .for_each(|(i, _)| results[*i] = Some(Err(code)));
             }
         }
-        let answers = join_all(
-            waiting
-                .into_iter()
-                .map(|(indexes, answer)| async move { (indexes, answer.await) }),
-        )
-        .await;
-        for (indexes, answer) in answers {
-            match answer {
-                Ok(pairs) => pairs
-                    .into_iter()
-                    .for_each(|(i, result)| results[i] = Some(result)),
-                // The actor stopped before answering: nothing it had not answered committed
-                // without its caller hearing of it, except an unknown outcome.
-                Err(_) => indexes
-                    .into_iter()
-                    .for_each(|i| results[i] = Some(Err(ErrorCode::OutcomeUnknown))),
+        let answered = answers.all().await;
+        for (slot, answer) in results.iter_mut().zip(answered) {
+            if let Some(answer) = answer {
+                debug_assert!(slot.is_none(), "a command answered twice");
+                *slot = Some(answer);
             }
         }
     }

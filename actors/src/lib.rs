@@ -29,6 +29,7 @@
 //! ```
 
 pub mod account;
+pub mod answers;
 pub mod config;
 mod freeze;
 pub mod handover;
