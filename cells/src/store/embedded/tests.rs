@@ -366,3 +366,74 @@ proptest! {
         }
     }
 }
+
+/// A precondition of a generated transaction: key `.0` must hold the model's current value
+/// (`.1 == true`) or a value it does not hold (absent, or a different one).
+fn require_strategy() -> impl Strategy<Value = (u8, bool)> {
+    (0u8..12, prop::bool::weighted(0.8))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    /// Preconditions decide exactly as a model says, whether the key was last written by
+    /// an earlier group, by an earlier transaction of the same group, or never; the
+    /// committer's cache of required keys never answers with a stale value.
+    #[test]
+    fn preconditions_match_a_model(
+        waves in prop::collection::vec(
+            prop::collection::vec(
+                (prop::collection::vec(require_strategy(), 0..4),
+                 prop::collection::vec(operation(), 0..4)),
+                1..5),
+            1..40),
+    ) {
+        let dir = tempfile::tempdir().expect("dir");
+        let options = EmbeddedOptions { memtable_bytes_max: 2048, wal_bytes_max: 4096,
+            ..tiny_options() };
+        let store = open(dir.path(), options);
+        let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        for wave in &waves {
+            // Queued together, so they are usually validated in one group, in this order.
+            let mut expected = Vec::new();
+            let mut futures = Vec::new();
+            for (requires, operations) in wave {
+                let mut txn = store.begin().expect("begin");
+                let mut holds = true;
+                for (key, right) in requires {
+                    let current = model.get(&model_key(*key)).cloned();
+                    let value = if *right {
+                        current.clone()
+                    } else {
+                        match &current {
+                            Some(_) => None,
+                            None => Some(vec![7; 30]),
+                        }
+                    };
+                    holds &= value == current;
+                    txn.require(&model_key(*key), value.as_deref()).expect("require");
+                }
+                let mut after = model.clone();
+                for op in operations {
+                    apply(&mut after, txn.as_mut(), op);
+                }
+                if holds {
+                    model = after;
+                }
+                expected.push(holds);
+                futures.push(txn.commit());
+            }
+            for (future, holds) in futures.into_iter().zip(expected) {
+                match block_on(future) {
+                    Ok(_) => prop_assert!(holds, "committed against a failing precondition"),
+                    Err(CommitError::PreconditionFailed { .. }) => {
+                        prop_assert!(!holds, "refused although every precondition held")
+                    }
+                    Err(other) => prop_assert!(false, "unexpected outcome {other:?}"),
+                }
+            }
+            let rows: Vec<_> = model.clone().into_iter().collect();
+            prop_assert_eq!(everything(&store), rows);
+        }
+    }
+}
