@@ -185,6 +185,18 @@ pub(crate) struct Job {
 }
 
 impl Job {
+    /// Credit legs (from the relay) among the job's items.
+    fn credit_legs(&self) -> usize {
+        match self.origin {
+            Origin::Client(_) => 0,
+            Origin::Internal => self
+                .items
+                .iter()
+                .filter(|item| matches!(item.work, Work::Credit(_)))
+                .count(),
+        }
+    }
+
     fn answer(self, results: Vec<CommandResult>) {
         if let Origin::Client(reply) = self.origin {
             // The caller may have given up; its slots are then written for nobody.
@@ -220,10 +232,20 @@ pub struct AccountActor {
     recent_final: HashMap<HoldId, HoldState>,
     /// Mailbox places reserved by senders (see `registry`); released as messages arrive.
     queued: Arc<AtomicUsize>,
+    /// Credit legs the relay counted as handed to this actor and not yet taken into a
+    /// commit: raised by the relay before it sends, lowered here when a job holding them
+    /// leaves `pending` (into a draft, or refused) and when a rescanned leg turns out to
+    /// be applied already.
+    credits: Arc<AtomicUsize>,
 }
 
 impl AccountActor {
-    pub(crate) fn new(id: AccountId, shared: Arc<Shared>, queued: Arc<AtomicUsize>) -> Self {
+    pub(crate) fn new(
+        id: AccountId,
+        shared: Arc<Shared>,
+        queued: Arc<AtomicUsize>,
+        credits: Arc<AtomicUsize>,
+    ) -> Self {
         AccountActor {
             id,
             shared,
@@ -235,7 +257,27 @@ impl AccountActor {
             last_active: Instant::now(),
             recent_final: HashMap::new(),
             queued,
+            credits,
         }
+    }
+
+    /// The relay's count of legs held here goes down by `legs`.
+    fn credits_done(&self, legs: usize) {
+        if legs == 0 {
+            return;
+        }
+        let before = self
+            .credits
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                Some(held.saturating_sub(legs))
+            })
+            .unwrap_or(0);
+        debug_assert!(before >= legs, "credit count went below zero");
+    }
+
+    /// Jobs leaving `pending` (or refused before entering it) no longer hold their legs.
+    fn credits_left(&self, jobs: &[Job]) {
+        self.credits_done(jobs.iter().map(Job::credit_legs).sum());
     }
 
     pub fn snapshot(&self) -> AccountSnapshot {
@@ -250,11 +292,19 @@ impl AccountActor {
     fn enqueue(&mut self, job: Job, ctx: &mut Context<Self>) {
         self.last_active = Instant::now();
         if let Some(code) = self.load_error {
+            self.credits_left(std::slice::from_ref(&job));
             self.fail_job(job, code);
             return;
         }
-        // The mailbox bounds messages; this bounds the items they carry.
-        if self.pending_items + job.items.len() > 4 * BATCH_COMMANDS_MAX {
+        // The mailbox bounds messages; this bounds the items they carry (credit legs are
+        // bounded before they are sent, by the relay's flow control, so they get room
+        // beyond the clients' share).
+        let bound = match job.origin {
+            Origin::Client(_) => 4 * BATCH_COMMANDS_MAX,
+            Origin::Internal => 8 * BATCH_COMMANDS_MAX,
+        };
+        if self.pending_items + job.items.len() > bound {
+            self.credits_left(std::slice::from_ref(&job));
             metrics::counter!("tessera_actors_overloaded_total").increment(1);
             self.fail_job(job, ErrorCode::Overloaded);
             return;
@@ -286,6 +336,7 @@ impl AccountActor {
             jobs.extend(self.pending.pop_front());
         }
         self.pending_items -= items;
+        self.credits_left(&jobs);
         let now_ms = now_ms();
         let draft = Draft::new(state, &self.shared, &self.recent_final, now_ms);
         let Sealed { commit, outcome } = match draft.build(&jobs) {
@@ -460,6 +511,9 @@ impl AccountActor {
     }
 
     fn requeue_front(&mut self, jobs: Vec<Job>) {
+        // Back in `pending`: their legs count as held again.
+        let legs: usize = jobs.iter().map(Job::credit_legs).sum();
+        self.credits.fetch_add(legs, Ordering::AcqRel);
         for job in jobs.into_iter().rev() {
             self.pending_items += job.items.len();
             self.pending.push_front(job);
@@ -472,6 +526,7 @@ impl AccountActor {
         self.load_error = Some(code);
         self.shared.retire(&self.id, &ctx.address(), false);
         while let Some(job) = self.pending.pop_front() {
+            self.credits_left(std::slice::from_ref(&job));
             self.fail_job(job, code);
         }
         self.pending_items = 0;
@@ -549,6 +604,7 @@ impl Actor for AccountActor {
     fn stopped(&mut self, ctx: &mut Self::Context) {
         let code = self.load_error.unwrap_or(ErrorCode::Unavailable);
         while let Some(job) = self.pending.pop_front() {
+            self.credits_left(std::slice::from_ref(&job));
             self.fail_job(job, code);
         }
         self.shared.retire(&self.id, &ctx.address(), false);
@@ -599,15 +655,18 @@ impl Handler<ApplyCredits> for AccountActor {
             let read = async move { store.get_many(keys).await };
             ctx.spawn(read.into_actor(self).map(move |values, actor, ctx| {
                 let Ok(values) = values else {
+                    actor.credits_done(verify.len());
                     actor.shared.request_outbox_rescan();
                     return;
                 };
-                let present = verify
+                let checked = verify.len();
+                let present: Vec<CreditLeg> = verify
                     .into_iter()
                     .zip(values)
                     .filter(|(leg, value)| value.as_deref() == Some(leg.value.as_slice()))
                     .map(|(leg, _)| leg)
                     .collect();
+                actor.credits_done(checked - present.len());
                 actor.enqueue_credits(present, ctx);
             }));
         }

@@ -33,15 +33,34 @@ use crate::stats::LedgerStats;
 struct Live {
     addr: Addr<AccountActor>,
     queued: Arc<AtomicUsize>,
+    credits: Arc<AtomicUsize>,
 }
 
 /// One reserved mailbox place of an account actor.
 pub(crate) struct Reserved {
     addr: Addr<AccountActor>,
     queued: Arc<AtomicUsize>,
+    /// Credit legs the relay handed this actor that it has not yet taken into a commit
+    /// (see [`crate::relay`]'s flow control).
+    credits: Arc<AtomicUsize>,
 }
 
 impl Reserved {
+    /// Credit legs this actor holds and has not yet taken into a commit.
+    pub(crate) fn credits_held(&self) -> usize {
+        self.credits.load(Ordering::Acquire)
+    }
+
+    /// Counts `legs` credit legs as held by the actor (before sending them).
+    pub(crate) fn hand_credits(&self, legs: usize) {
+        self.credits.fetch_add(legs, Ordering::AcqRel);
+    }
+
+    /// Gives the place back unused.
+    pub(crate) fn release(self) {
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+    }
+
     /// Sends into the reserved place; gives the message back if the actor is gone.
     pub fn send<M>(self, message: M) -> Result<(), M>
     where
@@ -244,6 +263,7 @@ impl Shared {
         Ok(Reserved {
             addr: live.addr,
             queued: live.queued,
+            credits: live.credits,
         })
     }
 
@@ -252,13 +272,18 @@ impl Shared {
         let shared = Arc::clone(self);
         let id = account.clone();
         let queued = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&queued);
+        let credits = Arc::new(AtomicUsize::new(0));
+        let counters = (Arc::clone(&queued), Arc::clone(&credits));
         let addr = AccountActor::start_in_arbiter(arbiter, move |ctx| {
             // The reservation count above is the real bound; this is a backstop.
             ctx.set_mailbox_capacity(2 * ACCOUNT_MAILBOX_CAPACITY);
-            AccountActor::new(id, shared, counter)
+            AccountActor::new(id, shared, counters.0, counters.1)
         });
-        Live { addr, queued }
+        Live {
+            addr,
+            queued,
+            credits,
+        }
     }
 
     /// Removes `account`'s entry if it still points at `addr` and, when `only_if_idle`,

@@ -5,6 +5,13 @@
 //! So the relay may deliver a leg twice (after a rescan) but never loses one: legs it
 //! cannot hold in memory stay in the durable outbox, and a rescan finds them.
 //!
+//! Flow control: the relay hands a payee at most [`CREDITS_HELD_MAX`] legs that its actor
+//! has not yet taken into a commit (the registry keeps the count: the relay raises it, the
+//! actor lowers it). The rest wait here, per payee, and go out as the payee's commits take
+//! them — so a hot merchant that falls behind its payers builds a queue at the relay (and
+//! beyond [`RELAY_RETRY_CREDITS_MAX`], in the durable outbox), not a storm of refusals and
+//! outbox rescans.
+//!
 //! Must never: hold more than [`RELAY_RETRY_CREDITS_MAX`] legs, or block on a payee.
 
 use std::collections::VecDeque;
@@ -26,18 +33,41 @@ use crate::registry::Shared;
 
 /// Rows read per page of an outbox rescan.
 const RESCAN_PAGE_ROWS: usize = 8_190;
+/// Credit legs an account actor may hold (sent, not yet taken into a commit): two full
+/// commits, so a hot payee always has its next commit's worth waiting.
+pub const CREDITS_HELD_MAX: usize = 2 * BATCH_COMMANDS_MAX;
+/// Payees a tick tops up at most (the others wait for the next tick, in turn).
+const PAYEES_PER_TICK_MAX: usize = 4_096;
+/// A rescan pauses between pages while more legs than this wait at the relay.
+const RESCAN_PAUSE_LEGS: usize = RELAY_RETRY_CREDITS_MAX / 2;
 
 /// Credit legs just made durable by a payer's commit.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Deliver(pub Vec<CreditLeg>);
 
+/// One payee's legs waiting for room.
+#[derive(Default)]
+struct Waiting {
+    legs: VecDeque<CreditLeg>,
+    /// Whether the payee is in `turns`. An entry in `turns` stays in the map (perhaps
+    /// empty) until its turn comes, so `turns` never holds a payee twice.
+    in_turns: bool,
+}
+
 /// The relay actor. See the module docs.
 pub struct OutboxRelay {
     shared: Arc<Shared>,
-    retry: VecDeque<CreditLeg>,
+    /// Legs waiting for room at their payee, per payee.
+    waiting: HashMap<AccountId, Waiting>,
+    /// Payees whose legs wait, in the order ticks serve them (each at most once: see
+    /// [`Waiting::in_turns`]).
+    turns: VecDeque<AccountId>,
+    waiting_legs: usize,
     scanning: bool,
     pending_ranges: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Where a rescan paused (too many legs waiting): the next page's start and its end.
+    paused_scan: Option<(Vec<u8>, Vec<u8>)>,
     last_rescan: Instant,
 }
 
@@ -45,9 +75,12 @@ impl OutboxRelay {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         OutboxRelay {
             shared,
-            retry: VecDeque::new(),
+            waiting: HashMap::new(),
+            turns: VecDeque::new(),
+            waiting_legs: 0,
             scanning: false,
             pending_ranges: Vec::new(),
+            paused_scan: None,
             last_rescan: Instant::now(),
         }
     }
@@ -128,51 +161,112 @@ impl OutboxRelay {
         );
     }
 
+    /// Queues legs for their payees and tops those payees up.
     fn route_local(&mut self, legs: Vec<CreditLeg>) {
         if legs.is_empty() {
             return;
         }
-        let mut by_payee: HashMap<AccountId, Vec<CreditLeg>> = HashMap::with_capacity(legs.len());
+        let mut by_payee: HashMap<AccountId, Vec<CreditLeg>> = HashMap::new();
+        let mut dropped = 0u64;
         for leg in legs {
+            if self.waiting_legs >= RELAY_RETRY_CREDITS_MAX {
+                // It stays in the durable outbox; a rescan delivers it later.
+                dropped += 1;
+                continue;
+            }
+            self.waiting_legs += 1;
             by_payee.entry(leg.record.to.clone()).or_default().push(leg);
         }
-        // One message carries at most one commit's worth of postings.
-        let mut messages: Vec<(AccountId, Vec<CreditLeg>)> = Vec::with_capacity(by_payee.len());
-        for (payee, mut legs) in by_payee {
-            while legs.len() > BATCH_COMMANDS_MAX {
-                let rest = legs.split_off(BATCH_COMMANDS_MAX);
-                messages.push((payee.clone(), legs));
-                legs = rest;
-            }
-            messages.push((payee, legs));
+        if dropped > 0 {
+            metrics::counter!("tessera_actors_relay_dropped_total").increment(dropped);
+            self.shared.request_outbox_rescan();
         }
-        let places = self
-            .shared
-            .reserve_many(messages.iter().map(|(payee, _)| payee));
-        for ((_, legs), place) in messages.into_iter().zip(places) {
-            let sent = match place {
-                Ok(place) => place.send(ApplyCredits(legs)).map_err(|message| message.0),
-                Err(_) => Err(legs),
-            };
-            if let Err(legs) = sent {
-                self.keep(legs);
+        let mut touched = Vec::with_capacity(by_payee.len());
+        for (payee, legs) in by_payee {
+            self.waiting
+                .entry(payee.clone())
+                .or_default()
+                .legs
+                .extend(legs);
+            touched.push(payee);
+        }
+        self.top_up(&touched);
+        // Payees left waiting get their turn at the ticks.
+        for payee in touched {
+            if let Some(waiting) = self.waiting.get_mut(&payee) {
+                if !waiting.in_turns {
+                    waiting.in_turns = true;
+                    self.turns.push_back(payee);
+                }
             }
         }
+        metrics::gauge!("tessera_actors_relay_waiting_legs").set(self.waiting_legs as f64);
     }
 
-    fn keep(&mut self, legs: Vec<CreditLeg>) {
-        if self.retry.len() + legs.len() > RELAY_RETRY_CREDITS_MAX {
-            metrics::counter!("tessera_actors_relay_dropped_total").increment(legs.len() as u64);
-            self.shared.request_outbox_rescan();
+    /// Sends each of `payees` as many of its waiting legs as it has room for (one message
+    /// of at most one commit's worth each). A payee left with nothing waiting leaves the
+    /// map unless it is in `turns`.
+    fn top_up(&mut self, payees: &[AccountId]) {
+        if payees.is_empty() {
             return;
         }
-        self.retry.extend(legs);
+        let places = self.shared.reserve_many(payees.iter());
+        for (payee, place) in payees.iter().zip(places) {
+            let Some(waiting) = self.waiting.get_mut(payee) else {
+                if let Ok(place) = place {
+                    place.release();
+                }
+                continue;
+            };
+            // Not startable now (actor cap): its legs wait for a later turn.
+            if let Ok(place) = place {
+                let room = CREDITS_HELD_MAX.saturating_sub(place.credits_held());
+                let count = room.min(waiting.legs.len()).min(BATCH_COMMANDS_MAX);
+                if count == 0 {
+                    place.release();
+                } else {
+                    let legs: Vec<CreditLeg> = waiting.legs.drain(..count).collect();
+                    place.hand_credits(count);
+                    match place.send(ApplyCredits(legs)) {
+                        Ok(()) => self.waiting_legs -= count,
+                        Err(message) => {
+                            // The actor is gone (its count with it): the legs wait again.
+                            for leg in message.0.into_iter().rev() {
+                                waiting.legs.push_front(leg);
+                            }
+                        }
+                    }
+                }
+            }
+            if waiting.legs.is_empty() && !waiting.in_turns {
+                self.waiting.remove(payee);
+            }
+        }
     }
 
     fn tick(&mut self, ctx: &mut Context<Self>) {
-        if !self.retry.is_empty() {
-            let legs: Vec<_> = self.retry.drain(..).collect();
-            self.route_local(legs);
+        if !self.turns.is_empty() {
+            // Serve payees with waiting legs in turn, a bounded number per tick.
+            let count = self.turns.len().min(PAYEES_PER_TICK_MAX);
+            let due: Vec<AccountId> = self.turns.drain(..count).collect();
+            for payee in &due {
+                if let Some(waiting) = self.waiting.get_mut(payee) {
+                    waiting.in_turns = false;
+                }
+            }
+            self.top_up(&due);
+            for payee in due {
+                if let Some(waiting) = self.waiting.get_mut(&payee) {
+                    waiting.in_turns = true;
+                    self.turns.push_back(payee);
+                }
+            }
+            metrics::gauge!("tessera_actors_relay_waiting_legs").set(self.waiting_legs as f64);
+        }
+        if self.waiting_legs < RESCAN_PAUSE_LEGS {
+            if let Some((begin, end)) = self.paused_scan.take() {
+                self.scan_page(begin, end, ctx);
+            }
         }
         if let Some(every) = self.shared.config.outbox_rescan_interval {
             if self.last_rescan.elapsed() >= every {
@@ -259,7 +353,12 @@ impl OutboxRelay {
             match next.flatten() {
                 Some(mut last) => {
                     last.push(0);
-                    relay.scan_page(last, end, ctx);
+                    if relay.waiting_legs >= RESCAN_PAUSE_LEGS {
+                        // Go on once payees have taken some: a tick resumes it.
+                        relay.paused_scan = Some((last, end));
+                    } else {
+                        relay.scan_page(last, end, ctx);
+                    }
                 }
                 None => relay.scan_next(ctx),
             }
