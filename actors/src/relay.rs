@@ -274,6 +274,11 @@ impl OutboxRelay {
             }
         }
         if !self.scanning && self.shared.take_outbox_rescan() {
+            self.shared
+                .stats
+                .outbox_rescans
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            metrics::counter!("tessera_actors_relay_rescans_total").increment(1);
             self.last_rescan = Instant::now();
             self.pending_ranges = self.rescan_ranges();
             self.scan_next(ctx);

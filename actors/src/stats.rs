@@ -15,6 +15,8 @@ pub struct LedgerStats {
     pub credits_committed: AtomicU64,
     /// Store commits made by account actors.
     pub commits: AtomicU64,
+    /// Outbox rescans the relay started (a safety net: none in a healthy run standalone).
+    pub outbox_rescans: AtomicU64,
     commit_latency_us: Mutex<Histogram<u64>>,
 }
 
@@ -24,6 +26,7 @@ impl Default for LedgerStats {
             debits_committed: AtomicU64::new(0),
             credits_committed: AtomicU64::new(0),
             commits: AtomicU64::new(0),
+            outbox_rescans: AtomicU64::new(0),
             commit_latency_us: Mutex::new(cells::store::latency_histogram()),
         }
     }
@@ -53,6 +56,10 @@ impl LedgerStats {
 
     pub fn debits(&self) -> u64 {
         self.debits_committed.load(Ordering::Acquire)
+    }
+
+    pub fn rescans(&self) -> u64 {
+        self.outbox_rescans.load(Ordering::Acquire)
     }
 
     pub fn credits(&self) -> u64 {

@@ -917,3 +917,54 @@ async fn passivation_round(ledger: &Ledger, round: u64, clients: u64, steps: usi
     }
     indefinite
 }
+
+/// Regression: a hot payee that falls behind its payers. Credit legs beyond what its actor
+/// may hold (two commits' worth) wait at the relay and go out as its commits take them;
+/// before, the actor refused them and each refusal asked for a full outbox rescan, which
+/// re-delivered every leg in flight (hot-credit throughput fell tenfold). Every credit
+/// lands once, and no rescan is needed.
+#[test]
+fn a_hot_payee_behind_its_payers_gets_every_credit_once_without_rescans() {
+    in_system(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path());
+        let ledger = Ledger::start(store.clone(), LedgerConfig::default());
+        const PAYERS: usize = 64;
+        const BATCHES: usize = 16;
+        let mut accounts: Vec<Command> = (0..PAYERS)
+            .map(|n| create_system(&format!("w{n}")))
+            .collect();
+        accounts.push(create("merchant"));
+        let created = run(&ledger, accounts).await;
+        assert!(created.iter().all(|r| *r == Ok(Outcome::AccountCreated)));
+        // (The relay's start-up rescan has run by now: it runs at the relay's start.)
+        let rescans_before = ledger.stats().rescans();
+        // Sixteen full batches at once, every transfer to the merchant: far more legs than
+        // its actor may hold while its commits take 8,190 at a time.
+        let batches = (0..BATCHES).map(|batch| {
+            let commands: Vec<Command> = (0..BATCH_COMMANDS_MAX)
+                .map(|i| {
+                    common::transfer(
+                        &format!("t{batch}-{i}"),
+                        &format!("w{}", i % PAYERS),
+                        "merchant",
+                        1,
+                    )
+                })
+                .collect();
+            run(&ledger, commands)
+        });
+        for results in join_all(batches).await {
+            assert!(results.iter().all(|r| *r == Ok(Outcome::TransferAccepted)));
+        }
+        settle(&ledger).await;
+        let total = (BATCHES * BATCH_COMMANDS_MAX) as i128;
+        assert_eq!(views(&ledger, &["merchant"]).await[0], (total, 0, total));
+        assert_eq!(
+            ledger.stats().rescans(),
+            rescans_before,
+            "the relay fell back to rescans"
+        );
+        assert_clean(store.as_ref(), &ledger);
+    });
+}
