@@ -161,38 +161,89 @@ impl OutboxRelay {
         );
     }
 
-    /// Queues legs for their payees and tops those payees up.
+    /// Sends legs to their payees as far as each has room; the rest wait here, per payee,
+    /// for the ticks.
     fn route_local(&mut self, legs: Vec<CreditLeg>) {
         if legs.is_empty() {
             return;
         }
-        let mut by_payee: HashMap<AccountId, Vec<CreditLeg>> = HashMap::new();
-        let mut dropped = 0u64;
+        let mut by_payee: HashMap<AccountId, Vec<CreditLeg>> = HashMap::with_capacity(legs.len());
         for leg in legs {
-            if self.waiting_legs >= RELAY_RETRY_CREDITS_MAX {
-                // It stays in the durable outbox; a rescan delivers it later.
-                dropped += 1;
+            by_payee.entry(leg.record.to.clone()).or_default().push(leg);
+        }
+        // Payees with legs already waiting get these behind them (order per payee is kept,
+        // though nothing depends on it); the others are sent to at once.
+        let mut direct: Vec<(AccountId, Vec<CreditLeg>)> = Vec::with_capacity(by_payee.len());
+        let mut queued = Vec::new();
+        for (payee, legs) in by_payee {
+            match self.waiting.get_mut(&payee) {
+                Some(waiting) => {
+                    self.waiting_legs += legs.len();
+                    waiting.legs.extend(legs);
+                    queued.push(payee);
+                }
+                None => direct.push((payee, legs)),
+            }
+        }
+        // Those already waiting may have room again since their last top-up.
+        self.top_up(&queued);
+        let places = self
+            .shared
+            .reserve_many(direct.iter().map(|(payee, _)| payee));
+        let mut left: Vec<(AccountId, Vec<CreditLeg>)> = Vec::new();
+        for ((payee, mut legs), place) in direct.into_iter().zip(places) {
+            let Ok(place) = place else {
+                left.push((payee, legs));
+                continue;
+            };
+            let room = CREDITS_HELD_MAX.saturating_sub(place.credits_held());
+            let count = room.min(legs.len()).min(BATCH_COMMANDS_MAX);
+            if count == 0 {
+                place.release();
+                left.push((payee, legs));
                 continue;
             }
-            self.waiting_legs += 1;
-            by_payee.entry(leg.record.to.clone()).or_default().push(leg);
+            let rest = legs.split_off(count);
+            place.hand_credits(count);
+            match place.send(ApplyCredits(legs)) {
+                Ok(()) => {
+                    if !rest.is_empty() {
+                        left.push((payee, rest));
+                    }
+                }
+                Err(mut message) => {
+                    // The actor is gone (its count with it): the legs wait.
+                    message.0.extend(rest);
+                    left.push((payee, message.0));
+                }
+            }
+        }
+        let mut dropped = 0u64;
+        for (payee, legs) in left {
+            let room = RELAY_RETRY_CREDITS_MAX.saturating_sub(self.waiting_legs);
+            if legs.len() > room {
+                // Beyond the relay's bound they stay in the durable outbox; a rescan
+                // delivers them later.
+                dropped += (legs.len() - room) as u64;
+            }
+            let kept: Vec<CreditLeg> = legs.into_iter().take(room).collect();
+            if kept.is_empty() {
+                continue;
+            }
+            self.waiting_legs += kept.len();
+            self.waiting
+                .entry(payee.clone())
+                .or_default()
+                .legs
+                .extend(kept);
+            queued.push(payee);
         }
         if dropped > 0 {
             metrics::counter!("tessera_actors_relay_dropped_total").increment(dropped);
             self.shared.request_outbox_rescan();
         }
-        let mut touched = Vec::with_capacity(by_payee.len());
-        for (payee, legs) in by_payee {
-            self.waiting
-                .entry(payee.clone())
-                .or_default()
-                .legs
-                .extend(legs);
-            touched.push(payee);
-        }
-        self.top_up(&touched);
-        // Payees left waiting get their turn at the ticks.
-        for payee in touched {
+        // Payees left waiting get their turns at the ticks.
+        for payee in queued {
             if let Some(waiting) = self.waiting.get_mut(&payee) {
                 if !waiting.in_turns {
                     waiting.in_turns = true;
