@@ -60,22 +60,10 @@ pub(crate) fn compare_keys(a: &[u8], b: &[u8]) -> Ordering {
         }
         at += 8;
     }
-    // The last 0–7 shared positions as one zero-padded big-endian word each: both tails
-    // have the same length, so the words compare as the bytes do (a libc `memcmp` call
-    // here was most of the commit thread's comparison cost).
-    match tail_word(&a[at..common]).cmp(&tail_word(&b[at..common])) {
+    match a[at..common].cmp(&b[at..common]) {
         Ordering::Equal => a.len().cmp(&b.len()),
         unequal => unequal,
     }
-}
-
-/// Up to 7 bytes as the high bytes of a big-endian word, the rest zero.
-#[inline]
-fn tail_word(bytes: &[u8]) -> u64 {
-    debug_assert!(bytes.len() < 8);
-    let mut word = [0u8; 8];
-    word[..bytes.len()].copy_from_slice(bytes);
-    u64::from_be_bytes(word)
 }
 
 /// Key bytes a memtable entry keeps inline, in the B-tree node itself. Tessera's keys are
