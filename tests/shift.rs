@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::process::Command as Process;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -220,20 +219,8 @@ fn check_history(up: &common::Up) {
 
 /// Waits for the credit leg of the first acknowledged load transfer, then reconciles.
 fn reconcile_after_legs(up: &common::Up, acked: &[String]) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let last = acked
-        .iter()
-        .find(|id| id.starts_with("l-"))
-        .unwrap()
-        .clone();
-    loop {
-        let (_, body) = up.call("GET", &format!("/v1/transfers/{last}"), None);
-        if body["status"] == "completed" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{last} never completed: {body}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let first = acked.iter().find(|id| id.starts_with("l-")).unwrap();
+    up.wait_completed(first);
     let report = up.reconcile(acked);
     assert_eq!(report["clean"], true, "{report}");
 }
@@ -362,24 +349,9 @@ fn a_dc_killed_during_a_stage_loses_nothing() {
     }
 
     // kill -9 of the destination while 1/8 of the cell is served there.
-    let victim = Process::new("pgrep")
-        .args([
-            "-f",
-            &format!("dc --id {to} --store remote:127.0.0.1:{}", up.store_port),
-        ])
-        .output()
-        .unwrap();
-    let victim = String::from_utf8_lossy(&victim.stdout)
-        .lines()
-        .next()
-        .unwrap_or_else(|| panic!("no process for {to}"))
-        .to_string();
+    let victim = up.dc_pid(&to);
     let before_kill = load.acked();
-    assert!(Process::new("kill")
-        .args(["-9", &victim])
-        .status()
-        .unwrap()
-        .success());
+    common::kill9(&victim);
 
     // The deployment keeps serving: `tessera up` restarts the node, or the survivors take
     // its slots over once its lease (1 s here) expires.

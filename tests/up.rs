@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::process::Command as Process;
 use std::time::{Duration, Instant};
 
 use common::{pids_of, start_up, Up};
@@ -409,26 +408,11 @@ fn up_serves_the_api_survives_a_dc_kill_and_stops_cleanly() {
 
     // kill -9 of a DC node under a client: payments keep being accepted (takeover or
     // restart), each exactly once.
-    let victim = Process::new("pgrep")
-        .args([
-            "-f",
-            &format!("dc --id dc-b --store remote:127.0.0.1:{}", up.store_port),
-        ])
-        .output()
-        .unwrap();
-    let victim = String::from_utf8_lossy(&victim.stdout)
-        .lines()
-        .next()
-        .unwrap()
-        .to_string();
+    let victim = up.dc_pid("dc-b");
     let mut paid = 0u64;
     for round in 0..60 {
         if round == 10 {
-            assert!(Process::new("kill")
-                .args(["-9", &victim])
-                .status()
-                .unwrap()
-                .success());
+            common::kill9(&victim);
         }
         let from = round % 12;
         let to = (round + 5) % 12;

@@ -280,6 +280,20 @@ impl AccountActor {
         self.credits_done(jobs.iter().map(Job::credit_legs).sum());
     }
 
+    /// Fails a job that never reached a draft (refused, or taken out of `pending`).
+    fn refuse(&self, job: Job, code: ErrorCode) {
+        self.credits_left(std::slice::from_ref(&job));
+        self.fail_job(job, code);
+    }
+
+    /// Fails everything in `pending`.
+    fn fail_pending(&mut self, code: ErrorCode) {
+        while let Some(job) = self.pending.pop_front() {
+            self.refuse(job, code);
+        }
+        self.pending_items = 0;
+    }
+
     pub fn snapshot(&self) -> AccountSnapshot {
         AccountSnapshot {
             account: self.id.clone(),
@@ -292,8 +306,7 @@ impl AccountActor {
     fn enqueue(&mut self, job: Job, ctx: &mut Context<Self>) {
         self.last_active = Instant::now();
         if let Some(code) = self.load_error {
-            self.credits_left(std::slice::from_ref(&job));
-            self.fail_job(job, code);
+            self.refuse(job, code);
             return;
         }
         // The mailbox bounds messages; this bounds the items they carry (credit legs are
@@ -304,9 +317,8 @@ impl AccountActor {
             Origin::Internal => 8 * BATCH_COMMANDS_MAX,
         };
         if self.pending_items + job.items.len() > bound {
-            self.credits_left(std::slice::from_ref(&job));
             metrics::counter!("tessera_actors_overloaded_total").increment(1);
-            self.fail_job(job, ErrorCode::Overloaded);
+            self.refuse(job, ErrorCode::Overloaded);
             return;
         }
         self.pending_items += job.items.len();
@@ -525,11 +537,7 @@ impl AccountActor {
     fn stop_failing(&mut self, code: ErrorCode, ctx: &mut Context<Self>) {
         self.load_error = Some(code);
         self.shared.retire(&self.id, &ctx.address(), false);
-        while let Some(job) = self.pending.pop_front() {
-            self.credits_left(std::slice::from_ref(&job));
-            self.fail_job(job, code);
-        }
-        self.pending_items = 0;
+        self.fail_pending(code);
         self.stop_when_drained(ctx);
     }
 
@@ -603,10 +611,7 @@ impl Actor for AccountActor {
 
     fn stopped(&mut self, ctx: &mut Self::Context) {
         let code = self.load_error.unwrap_or(ErrorCode::Unavailable);
-        while let Some(job) = self.pending.pop_front() {
-            self.credits_left(std::slice::from_ref(&job));
-            self.fail_job(job, code);
-        }
+        self.fail_pending(code);
         self.shared.retire(&self.id, &ctx.address(), false);
     }
 }

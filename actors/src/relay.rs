@@ -29,7 +29,7 @@ use cells::store::{prefix_end, KeyValue, RangeRequest};
 
 use crate::account::{ApplyCredits, CreditLeg};
 use crate::config::{RELAY_MAILBOX_CAPACITY, RELAY_RETRY_CREDITS_MAX};
-use crate::registry::Shared;
+use crate::registry::{Reserved, Shared};
 
 /// Rows read per page of an outbox rescan.
 const RESCAN_PAGE_ROWS: usize = 8_190;
@@ -190,32 +190,15 @@ impl OutboxRelay {
         let places = self
             .shared
             .reserve_many(direct.iter().map(|(payee, _)| payee));
-        let mut left: Vec<(AccountId, Vec<CreditLeg>)> = Vec::new();
-        for ((payee, mut legs), place) in direct.into_iter().zip(places) {
-            let Ok(place) = place else {
-                left.push((payee, legs));
-                continue;
-            };
-            let room = CREDITS_HELD_MAX.saturating_sub(place.credits_held());
-            let count = room.min(legs.len()).min(BATCH_COMMANDS_MAX);
-            if count == 0 {
-                place.release();
-                left.push((payee, legs));
-                continue;
+        let mut left: Vec<(AccountId, VecDeque<CreditLeg>)> = Vec::new();
+        for ((payee, legs), place) in direct.into_iter().zip(places) {
+            let mut legs = VecDeque::from(legs);
+            // Not startable now (actor cap): the legs wait for a later turn.
+            if let Ok(place) = place {
+                offer(place, &mut legs);
             }
-            let rest = legs.split_off(count);
-            place.hand_credits(count);
-            match place.send(ApplyCredits(legs)) {
-                Ok(()) => {
-                    if !rest.is_empty() {
-                        left.push((payee, rest));
-                    }
-                }
-                Err(mut message) => {
-                    // The actor is gone (its count with it): the legs wait.
-                    message.0.extend(rest);
-                    left.push((payee, message.0));
-                }
+            if !legs.is_empty() {
+                left.push((payee, legs));
             }
         }
         let mut dropped = 0u64;
@@ -226,16 +209,16 @@ impl OutboxRelay {
                 // delivers them later.
                 dropped += (legs.len() - room) as u64;
             }
-            let kept: Vec<CreditLeg> = legs.into_iter().take(room).collect();
+            let mut kept = legs;
+            kept.truncate(room);
             if kept.is_empty() {
                 continue;
             }
             self.waiting_legs += kept.len();
-            self.waiting
-                .entry(payee.clone())
-                .or_default()
-                .legs
-                .extend(kept);
+            // These payees had nothing waiting (see above): their leftovers become the queue.
+            let waiting = self.waiting.entry(payee.clone()).or_default();
+            debug_assert!(waiting.legs.is_empty(), "a direct payee had legs waiting");
+            waiting.legs = kept;
             queued.push(payee);
         }
         if dropped > 0 {
@@ -271,23 +254,7 @@ impl OutboxRelay {
             };
             // Not startable now (actor cap): its legs wait for a later turn.
             if let Ok(place) = place {
-                let room = CREDITS_HELD_MAX.saturating_sub(place.credits_held());
-                let count = room.min(waiting.legs.len()).min(BATCH_COMMANDS_MAX);
-                if count == 0 {
-                    place.release();
-                } else {
-                    let legs: Vec<CreditLeg> = waiting.legs.drain(..count).collect();
-                    place.hand_credits(count);
-                    match place.send(ApplyCredits(legs)) {
-                        Ok(()) => self.waiting_legs -= count,
-                        Err(message) => {
-                            // The actor is gone (its count with it): the legs wait again.
-                            for leg in message.0.into_iter().rev() {
-                                waiting.legs.push_front(leg);
-                            }
-                        }
-                    }
-                }
+                self.waiting_legs -= offer(place, &mut waiting.legs);
             }
             if waiting.legs.is_empty() && !waiting.in_turns {
                 self.waiting.remove(payee);
@@ -419,6 +386,34 @@ impl OutboxRelay {
                 None => relay.scan_next(ctx),
             }
         }));
+    }
+}
+
+/// Sends `place`'s actor as many legs from the front of `legs` as it has room for (at most
+/// one commit's worth); returns how many went. Legs not sent stay in `legs`, in order.
+fn offer(place: Reserved, legs: &mut VecDeque<CreditLeg>) -> usize {
+    let room = CREDITS_HELD_MAX.saturating_sub(place.credits_held());
+    let count = room.min(legs.len()).min(BATCH_COMMANDS_MAX);
+    if count == 0 {
+        place.release();
+        return 0;
+    }
+    let batch: Vec<CreditLeg> = if count == legs.len() {
+        // All of them: hand over the buffer itself.
+        Vec::from(std::mem::take(legs))
+    } else {
+        legs.drain(..count).collect()
+    };
+    place.hand_credits(count);
+    match place.send(ApplyCredits(batch)) {
+        Ok(()) => count,
+        Err(message) => {
+            // The actor is gone (its count with it): the legs wait again.
+            for leg in message.0.into_iter().rev() {
+                legs.push_front(leg);
+            }
+            0
+        }
     }
 }
 

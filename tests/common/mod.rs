@@ -273,6 +273,15 @@ impl Up {
     }
 }
 
+/// kill -9 of `pid`.
+pub fn kill9(pid: &str) {
+    assert!(Process::new("kill")
+        .args(["-9", pid])
+        .status()
+        .unwrap()
+        .success());
+}
+
 /// Processes of the deployment: every child names the store's address.
 pub fn pids_of(store_port: u16) -> Vec<String> {
     let output = Process::new("pgrep")
@@ -286,6 +295,22 @@ pub fn pids_of(store_port: u16) -> Vec<String> {
 }
 
 impl Up {
+    /// The pid of DC node `dc` of this deployment.
+    pub fn dc_pid(&self, dc: &str) -> String {
+        let output = Process::new("pgrep")
+            .args([
+                "-f",
+                &format!("dc --id {dc} --store remote:127.0.0.1:{}", self.store_port),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .next()
+            .unwrap_or_else(|| panic!("no process for {dc}"))
+            .to_string()
+    }
+
     /// Waits until a transfer's credit leg is durable too (accepted means debited).
     pub fn wait_completed(&self, id: &str) {
         let deadline = Instant::now() + Duration::from_secs(30);

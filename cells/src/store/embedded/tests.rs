@@ -41,13 +41,19 @@ fn last_segment(dir: &Path) -> std::path::PathBuf {
         .1
 }
 
-#[test]
-fn torn_tail_recovers_every_complete_record() {
-    let dir = tempfile::tempdir().expect("dir");
-    let store = open(dir.path(), EmbeddedOptions::default());
+/// A store with 20 committed records of 50 bytes (keys 0..20), still open.
+fn twenty_records(dir: &Path) -> Arc<EmbeddedStore> {
+    let store = open(dir, EmbeddedOptions::default());
     for index in 0..20 {
         put(&store, &[(key(index), vec![index as u8; 50])]).expect("commit");
     }
+    store
+}
+
+#[test]
+fn torn_tail_recovers_every_complete_record() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = twenty_records(dir.path());
     drop(store);
     let segment = last_segment(dir.path());
     let mut bytes = std::fs::read(&segment).expect("read");
@@ -67,10 +73,7 @@ fn torn_tail_recovers_every_complete_record() {
 #[test]
 fn the_log_is_preallocated_while_open_and_exact_when_closed() {
     let dir = tempfile::tempdir().expect("dir");
-    let store = open(dir.path(), EmbeddedOptions::default());
-    for index in 0..20 {
-        put(&store, &[(key(index), vec![index as u8; 50])]).expect("commit");
-    }
+    let store = twenty_records(dir.path());
     let segment = last_segment(dir.path());
     let open_len = std::fs::metadata(&segment).expect("meta").len();
     assert_eq!(
@@ -100,10 +103,7 @@ fn zeros_after_the_last_record_are_the_end_of_the_log() {
     // without a torn record between them.
     for torn in [false, true] {
         let dir = tempfile::tempdir().expect("dir");
-        let store = open(dir.path(), EmbeddedOptions::default());
-        for index in 0..20 {
-            put(&store, &[(key(index), vec![index as u8; 50])]).expect("commit");
-        }
+        let store = twenty_records(dir.path());
         drop(store);
         let segment = last_segment(dir.path());
         let mut bytes = std::fs::read(&segment).expect("read");
@@ -131,10 +131,7 @@ fn zeros_after_the_last_record_are_the_end_of_the_log() {
 #[test]
 fn checksum_flip_in_the_middle_is_corrupt() {
     let dir = tempfile::tempdir().expect("dir");
-    let store = open(dir.path(), EmbeddedOptions::default());
-    for index in 0..20 {
-        put(&store, &[(key(index), vec![index as u8; 50])]).expect("commit");
-    }
+    let store = twenty_records(dir.path());
     drop(store);
     let segment = last_segment(dir.path());
     let mut bytes = std::fs::read(&segment).expect("read");
