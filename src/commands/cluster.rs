@@ -88,8 +88,9 @@ pub struct DcArgs {
     /// Lease TTL: a node whose heartbeat stands still this long is taken over.
     #[arg(long, default_value_t = LEASE_TTL_MS_DEFAULT)]
     lease_ttl_ms: u64,
-    /// Threads for account actors (per keyspace).
-    #[arg(long, default_value_t = 1)]
+    /// Threads for account actors (per keyspace); 0 runs them on the node's own thread,
+    /// beside the DC protocol server, so a request reaches its actors without a thread hop.
+    #[arg(long, default_value_t = 0)]
     arbiters: usize,
 }
 
