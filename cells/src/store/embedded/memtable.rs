@@ -60,10 +60,25 @@ pub(crate) fn compare_keys(a: &[u8], b: &[u8]) -> Ordering {
         }
         at += 8;
     }
-    match a[at..common].cmp(&b[at..common]) {
-        Ordering::Equal => a.len().cmp(&b.len()),
-        unequal => unequal,
+    if at < common {
+        if common >= 8 {
+            // The last eight bytes of the common part, read as one word: the bytes before
+            // `at` in it are equal, so the word compares exactly as the tail does (and no
+            // `memcmp` call is made for a tail of one to seven bytes).
+            let x = u64::from_be_bytes(a[common - 8..common].try_into().expect("8 bytes"));
+            let y = u64::from_be_bytes(b[common - 8..common].try_into().expect("8 bytes"));
+            if x != y {
+                return x.cmp(&y);
+            }
+        } else {
+            for (x, y) in a[at..common].iter().zip(&b[at..common]) {
+                if x != y {
+                    return x.cmp(y);
+                }
+            }
+        }
     }
+    a.len().cmp(&b.len())
 }
 
 /// Key bytes a memtable entry keeps inline, in the B-tree node itself. Tessera's keys are
