@@ -17,7 +17,7 @@ mod load;
 use std::collections::{BTreeSet, VecDeque};
 
 use foldhash::{HashMap, HashMapExt};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,7 +33,7 @@ use cells::slot::Slot;
 use cells::store::CommitError;
 
 use crate::answers::Reply;
-use crate::registry::Shared;
+use crate::registry::{Counters, Shared};
 use crate::relay::Deliver;
 use draft::{Delta, Draft, Sealed};
 pub use load::LoadError;
@@ -230,22 +230,16 @@ pub struct AccountActor {
     in_flight: bool,
     last_active: Instant,
     recent_final: HashMap<HoldId, HoldState>,
-    /// Mailbox places reserved by senders (see `registry`); released as messages arrive.
-    queued: Arc<AtomicUsize>,
-    /// Credit legs the relay counted as handed to this actor and not yet taken into a
-    /// commit: raised by the relay before it sends, lowered here when a job holding them
-    /// leaves `pending` (into a draft, or refused) and when a rescanned leg turns out to
-    /// be applied already.
-    credits: Arc<AtomicUsize>,
+    /// Shared with senders (see `registry`): mailbox places reserved (released here as
+    /// messages arrive), and credit legs the relay counted as handed to this actor and not
+    /// yet taken into a commit (raised by the relay before it sends, lowered here when a
+    /// job holding them leaves `pending`, into a draft or refused, and when a rescanned
+    /// leg turns out to be applied already).
+    counters: Arc<Counters>,
 }
 
 impl AccountActor {
-    pub(crate) fn new(
-        id: AccountId,
-        shared: Arc<Shared>,
-        queued: Arc<AtomicUsize>,
-        credits: Arc<AtomicUsize>,
-    ) -> Self {
+    pub(crate) fn new(id: AccountId, shared: Arc<Shared>, counters: Arc<Counters>) -> Self {
         AccountActor {
             id,
             shared,
@@ -256,8 +250,7 @@ impl AccountActor {
             in_flight: false,
             last_active: Instant::now(),
             recent_final: HashMap::new(),
-            queued,
-            credits,
+            counters,
         }
     }
 
@@ -267,6 +260,7 @@ impl AccountActor {
             return;
         }
         let before = self
+            .counters
             .credits
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
                 Some(held.saturating_sub(legs))
@@ -525,7 +519,7 @@ impl AccountActor {
     fn requeue_front(&mut self, jobs: Vec<Job>) {
         // Back in `pending`: their legs count as held again.
         let legs: usize = jobs.iter().map(Job::credit_legs).sum();
-        self.credits.fetch_add(legs, Ordering::AcqRel);
+        self.counters.credits.fetch_add(legs, Ordering::AcqRel);
         for job in jobs.into_iter().rev() {
             self.pending_items += job.items.len();
             self.pending.push_front(job);
@@ -542,14 +536,14 @@ impl AccountActor {
     }
 
     fn stop_when_drained(&mut self, ctx: &mut Context<Self>) {
-        if self.load_error.is_some() && self.queued.load(Ordering::Acquire) == 0 {
+        if self.load_error.is_some() && self.counters.queued.load(Ordering::Acquire) == 0 {
             ctx.stop();
         }
     }
 
     /// Called at the start of every handler: the message no longer holds a reserved place.
     fn arrived(&self) {
-        self.queued.fetch_sub(1, Ordering::AcqRel);
+        self.counters.queued.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Periodic housekeeping: hold expiry, netting for `append` accounts, passivation.

@@ -32,33 +32,40 @@ use crate::stats::LedgerStats;
 #[derive(Clone)]
 struct Live {
     addr: Addr<AccountActor>,
-    queued: Arc<AtomicUsize>,
-    credits: Arc<AtomicUsize>,
+    counters: Arc<Counters>,
+}
+
+/// The counts a live actor shares with its senders, side by side (one allocation, one
+/// cache line: a send reserves a place and the relay reads the credit count together).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    /// Messages reserved for the actor's mailbox and not yet handled.
+    pub(crate) queued: AtomicUsize,
+    /// Credit legs the relay handed this actor that it has not yet taken into a commit
+    /// (see [`crate::relay`]'s flow control).
+    pub(crate) credits: AtomicUsize,
 }
 
 /// One reserved mailbox place of an account actor.
 pub(crate) struct Reserved {
     addr: Addr<AccountActor>,
-    queued: Arc<AtomicUsize>,
-    /// Credit legs the relay handed this actor that it has not yet taken into a commit
-    /// (see [`crate::relay`]'s flow control).
-    credits: Arc<AtomicUsize>,
+    counters: Arc<Counters>,
 }
 
 impl Reserved {
     /// Credit legs this actor holds and has not yet taken into a commit.
     pub(crate) fn credits_held(&self) -> usize {
-        self.credits.load(Ordering::Acquire)
+        self.counters.credits.load(Ordering::Acquire)
     }
 
     /// Counts `legs` credit legs as held by the actor (before sending them).
     pub(crate) fn hand_credits(&self, legs: usize) {
-        self.credits.fetch_add(legs, Ordering::AcqRel);
+        self.counters.credits.fetch_add(legs, Ordering::AcqRel);
     }
 
     /// Gives the place back unused.
     pub(crate) fn release(self) {
-        self.queued.fetch_sub(1, Ordering::AcqRel);
+        self.counters.queued.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Sends into the reserved place; gives the message back if the actor is gone.
@@ -70,7 +77,7 @@ impl Reserved {
         match self.addr.try_send(message) {
             Ok(()) => Ok(()),
             Err(error) => {
-                self.queued.fetch_sub(1, Ordering::AcqRel);
+                self.counters.queued.fetch_sub(1, Ordering::AcqRel);
                 Err(error.into_inner())
             }
         }
@@ -255,15 +262,14 @@ impl Shared {
                 live
             }
         };
-        if live.queued.load(Ordering::Acquire) >= ACCOUNT_MAILBOX_CAPACITY {
+        if live.counters.queued.load(Ordering::Acquire) >= ACCOUNT_MAILBOX_CAPACITY {
             metrics::counter!("tessera_actors_mailbox_full_total").increment(1);
             return Err(ErrorCode::Overloaded);
         }
-        live.queued.fetch_add(1, Ordering::AcqRel);
+        live.counters.queued.fetch_add(1, Ordering::AcqRel);
         Ok(Reserved {
             addr: live.addr,
-            queued: live.queued,
-            credits: live.credits,
+            counters: live.counters,
         })
     }
 
@@ -271,19 +277,14 @@ impl Shared {
         let arbiter = &self.arbiters[self.arbiter_index(account)];
         let shared = Arc::clone(self);
         let id = account.clone();
-        let queued = Arc::new(AtomicUsize::new(0));
-        let credits = Arc::new(AtomicUsize::new(0));
-        let counters = (Arc::clone(&queued), Arc::clone(&credits));
+        let counters = Arc::new(Counters::default());
+        let actor_counters = Arc::clone(&counters);
         let addr = AccountActor::start_in_arbiter(arbiter, move |ctx| {
             // The reservation count above is the real bound; this is a backstop.
             ctx.set_mailbox_capacity(2 * ACCOUNT_MAILBOX_CAPACITY);
-            AccountActor::new(id, shared, counters.0, counters.1)
+            AccountActor::new(id, shared, actor_counters)
         });
-        Live {
-            addr,
-            queued,
-            credits,
-        }
+        Live { addr, counters }
     }
 
     /// Removes `account`'s entry if it still points at `addr` and, when `only_if_idle`,
@@ -299,7 +300,7 @@ impl Shared {
         };
         let retired = match actors.get(account) {
             Some(live) if &live.addr == addr => {
-                if only_if_idle && live.queued.load(Ordering::Acquire) > 0 {
+                if only_if_idle && live.counters.queued.load(Ordering::Acquire) > 0 {
                     false
                 } else {
                     actors.remove(account);
