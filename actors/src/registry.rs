@@ -35,8 +35,8 @@ struct Live {
     counters: Arc<Counters>,
 }
 
-/// The counts a live actor shares with its senders, side by side (one allocation, one
-/// cache line: a send reserves a place and the relay reads the credit count together).
+/// The counts a live actor shares with its senders, side by side in one allocation (a
+/// send reserves a place and the relay reads the credit count from the same place).
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     /// Messages reserved for the actor's mailbox and not yet handled.

@@ -88,9 +88,10 @@ pub struct DcArgs {
     /// Lease TTL: a node whose heartbeat stands still this long is taken over.
     #[arg(long, default_value_t = LEASE_TTL_MS_DEFAULT)]
     lease_ttl_ms: u64,
-    /// Threads for account actors (per keyspace); 0 runs them on the node's own thread,
-    /// beside the DC protocol server, so a request reaches its actors without a thread hop.
-    #[arg(long, default_value_t = 0)]
+    /// Threads for account actors (per keyspace). 0 runs them on the node's own thread,
+    /// beside the DC protocol server and the lease heartbeat: one thread hop less per
+    /// request, but a long run of actor work then delays the heartbeat (see BENCHMARKS.md).
+    #[arg(long, default_value_t = 1)]
     arbiters: usize,
 }
 
