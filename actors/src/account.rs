@@ -276,7 +276,7 @@ impl AccountActor {
 
     /// Fails a job that never reached a draft (refused, or taken out of `pending`).
     fn refuse(&self, job: Job, code: ErrorCode) {
-        self.credits_left(std::slice::from_ref(&job));
+        self.credits_done(job.credit_legs());
         self.fail_job(job, code);
     }
 
