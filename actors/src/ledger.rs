@@ -14,6 +14,7 @@ use std::sync::Arc;
 use actix::{Actor, Arbiter, ArbiterHandle};
 use cells::ids::{AccountId, HoldId, UserId};
 use cells::keys::Keyspace;
+use cells::ledger::statement::StatementError;
 use cells::ledger::{
     validate_account_spec, Command, CommandResult, ErrorCode, HoldView, Outcome, TransferStatus,
     TransferView, BATCH_COMMANDS_MAX,
@@ -192,20 +193,21 @@ impl Ledger {
             return Err(ErrorCode::InvalidLimit);
         }
         self.load_spec(account).await?;
-        let (begin, end) = self.shared.space.postings_from(account, from_seq);
-        let request = cells::store::RangeRequest::new(begin, end, limit);
-        let rows = self
-            .shared
-            .store
-            .get_range(request)
-            .await
-            .map_err(|_| ErrorCode::Unavailable)?;
-        rows.into_iter()
-            .map(|(key, value)| {
-                let seq = cells::keys::posting_seq(&key).ok_or(ErrorCode::Internal)?;
-                Ok((seq, decode("posting", value)?))
-            })
-            .collect()
+        cells::ledger::statement::read(
+            self.shared.store.as_ref(),
+            self.shared.space,
+            account,
+            from_seq,
+            limit,
+        )
+        .await
+        .map_err(|error| match error {
+            StatementError::Store(_) => ErrorCode::Unavailable,
+            StatementError::Record(_) | StatementError::Inconsistent { .. } => {
+                tracing::error!(%error, "statement unreadable");
+                ErrorCode::Internal
+            }
+        })
     }
 
     /// Runs a batch whose split accounts are already mapped onto their parts.

@@ -237,8 +237,12 @@ async fn audit_reports_a_tampered_store() {
         counterparty: cells::ids::AccountId::new("erin").unwrap(),
     };
     let mut txn = store.begin().unwrap();
-    txn.set(&ledger.keyspace().posting(&frank, next), &encode(&forged))
-        .unwrap();
+    // A statement block of one posting (see `cells::records::PostingBlock`).
+    txn.set(
+        &ledger.keyspace().posting(&frank, next),
+        &encode(&vec![forged]),
+    )
+    .unwrap();
     txn.commit().await.unwrap();
     let report = audit(store.as_ref(), ledger.keyspace()).unwrap();
     let broken: Vec<_> = report.discrepancies.iter().map(|d| d.invariant).collect();

@@ -87,11 +87,14 @@ impl Keyspace {
         pack(&(self.tag(), ACCOUNT))
     }
 
+    /// The key of the statement block ([`crate::records::PostingBlock`]) whose first
+    /// posting has sequence number `seq`.
     pub fn posting(self, account: &AccountId, seq: u64) -> Vec<u8> {
         pack(&(self.tag(), POSTING, account.as_str(), seq))
     }
 
-    /// Range of an account's postings with `seq >= from_seq`.
+    /// Range of an account's statement blocks that start at `seq >= from_seq` (the block
+    /// holding `from_seq` may start before it: see [`crate::ledger::statement`]).
     pub fn postings_from(self, account: &AccountId, from_seq: u64) -> (Vec<u8>, Vec<u8>) {
         let prefix = pack(&(self.tag(), POSTING, account.as_str()));
         (self.posting(account, from_seq), prefix_end(&prefix))
@@ -222,7 +225,7 @@ pub fn account_hold_id(key: &[u8]) -> Option<HoldId> {
     HoldId::new(&hold).ok()
 }
 
-/// Unpacks the sequence number at the end of a posting key.
+/// Unpacks the sequence number at the end of a posting key (a block's first posting).
 pub fn posting_seq(key: &[u8]) -> Option<u64> {
     let (_, _, _, seq): (i64, i64, String, u64) = foundationdb_tuple::unpack(key).ok()?;
     Some(seq)

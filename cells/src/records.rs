@@ -110,6 +110,87 @@ pub struct PostingRecord {
     pub counterparty: AccountId,
 }
 
+/// Most postings in one statement block.
+pub const BLOCK_POSTINGS_MAX: usize = 256;
+/// Largest encoded posting: a source tag, an id of at most 64 bytes with its length, a
+/// varint amount (at most 10 bytes) and a counterparty of at most 64 bytes with its length.
+pub const POSTING_BYTES_MAX: usize = 1 + 1 + 64 + 10 + 1 + 64;
+
+const _: () =
+    assert!(BLOCK_POSTINGS_MAX * POSTING_BYTES_MAX + 10 <= crate::store::limits::VALUE_BYTES_MAX);
+
+/// The postings one account commit appends to the account's statement, stored as one value
+/// under the key of the first one's sequence number ([`crate::keys::Keyspace::posting`]):
+/// a commit of thousands of credits writes a few keys, not thousands. A block holds at most
+/// [`BLOCK_POSTINGS_MAX`] postings (a commit with more writes several blocks); blocks are
+/// immutable and never span two commits, so the sequence numbers of an account's blocks
+/// are contiguous and every balance record's `balance_through_seq` falls on a block
+/// boundary.
+///
+/// Encoded as the postcard encoding of `Vec<PostingRecord>` (a varint count, then the
+/// postings), built in place without collecting the records; read with
+/// [`decode_postings`].
+#[derive(Debug, Default)]
+pub struct PostingBlock {
+    count: usize,
+    postings: Vec<u8>,
+}
+
+impl PostingBlock {
+    /// Appends `posting` (the block must not be full).
+    pub fn push(&mut self, posting: &PostingRecord) {
+        assert!(
+            !self.is_full(),
+            "a posting block holds at most {BLOCK_POSTINGS_MAX}"
+        );
+        let before = self.postings.len();
+        let buffer = std::mem::take(&mut self.postings);
+        self.postings = postcard::to_extend(posting, buffer).expect("records always serialize");
+        debug_assert!(self.postings.len() - before <= POSTING_BYTES_MAX);
+        self.count += 1;
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.count >= BLOCK_POSTINGS_MAX
+    }
+
+    /// Bytes of the postings so far (the encoded block adds at most 2 bytes of count).
+    pub fn bytes(&self) -> usize {
+        self.postings.len()
+    }
+
+    /// The encoded block; leaves this one empty.
+    pub fn take(&mut self) -> Vec<u8> {
+        let mut value = Vec::with_capacity(self.postings.len() + 2);
+        value = postcard::to_extend(&self.count, value).expect("a count always serializes");
+        value.extend_from_slice(&self.postings);
+        self.postings.clear();
+        self.count = 0;
+        value
+    }
+}
+
+/// Decodes a statement block (see [`PostingBlock`]): its postings, oldest first. An empty
+/// block is an error: no commit writes one.
+pub fn decode_postings(bytes: &[u8]) -> Result<Vec<PostingRecord>, RecordError> {
+    let postings: Vec<PostingRecord> = decode("posting block", bytes)?;
+    if postings.is_empty() || postings.len() > BLOCK_POSTINGS_MAX {
+        return Err(RecordError {
+            record: "posting block",
+            source: postcard::Error::DeserializeBadEncoding,
+        });
+    }
+    Ok(postings)
+}
+
 /// The outcome of a transfer as first decided; a retry returns it unchanged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TransferOutcome {
@@ -180,5 +261,62 @@ impl OutboxRecord {
             PostingSource::Transfer(_) => OutboxKind::Transfer,
             PostingSource::Capture(_) => OutboxKind::Capture,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn posting(id: &str, amount: i64, counterparty: &str, capture: bool) -> PostingRecord {
+        PostingRecord {
+            source: if capture {
+                PostingSource::Capture(HoldId::new(id).unwrap())
+            } else {
+                PostingSource::Transfer(TransferId::new(id).unwrap())
+            },
+            amount,
+            counterparty: AccountId::new(counterparty).unwrap(),
+        }
+    }
+
+    proptest! {
+        /// A block built in place is exactly the encoding of the postings as a `Vec`, and
+        /// decodes back to them.
+        #[test]
+        fn blocks_round_trip(
+            postings in proptest::collection::vec(
+                ("[A-Za-z0-9._:-]{1,64}", any::<i64>(), "[A-Za-z0-9._:-]{1,64}", any::<bool>()),
+                1..=BLOCK_POSTINGS_MAX,
+            )
+        ) {
+            let postings: Vec<PostingRecord> = postings
+                .iter()
+                .map(|(id, amount, to, capture)| posting(id, *amount, to, *capture))
+                .collect();
+            let mut block = PostingBlock::default();
+            for p in &postings {
+                let before = block.bytes();
+                block.push(p);
+                prop_assert!(block.bytes() - before <= POSTING_BYTES_MAX);
+            }
+            prop_assert_eq!(block.len(), postings.len());
+            let bytes = block.take();
+            prop_assert!(block.is_empty());
+            prop_assert!(bytes.len() <= crate::store::limits::VALUE_BYTES_MAX);
+            prop_assert_eq!(&bytes, &encode(&postings));
+            prop_assert_eq!(decode_postings(&bytes).unwrap(), postings);
+        }
+    }
+
+    #[test]
+    fn empty_overfull_and_garbage_blocks_are_refused() {
+        assert!(decode_postings(&encode(&Vec::<PostingRecord>::new())).is_err());
+        let many = vec![posting("t", 1, "a", false); BLOCK_POSTINGS_MAX + 1];
+        assert!(decode_postings(&encode(&many)).is_err());
+        assert!(decode_postings(&[0xff, 0xff, 0x01]).is_err());
+        // A lone posting record is not a block.
+        assert!(decode_postings(&encode(&posting("t", 1, "a", false))).is_err());
     }
 }

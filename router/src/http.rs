@@ -17,13 +17,13 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use cells::ids::{AccountId, HoldId, TransferId, UserId};
 use cells::keys::Keyspace;
+use cells::ledger::statement::StatementError;
 use cells::ledger::{
     CaptureRequest, Command, CommandResult, ErrorCode, HoldRequest, Outcome, TransferRequest,
     TransferStatus, BATCH_COMMANDS_MAX,
 };
 use cells::money::{Amount, Currency};
-use cells::records::{self, AccountKind, AccountSpec, HoldState, HotMode, PostingRecord};
-use cells::store::RangeRequest;
+use cells::records::{self, AccountKind, AccountSpec, HoldState, HotMode};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -533,23 +533,28 @@ async fn list_postings(
         Ok(_) => return Err(ApiError::of(ErrorCode::Internal)),
         Err(code) => return Err(ApiError::of(code)),
     };
-    let (begin, end) = space_of(&request).postings_from(&id, query.cursor.unwrap_or(0));
-    let rows = state
-        .routing
-        .store()
-        .get_range(RangeRequest::new(begin, end, limit + 1))
-        .await
-        .map_err(|_| ApiError::of(ErrorCode::Unavailable))?;
+    let rows = cells::ledger::statement::read(
+        state.routing.store().as_ref(),
+        space_of(&request),
+        &id,
+        query.cursor.unwrap_or(0),
+        limit + 1,
+    )
+    .await
+    .map_err(|error| match error {
+        StatementError::Store(_) => ApiError::of(ErrorCode::Unavailable),
+        StatementError::Record(_) | StatementError::Inconsistent { .. } => {
+            tracing::error!(%error, "statement unreadable");
+            ApiError::of(ErrorCode::Internal)
+        }
+    })?;
     let mut postings = Vec::with_capacity(rows.len().min(limit));
     let mut next_cursor = None;
-    for (index, row) in rows.iter().enumerate() {
-        let seq = cells::keys::posting_seq(&row.0).ok_or(ApiError::of(ErrorCode::Internal))?;
+    for (index, (seq, posting)) in rows.iter().enumerate() {
         if index == limit {
-            next_cursor = Some(seq);
+            next_cursor = Some(*seq);
             break;
         }
-        let posting: PostingRecord =
-            records::decode("posting", &row.1).map_err(|_| ApiError::of(ErrorCode::Internal))?;
         let (source_kind, source) = match &posting.source {
             records::PostingSource::Transfer(id) => ("transfer", id.as_str()),
             records::PostingSource::Capture(id) => ("capture", id.as_str()),

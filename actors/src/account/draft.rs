@@ -15,8 +15,8 @@ use cells::ledger::{
     BATCH_COMMANDS_MAX, HOLD_EXPIRY_MS_MAX,
 };
 use cells::records::{
-    self, AccountRecord, AccountSpec, HoldRecord, HoldState, HotMode, OutboxRecord, PostingRecord,
-    PostingSource, TransferOutcome, TransferRecord,
+    self, AccountRecord, AccountSpec, HoldRecord, HoldState, HotMode, OutboxRecord, PostingBlock,
+    PostingRecord, PostingSource, TransferOutcome, TransferRecord,
 };
 use cells::store::{limits::TRANSACTION_BYTES_MAX, BoxFuture, CommitError, Transaction};
 
@@ -102,6 +102,10 @@ pub(crate) struct Draft<'a> {
     batch_holds: HashMap<HoldId, (HoldRequest, CommandResult)>,
     batch_credits: HashSet<Vec<u8>>,
     net_requested: bool,
+    /// Postings of this commit not yet written (one statement block per
+    /// [`records::BLOCK_POSTINGS_MAX`]), and the sequence number of the block's first.
+    block: PostingBlock,
+    block_first_seq: u64,
 }
 
 impl<'a> Draft<'a> {
@@ -135,6 +139,8 @@ impl<'a> Draft<'a> {
             batch_holds: HashMap::new(),
             batch_credits: HashSet::new(),
             net_requested: false,
+            block: PostingBlock::default(),
+            block_first_seq: base.next_seq,
         }
     }
 
@@ -158,13 +164,15 @@ impl<'a> Draft<'a> {
         self.expire_due_holds(txn.as_mut());
         for job in jobs {
             for item in &job.items {
-                let before = txn.size_bytes();
+                // An item's postings wait in the block; it pays for them and, when it fills
+                // the block, for the block's key.
+                let before = txn.size_bytes() + self.block.bytes();
                 let result = match &item.settled {
                     Some(result) => result.clone(),
                     None => self.apply(txn.as_mut(), &item.work),
                 };
                 assert!(
-                    txn.size_bytes() - before <= ITEM_BYTES_MAX,
+                    txn.size_bytes() + self.block.bytes() - before <= ITEM_BYTES_MAX,
                     "item exceeds ITEM_BYTES_MAX"
                 );
                 self.delta.results.push(result);
@@ -220,10 +228,24 @@ impl<'a> Draft<'a> {
     }
 
     fn post(&mut self, txn: &mut dyn Transaction, posting: &PostingRecord) {
-        let key = self.space.posting(&self.base.spec.id, self.delta.next_seq);
-        set_owned(txn, key, records::encode(posting));
+        if self.block.is_empty() {
+            self.block_first_seq = self.delta.next_seq;
+        }
+        self.block.push(posting);
         self.delta.next_seq += 1;
         self.delta.balance += i128::from(posting.amount);
+        if self.block.is_full() {
+            self.write_block(txn);
+        }
+    }
+
+    /// Writes the postings collected so far as one statement block.
+    fn write_block(&mut self, txn: &mut dyn Transaction) {
+        if self.block.is_empty() {
+            return;
+        }
+        let key = self.space.posting(&self.base.spec.id, self.block_first_seq);
+        set_owned(txn, key, self.block.take());
     }
 
     fn transfer(&mut self, txn: &mut dyn Transaction, request: &TransferRequest) -> CommandResult {
@@ -488,6 +510,9 @@ impl<'a> Draft<'a> {
 
     /// Writes the balance record when the mode asks for it, and fences the commit.
     fn finish(&mut self, txn: &mut dyn Transaction) {
+        // The last block ends the commit: a balance record below always falls on a block
+        // boundary.
+        self.write_block(txn);
         let unnetted = self.delta.next_seq - self.delta.record_through_seq;
         let write_record = match self.spec().mode {
             HotMode::Standard | HotMode::Split { .. } => unnetted > 0,

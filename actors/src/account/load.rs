@@ -11,7 +11,7 @@ use cells::ids::{AccountId, DcId};
 use cells::keys;
 use cells::ledger::ErrorCode;
 use cells::ownership::Fence;
-use cells::records::{self, AccountRecord, HoldRecord, HoldState, PostingRecord, RecordError};
+use cells::records::{self, AccountRecord, HoldRecord, HoldState, RecordError};
 use cells::slot::slot_of;
 use cells::store::{limits::RANGE_ROWS_MAX, RangeRequest, StoreError};
 
@@ -103,16 +103,17 @@ async fn replay_tail(shared: &Shared, record: &AccountRecord) -> Result<(i128, u
             .await?;
         let full = page.len() == RANGE_ROWS_MAX;
         for (key, value) in &page {
-            let seq =
+            let first =
                 keys::posting_seq(key).ok_or(LoadError::Inconsistent("posting key".into()))?;
-            if seq != next_seq {
+            if first != next_seq {
                 return Err(LoadError::Inconsistent(format!(
-                    "posting {seq}, expected {next_seq}"
+                    "posting block {first}, expected {next_seq}"
                 )));
             }
-            let posting: PostingRecord = records::decode("posting", value)?;
-            balance += i128::from(posting.amount);
-            next_seq += 1;
+            for posting in records::decode_postings(value)? {
+                balance += i128::from(posting.amount);
+                next_seq += 1;
+            }
         }
         match page.last() {
             Some((key, _)) if full => {

@@ -21,8 +21,8 @@ use serde::Serialize;
 
 use crate::keys::{self, Keyspace};
 use crate::records::{
-    self, AccountRecord, HoldRecord, HoldState, OutboxRecord, PostingRecord, PostingSource,
-    TransferOutcome, TransferRecord,
+    self, AccountRecord, HoldRecord, HoldState, OutboxRecord, PostingSource, TransferOutcome,
+    TransferRecord,
 };
 use crate::store::{limits, KeyValue, RangeRequest, Store, StoreError};
 
@@ -136,28 +136,35 @@ fn replay_postings(
     let mut problems = Vec::new();
     scan_prefix(store, &space.postings_prefix(), |(key, value)| {
         let account = keys::posting_account(&key).ok_or(AuditError::Key("postings"))?;
-        let seq = keys::posting_seq(&key).ok_or(AuditError::Key("postings"))?;
-        let posting: PostingRecord = records::decode("posting", &value)?;
+        let first = keys::posting_seq(&key).ok_or(AuditError::Key("postings"))?;
+        let block = records::decode_postings(&value)?;
         let name = account.as_str().to_string();
         let expected = next_seq.entry(name.clone()).or_insert(0);
-        if seq != *expected {
-            problems.push(format!("account {name}: posting {seq} follows {expected}"));
+        if first != *expected {
+            problems.push(format!(
+                "account {name}: posting {first} follows {expected}"
+            ));
         }
-        *expected = seq + 1;
-        *report.balances.entry(name.clone()).or_insert(0) += i128::from(posting.amount);
-        if accounts
-            .get(&name)
-            .is_some_and(|a| seq < a.balance_through_seq)
-        {
-            *folded.entry(name).or_insert(0) += i128::from(posting.amount);
+        *expected = first + block.len() as u64;
+        let through = accounts.get(&name).map(|a| a.balance_through_seq);
+        let (mut total, mut folded_here) = (0i128, 0i128);
+        for (seq, posting) in (first..).zip(block) {
+            total += i128::from(posting.amount);
+            if through.is_some_and(|through| seq < through) {
+                folded_here += i128::from(posting.amount);
+            }
+            let entry = legs.entry(posting.source).or_default();
+            if posting.amount < 0 {
+                entry.debits += 1;
+            } else {
+                entry.credits += 1;
+            }
+            report.postings += 1;
         }
-        let entry = legs.entry(posting.source).or_default();
-        if posting.amount < 0 {
-            entry.debits += 1;
-        } else {
-            entry.credits += 1;
+        *report.balances.entry(name.clone()).or_insert(0) += total;
+        if through.is_some() {
+            *folded.entry(name).or_insert(0) += folded_here;
         }
-        report.postings += 1;
         Ok(())
     })?;
     for detail in problems {

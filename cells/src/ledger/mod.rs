@@ -7,6 +7,7 @@
 
 pub mod audit;
 pub mod codes;
+pub mod statement;
 pub mod wire;
 
 use serde::{Deserialize, Serialize};
