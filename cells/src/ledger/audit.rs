@@ -75,13 +75,18 @@ pub enum AuditError {
     Key(&'static str),
 }
 
+/// Rows per page of the scans: bounded in bytes as well as rows (a statement block may hold
+/// 256 postings, up to 37 kB; a page of them stays under 40 MB).
+const SCAN_ROWS_PER_PAGE: usize = 1_000;
+const _: () = assert!(SCAN_ROWS_PER_PAGE <= limits::RANGE_ROWS_MAX);
+
 /// Calls `each` for every key-value pair under `prefix`, page by page.
 pub fn scan_prefix(
     store: &dyn Store,
     prefix: &[u8],
     mut each: impl FnMut(KeyValue) -> Result<(), AuditError>,
 ) -> Result<(), AuditError> {
-    let mut request = RangeRequest::prefix(prefix, limits::RANGE_ROWS_MAX);
+    let mut request = RangeRequest::prefix(prefix, SCAN_ROWS_PER_PAGE);
     loop {
         let page = block_on(store.get_range(request.clone()))?;
         let full = page.len() == request.limit;

@@ -11,6 +11,11 @@ use crate::keys::{self, Keyspace};
 use crate::records::{self, PostingRecord, RecordError};
 use crate::store::{limits, RangeRequest, Store, StoreError};
 
+/// Blocks the first forward read asks for, and the most any read asks for.
+const BLOCKS_PER_READ_FIRST: usize = 8;
+const BLOCKS_PER_READ_MAX: usize = 256;
+const _: () = assert!(BLOCKS_PER_READ_MAX <= limits::RANGE_ROWS_MAX);
+
 /// Why a statement could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum StatementError {
@@ -56,9 +61,13 @@ pub async fn read(
         page.extend((start..).zip(postings).skip(skip).take(limit));
     }
     let mut begin = space.posting(account, from_seq.saturating_add(1));
+    // Blocks per read: from a few (a page usually needs few) doubling to a bounded number,
+    // so a short page never fetches hundreds of blocks of 256 postings.
+    let mut chunk = BLOCKS_PER_READ_FIRST;
     while page.len() < limit {
-        // Each block holds at least one posting, so this many rows always suffice.
-        let rows = (limit - page.len()).min(limits::RANGE_ROWS_MAX);
+        // Each block holds at least one posting: never more rows than postings wanted.
+        let rows = (limit - page.len()).min(chunk);
+        chunk = (chunk * 2).min(BLOCKS_PER_READ_MAX);
         let blocks = store
             .get_range(RangeRequest::new(begin.clone(), end.clone(), rows))
             .await?;
