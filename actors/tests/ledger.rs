@@ -304,3 +304,58 @@ async fn expired_holds_are_released() {
     );
     assert!(audit(store.as_ref(), ledger.keyspace()).unwrap().is_clean());
 }
+
+/// Credit legs from a peer DC go to the payee without a store read first; the payee's
+/// commit precondition alone keeps them exactly once. A duplicate of a leg already applied
+/// and a well-formed leg whose outbox entry never existed change nothing, and a transfer
+/// credited behind them still lands once.
+#[actix_rt::test]
+async fn peer_legs_are_applied_at_most_once() {
+    use cells::ids::{AccountId, TransferId, UserId};
+    use cells::records::{encode, OutboxKind, OutboxRecord, PostingSource};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    let ledger = ledger(store.clone());
+    run(
+        &ledger,
+        vec![create_system("world"), create("erin"), create("frank")],
+    )
+    .await;
+    run(&ledger, vec![transfer("fund-e", "world", "erin", 900)]).await;
+    run(&ledger, vec![transfer("e1", "erin", "frank", 300)]).await;
+    settle(&ledger).await;
+    let erin_slot = cells::slot::slot_of(&UserId::new("user-erin").unwrap());
+    let leg = |id: &str, units: u64| {
+        let record = OutboxRecord {
+            source: PostingSource::Transfer(TransferId::new(id).unwrap()),
+            from: AccountId::new("erin").unwrap(),
+            to: AccountId::new("frank").unwrap(),
+            amount: cells::money::Amount::from_minor_units(units).unwrap(),
+            currency: usd(),
+        };
+        let key = ledger
+            .keyspace()
+            .outbox(erin_slot, OutboxKind::Transfer, id);
+        (key, encode(&record))
+    };
+    // e1 again (applied, its outbox entry cleared) and a leg nobody debited.
+    let taken = ledger.deliver_from_peer(vec![leg("e1", 300), leg("forged", 500)]);
+    assert_eq!(taken, 2);
+    run(&ledger, vec![transfer("e2", "erin", "frank", 100)]).await;
+    settle(&ledger).await;
+    // The peer legs reached frank's actor before e2's credit; give a retried draft time.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while balance(&ledger, "frank").await.0 != 400 {
+        assert!(std::time::Instant::now() < deadline, "e2 was not credited");
+        actix_rt::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    actix_rt::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(balance(&ledger, "frank").await, (400, 400));
+    let statement = ledger
+        .statement(&AccountId::new("frank").unwrap(), 0, 100)
+        .await
+        .unwrap();
+    assert_eq!(statement.len(), 2, "{statement:?}");
+    let report = audit(store.as_ref(), ledger.keyspace()).unwrap();
+    assert!(report.is_clean(), "{:?}", report.discrepancies);
+}
