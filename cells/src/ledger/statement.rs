@@ -54,7 +54,7 @@ pub async fn read(
     // Where the next block must start, once a block was read.
     let mut expected = None;
     if let Some((key, value)) = store.get_range(holding).await?.into_iter().next() {
-        let start = block_start(&key).ok_or_else(|| inconsistent("posting key".into()))?;
+        let start = keys::posting_seq(&key).ok_or_else(|| inconsistent("posting key".into()))?;
         let postings = records::decode_postings(&value)?;
         expected = Some(start + postings.len() as u64);
         let skip = usize::try_from(from_seq - start).unwrap_or(usize::MAX);
@@ -73,7 +73,7 @@ pub async fn read(
             .await?;
         let full = blocks.len() == rows;
         for (key, value) in &blocks {
-            let start = block_start(key).ok_or_else(|| inconsistent("posting key".into()))?;
+            let start = keys::posting_seq(key).ok_or_else(|| inconsistent("posting key".into()))?;
             if let Some(expected) = expected.filter(|&expected| expected != start) {
                 return Err(inconsistent(format!(
                     "posting block {start}, expected {expected}"
@@ -96,10 +96,6 @@ pub async fn read(
         }
     }
     Ok(page)
-}
-
-fn block_start(key: &[u8]) -> Option<u64> {
-    keys::posting_seq(key)
 }
 
 #[cfg(test)]
