@@ -322,7 +322,10 @@ async fn peer_legs_are_applied_at_most_once() {
     )
     .await;
     run(&ledger, vec![transfer("fund-e", "world", "erin", 900)]).await;
-    run(&ledger, vec![transfer("e1", "erin", "frank", 300)]).await;
+    // Erin's credit is asynchronous: wait for it before she pays.
+    settle(&ledger).await;
+    let paid = run(&ledger, vec![transfer("e1", "erin", "frank", 300)]).await;
+    assert_eq!(paid, vec![Ok(Outcome::TransferAccepted)]);
     settle(&ledger).await;
     let erin_slot = cells::slot::slot_of(&UserId::new("user-erin").unwrap());
     let leg = |id: &str, units: u64| {
@@ -341,12 +344,21 @@ async fn peer_legs_are_applied_at_most_once() {
     // e1 again (applied, its outbox entry cleared) and a leg nobody debited.
     let taken = ledger.deliver_from_peer(vec![leg("e1", 300), leg("forged", 500)]);
     assert_eq!(taken, 2);
-    run(&ledger, vec![transfer("e2", "erin", "frank", 100)]).await;
+    let paid = run(&ledger, vec![transfer("e2", "erin", "frank", 100)]).await;
+    assert_eq!(paid, vec![Ok(Outcome::TransferAccepted)]);
     settle(&ledger).await;
     // The peer legs reached frank's actor before e2's credit; give a retried draft time.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while balance(&ledger, "frank").await.0 != 400 {
-        assert!(std::time::Instant::now() < deadline, "e2 was not credited");
+    loop {
+        let (frank, _) = balance(&ledger, "frank").await;
+        if frank == 400 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "frank holds {frank}, expected 400; stats {:?}",
+            (ledger.stats().debits(), ledger.stats().credits())
+        );
         actix_rt::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     actix_rt::time::sleep(std::time::Duration::from_millis(100)).await;
