@@ -211,6 +211,22 @@ async fn statement_replays_to_the_balance() {
     );
 }
 
+/// World funds erin with 900, then erin pays frank 300 (`e1`); both credits settled.
+/// Returns the answer to `e1`.
+async fn erin_pays_frank(ledger: &actors::Ledger) -> Vec<cells::ledger::CommandResult> {
+    run(
+        ledger,
+        vec![create_system("world"), create("erin"), create("frank")],
+    )
+    .await;
+    run(ledger, vec![transfer("fund-e", "world", "erin", 900)]).await;
+    // Erin's credit is asynchronous: wait for it before she pays.
+    settle(ledger).await;
+    let paid = run(ledger, vec![transfer("e1", "erin", "frank", 300)]).await;
+    settle(ledger).await;
+    paid
+}
+
 /// The audit can fail: a posting slipped into the store behind the ledger's back (a second
 /// credit of an existing transfer) is reported as INV-1 and INV-3 discrepancies.
 #[actix_rt::test]
@@ -219,15 +235,7 @@ async fn audit_reports_a_tampered_store() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path());
     let ledger = ledger(store.clone());
-    run(
-        &ledger,
-        vec![create_system("world"), create("erin"), create("frank")],
-    )
-    .await;
-    run(&ledger, vec![transfer("fund-e", "world", "erin", 900)]).await;
-    settle(&ledger).await;
-    run(&ledger, vec![transfer("e1", "erin", "frank", 300)]).await;
-    settle(&ledger).await;
+    erin_pays_frank(&ledger).await;
     assert!(audit(store.as_ref(), ledger.keyspace()).unwrap().is_clean());
     let frank = cells::ids::AccountId::new("frank").unwrap();
     let next = ledger.statement(&frank, 0, 100).await.unwrap().len() as u64;
@@ -316,17 +324,8 @@ async fn peer_legs_are_applied_at_most_once() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path());
     let ledger = ledger(store.clone());
-    run(
-        &ledger,
-        vec![create_system("world"), create("erin"), create("frank")],
-    )
-    .await;
-    run(&ledger, vec![transfer("fund-e", "world", "erin", 900)]).await;
-    // Erin's credit is asynchronous: wait for it before she pays.
-    settle(&ledger).await;
-    let paid = run(&ledger, vec![transfer("e1", "erin", "frank", 300)]).await;
+    let paid = erin_pays_frank(&ledger).await;
     assert_eq!(paid, vec![Ok(Outcome::TransferAccepted)]);
-    settle(&ledger).await;
     let erin_slot = cells::slot::slot_of(&UserId::new("user-erin").unwrap());
     let leg = |id: &str, units: u64| {
         let record = OutboxRecord {
