@@ -149,6 +149,17 @@ impl Keyspace {
     }
 }
 
+/// Prefixes of the records that are written once and cleared soon after: the outbox
+/// entries of both keyspaces (a credit leg lives there from the payer's commit to the
+/// payee's). The embedded store clears them without tombstones
+/// ([`crate::store::embedded::EmbeddedOptions::transient_prefixes`]).
+pub fn transient_prefixes() -> Vec<Vec<u8>> {
+    [Keyspace::Real, Keyspace::Shadow]
+        .into_iter()
+        .map(Keyspace::outbox_prefix)
+        .collect()
+}
+
 /// The ownership table's version key.
 pub fn table_version() -> Vec<u8> {
     pack(&(CONTROL, TABLE_VERSION))

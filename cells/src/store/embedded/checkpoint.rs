@@ -120,11 +120,9 @@ fn checkpoint(shared: &Shared, job: &CheckpointJob) -> Result<(), StoreError> {
             segments_deleted += 1;
         }
     }
-    {
-        let mut tables = shared.tables.write();
-        tables.checkpoint_empty = false;
-        tables.frozen = None;
-    }
+    // The frozen memtable cannot change: read its transient keys before taking the lock.
+    let changes = shared.tables.read().transient.changes(&job.memtable);
+    shared.tables.write().checkpointed(changes);
     metrics::counter!("tessera_store_checkpoints_total").increment(1);
     metrics::histogram!("tessera_store_checkpoint_seconds").record(started.elapsed().as_secs_f64());
     tracing::info!(

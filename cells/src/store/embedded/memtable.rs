@@ -6,7 +6,7 @@
 
 use std::borrow::{Borrow, Cow};
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -193,7 +193,18 @@ impl Memtable {
             .map(|(key, value)| (key.as_slice(), value.map(|at| self.values.get(at))))
     }
 
-    fn lookup(&self, key: &[u8]) -> Option<Option<&[u8]>> {
+    /// The entries whose keys start with `prefix`, in key order.
+    fn with_prefix<'a>(
+        &'a self,
+        prefix: &'a [u8],
+    ) -> impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)> + 'a {
+        self.map
+            .range::<KeyBytes, _>((Bound::Included(KeyBytes::new(prefix)), Bound::Unbounded))
+            .map(|(key, value)| (key.as_slice(), value.map(|at| self.values.get(at))))
+            .take_while(move |(key, _)| key.starts_with(prefix))
+    }
+
+    pub(crate) fn lookup(&self, key: &[u8]) -> Option<Option<&[u8]>> {
         self.map
             .get(KeyBytes::new(key))
             .map(|value| value.map(|at| self.values.get(at)))
@@ -237,6 +248,85 @@ impl Memtable {
     }
 }
 
+/// Most transient keys [`Transient`] tracks in the checkpoint; beyond it the store stops
+/// tracking them (until it is reopened) and every clear of a transient key leaves a
+/// tombstone, as any other clear does. Live transient entries are few (an outbox holds the
+/// credit legs in flight), so this is only reached when legs pile up, e.g. for a DC that is
+/// down.
+pub(crate) const TRANSIENT_TRACKED_MAX: usize = 262_144;
+
+/// Keys under the transient prefixes ([`super::EmbeddedOptions::transient_prefixes`]): set
+/// once and cleared soon after. A clear of such a key that no older layer holds removes it
+/// from the active memtable instead of leaving a tombstone, so short-lived entries leave no
+/// trace in memtables, checkpoints or range reads once cleared.
+#[derive(Debug, Default)]
+pub(crate) struct Transient {
+    prefixes: Vec<Vec<u8>>,
+    /// The transient keys the checkpoint holds a value for; `None` when not tracked (more
+    /// than [`TRANSIENT_TRACKED_MAX`]).
+    in_checkpoint: Option<HashSet<Vec<u8>, foldhash::fast::RandomState>>,
+}
+
+impl Transient {
+    /// Reads the transient keys the checkpoint holds.
+    pub(crate) fn load(
+        prefixes: Vec<Vec<u8>>,
+        checkpoint: &fjall::Keyspace,
+    ) -> Result<Transient, StoreError> {
+        let mut keys = HashSet::default();
+        for prefix in &prefixes {
+            for guard in checkpoint.prefix(prefix) {
+                let key = guard.key().map_err(fjall_error)?;
+                if keys.len() >= TRANSIENT_TRACKED_MAX {
+                    tracing::warn!(
+                        max = TRANSIENT_TRACKED_MAX,
+                        "checkpoint holds too many transient keys to track; their clears leave tombstones"
+                    );
+                    return Ok(Transient {
+                        prefixes,
+                        in_checkpoint: None,
+                    });
+                }
+                keys.insert(key.to_vec());
+            }
+        }
+        Ok(Transient {
+            prefixes,
+            in_checkpoint: Some(keys),
+        })
+    }
+
+    fn covers(&self, key: &[u8]) -> bool {
+        self.prefixes.iter().any(|prefix| key.starts_with(prefix))
+    }
+
+    /// The checkpoint now also holds `memtable`: its transient values are in it, and its
+    /// transient tombstones took theirs out. Computed from the immutable frozen memtable
+    /// (outside the tables' lock); see [`Tables::checkpointed`].
+    pub(crate) fn changes(&self, memtable: &Memtable) -> TransientChanges {
+        let mut changes = TransientChanges::default();
+        if self.in_checkpoint.is_none() {
+            return changes;
+        }
+        for prefix in &self.prefixes {
+            for (key, value) in memtable.with_prefix(prefix) {
+                match value {
+                    Some(_) => changes.added.push(key.to_vec()),
+                    None => changes.removed.push(key.to_vec()),
+                }
+            }
+        }
+        changes
+    }
+}
+
+/// See [`Transient::changes`].
+#[derive(Debug, Default)]
+pub(crate) struct TransientChanges {
+    added: Vec<Vec<u8>>,
+    removed: Vec<Vec<u8>>,
+}
+
 /// The memtables behind the store's lock.
 #[derive(Debug)]
 pub(crate) struct Tables {
@@ -245,14 +335,36 @@ pub(crate) struct Tables {
     pub(crate) frozen: Option<Arc<Memtable>>,
     /// True until the first checkpoint: reads skip fjall and clears need no tombstones.
     pub(crate) checkpoint_empty: bool,
+    pub(crate) transient: Transient,
 }
 
 impl Tables {
-    pub(crate) fn new(checkpoint_empty: bool) -> Self {
+    pub(crate) fn new(checkpoint_empty: bool, transient: Transient) -> Self {
         Tables {
             active: Memtable::default(),
             frozen: None,
             checkpoint_empty,
+            transient,
+        }
+    }
+
+    /// The frozen memtable is in the checkpoint: drops it and notes its transient keys.
+    pub(crate) fn checkpointed(&mut self, changes: TransientChanges) {
+        self.checkpoint_empty = false;
+        self.frozen = None;
+        let Some(keys) = &mut self.transient.in_checkpoint else {
+            return;
+        };
+        for key in changes.removed {
+            keys.remove(&key);
+        }
+        keys.extend(changes.added);
+        if keys.len() > TRANSIENT_TRACKED_MAX {
+            tracing::warn!(
+                max = TRANSIENT_TRACKED_MAX,
+                "too many transient keys in the checkpoint to track; their clears leave tombstones until the store reopens"
+            );
+            self.transient.in_checkpoint = None;
         }
     }
 
@@ -290,11 +402,26 @@ impl Tables {
     }
 
     fn clear(&mut self, key: &[u8]) {
-        if self.older_layers_empty() {
+        if self.older_layers_empty() || self.only_active_may_hold(key) {
             self.active.remove(key);
         } else {
             self.active.insert(key, None);
         }
+    }
+
+    /// Whether `key` is transient and neither the frozen memtable nor the checkpoint holds
+    /// it (so a clear needs no tombstone to hide an older value).
+    fn only_active_may_hold(&self, key: &[u8]) -> bool {
+        self.transient.covers(key)
+            && self
+                .transient
+                .in_checkpoint
+                .as_ref()
+                .is_some_and(|keys| !keys.contains(key))
+            && self
+                .frozen
+                .as_ref()
+                .is_none_or(|frozen| frozen.lookup(key).is_none())
     }
 
     /// Turns a range clear into point clears of the keys visible in the range, so that the

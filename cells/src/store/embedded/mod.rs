@@ -28,6 +28,13 @@
 //!    the covered segments and drops the frozen memtable. If a second freeze is due while one
 //!    is being written, commits continue into the active memtable over its soft limit and
 //!    `tessera_store_memtable_limit_hits_total` counts it.
+//! 4. A clear writes a tombstone only where an older layer may hold the key. Until the
+//!    first checkpoint there is none; after it, a key under a transient prefix
+//!    ([`EmbeddedOptions::transient_prefixes`]: the outbox) is simply removed when the frozen
+//!    memtable does not hold it and the checkpoint holds no value for it (the store keeps
+//!    the set of transient keys the checkpoint holds, read at open and updated by each
+//!    checkpoint). A credit leg's entry then lives from the payer's commit to the payee's
+//!    and leaves nothing behind for checkpoints, compaction or outbox rescans.
 //!
 //! # Why fjall ingestion for checkpoints
 //! A frozen memtable is already sorted, so fjall's bulk ingestion writes it straight into
@@ -123,6 +130,12 @@ pub struct EmbeddedOptions {
     pub transaction_duration_ms_max: u64,
     /// A fault to inject (tests only).
     pub failpoint: Option<Failpoint>,
+    /// Prefixes of keys that are set once and cleared soon after (Tessera's outbox entries).
+    /// A clear of such a key that only the active memtable holds removes it instead of
+    /// writing a tombstone, so cleared entries leave nothing behind for checkpoints and
+    /// range reads to carry. Any prefixes are correct; they only change what is kept.
+    /// Default: [`crate::keys::transient_prefixes`].
+    pub transient_prefixes: Vec<Vec<u8>>,
 }
 
 impl Default for EmbeddedOptions {
@@ -133,6 +146,7 @@ impl Default for EmbeddedOptions {
             sync: true,
             transaction_duration_ms_max: TRANSACTION_DURATION_MS_MAX,
             failpoint: None,
+            transient_prefixes: crate::keys::transient_prefixes(),
         }
     }
 }
@@ -220,7 +234,8 @@ impl EmbeddedStore {
         let (database, keyspace) = checkpoint::open_checkpoint(dir)?;
         let position = checkpoint::read_position(dir)?;
         let checkpoint_empty = position == 0 && keyspace.is_empty().map_err(checkpoint::fjall)?;
-        let mut tables = Tables::new(checkpoint_empty);
+        let transient = memtable::Transient::load(options.transient_prefixes.clone(), &keyspace)?;
+        let mut tables = Tables::new(checkpoint_empty, transient);
         let replay = wal::replay(dir, position, &mut tables, &keyspace)?;
         let elapsed = started.elapsed();
         metrics::histogram!("tessera_store_recovery_seconds").record(elapsed.as_secs_f64());

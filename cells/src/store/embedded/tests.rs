@@ -264,6 +264,79 @@ fn checkpoint_and_restart_keep_final_values() {
     }
 }
 
+/// Writes filler until the active memtable freezes, then waits for its checkpoint (so the
+/// active memtable holds no filler and no second freeze is due).
+fn force_checkpoint(store: &EmbeddedStore, round: &mut usize) {
+    while store.shared.tables.read().frozen.is_none() {
+        put(
+            store,
+            &[(format!("filler-{round:06}").into_bytes(), vec![7; 200])],
+        )
+        .expect("put");
+        *round += 1;
+    }
+    wait_for_checkpoint(store);
+    assert!(
+        !store.shared.tables.read().checkpoint_empty,
+        "a checkpoint was written"
+    );
+}
+
+#[test]
+fn transient_clears_leave_no_tombstone_unless_an_older_layer_holds_the_key() {
+    let dir = tempfile::tempdir().expect("dir");
+    let options = EmbeddedOptions {
+        transient_prefixes: vec![b"t/".to_vec()],
+        ..tiny_options()
+    };
+    let store = open(dir.path(), options.clone());
+    let mut round = 0;
+    put(
+        &store,
+        &[(b"t/old".to_vec(), b"in the checkpoint".to_vec())],
+    )
+    .expect("put");
+    force_checkpoint(&store, &mut round);
+    put(&store, &[(b"t/new".to_vec(), b"only in memory".to_vec())]).expect("put");
+    put(&store, &[(b"other".to_vec(), b"not transient".to_vec())]).expect("put");
+    for key in [&b"t/old"[..], b"t/new", b"other"] {
+        let mut txn = store.begin().expect("begin");
+        txn.clear(key).expect("clear");
+        block_on(txn.commit()).expect("commit");
+    }
+    {
+        let tables = store.shared.tables.read();
+        assert_eq!(
+            tables.active.lookup(b"t/new"),
+            None,
+            "no tombstone for t/new"
+        );
+        assert_eq!(
+            tables.active.lookup(b"t/old"),
+            Some(None),
+            "t/old hides the checkpoint's"
+        );
+        assert_eq!(
+            tables.active.lookup(b"other"),
+            Some(None),
+            "other keys keep tombstones"
+        );
+    }
+    for key in [&b"t/old"[..], b"t/new", b"other"] {
+        assert_eq!(block_on(store.get(key)).expect("get"), None);
+    }
+    // The tombstone of t/old reaches the checkpoint; after a reopen nothing comes back.
+    force_checkpoint(&store, &mut round);
+    drop(store);
+    let store = open(dir.path(), options);
+    for key in [&b"t/old"[..], b"t/new", b"other"] {
+        assert_eq!(block_on(store.get(key)).expect("get"), None, "after reopen");
+    }
+    assert!(everything(&store)
+        .iter()
+        .all(|(key, _)| key.starts_with(b"filler-")));
+}
+
 #[test]
 fn requires_see_earlier_transactions_of_the_same_group() {
     let dir = tempfile::tempdir().expect("dir");
@@ -338,14 +411,22 @@ fn apply(
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
+    /// Transient prefixes (clears without tombstones) cover none, some or all of the
+    /// model's keys; checkpoints run beside the commits and reopens rebuild what the
+    /// store knows of the checkpoint's transient keys.
     #[test]
     fn random_transactions_match_a_model(
         transactions in prop::collection::vec(
             (prop::collection::vec(operation(), 1..8), any::<bool>()), 1..60),
+        transient_prefixes in prop_oneof![
+            Just(Vec::new()),
+            Just(vec![b"m".to_vec()]),
+            Just(vec![vec![b'm', 3], vec![b'm', 17], vec![b'm', 30]]),
+        ],
     ) {
         let dir = tempfile::tempdir().expect("dir");
         let options = EmbeddedOptions { memtable_bytes_max: 2048, wal_bytes_max: 4096,
-            ..tiny_options() };
+            transient_prefixes, ..tiny_options() };
         let mut store = open(dir.path(), options.clone());
         let mut model = BTreeMap::new();
         for (operations, reopen) in &transactions {
