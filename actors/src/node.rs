@@ -45,8 +45,9 @@ const TABLE_CHANGE_ATTEMPTS_MAX: usize = 16;
 /// safety net. Every event that can leave a leg behind asks for a rescan at once (an
 /// ownership change, a failed delivery or forward, an unknown commit outcome); the periodic
 /// scan only bounds the delay of a leg lost without a signal (a peer that took a forwarded
-/// leg and died before committing it). A scan re-delivers every entry still in flight, and
-/// reads the outbox's history of cleared entries, so it is not free under load.
+/// leg and died before committing it). A scan re-delivers every entry still in flight, so
+/// it is not free under load (cleared entries leave nothing to read: the embedded store
+/// removes them without tombstones, see `EmbeddedOptions::transient_prefixes`).
 pub const OUTBOX_RESCAN_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Settings of a [`DcNode`].
