@@ -256,7 +256,8 @@ impl Memtable {
 pub(crate) const TRANSIENT_TRACKED_MAX: usize = 262_144;
 
 /// Keys under the transient prefixes ([`super::EmbeddedOptions::transient_prefixes`]): set
-/// once and cleared soon after. A clear of such a key that no older layer holds removes it
+/// once and cleared soon after. Reported as `tessera_store_transient_keys_in_checkpoint`
+/// (gauge) and `tessera_store_transient_tracking_stopped_total`. A clear of such a key that no older layer holds removes it
 /// from the active memtable instead of leaving a tombstone, so short-lived entries leave no
 /// trace in memtables, checkpoints or range reads once cleared.
 #[derive(Debug, Default)]
@@ -278,6 +279,8 @@ impl Transient {
             for guard in checkpoint.prefix(prefix) {
                 let key = guard.key().map_err(fjall_error)?;
                 if keys.len() >= TRANSIENT_TRACKED_MAX {
+                    metrics::counter!("tessera_store_transient_tracking_stopped_total")
+                        .increment(1);
                     tracing::warn!(
                         max = TRANSIENT_TRACKED_MAX,
                         "checkpoint holds too many transient keys to track; their clears leave tombstones"
@@ -290,6 +293,7 @@ impl Transient {
                 keys.insert(key.to_vec());
             }
         }
+        metrics::gauge!("tessera_store_transient_keys_in_checkpoint").set(keys.len() as f64);
         Ok(Transient {
             prefixes,
             in_checkpoint: Some(keys),
@@ -359,7 +363,9 @@ impl Tables {
             keys.remove(&key);
         }
         keys.extend(changes.added);
+        metrics::gauge!("tessera_store_transient_keys_in_checkpoint").set(keys.len() as f64);
         if keys.len() > TRANSIENT_TRACKED_MAX {
+            metrics::counter!("tessera_store_transient_tracking_stopped_total").increment(1);
             tracing::warn!(
                 max = TRANSIENT_TRACKED_MAX,
                 "too many transient keys in the checkpoint to track; their clears leave tombstones until the store reopens"

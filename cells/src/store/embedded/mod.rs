@@ -131,8 +131,8 @@ pub struct EmbeddedOptions {
     /// A fault to inject (tests only).
     pub failpoint: Option<Failpoint>,
     /// Prefixes of keys that are set once and cleared soon after (Tessera's outbox entries).
-    /// A clear of such a key that only the active memtable holds removes it instead of
-    /// writing a tombstone, so cleared entries leave nothing behind for checkpoints and
+    /// A clear of such a key that neither the frozen memtable nor the checkpoint holds
+    /// removes it from the active memtable instead of writing a tombstone, so cleared entries leave nothing behind for checkpoints and
     /// range reads to carry. Any prefixes are correct; they only change what is kept.
     /// Default: [`crate::keys::transient_prefixes`].
     pub transient_prefixes: Vec<Vec<u8>>,
