@@ -14,7 +14,6 @@ use std::sync::Arc;
 use actix::{Actor, Arbiter, ArbiterHandle};
 use cells::ids::{AccountId, HoldId, UserId};
 use cells::keys::Keyspace;
-use cells::ledger::statement::StatementError;
 use cells::ledger::{
     validate_account_spec, Command, CommandResult, ErrorCode, HoldView, Outcome, TransferStatus,
     TransferView, BATCH_COMMANDS_MAX,
@@ -206,13 +205,7 @@ impl Ledger {
             limit,
         )
         .await
-        .map_err(|error| match error {
-            StatementError::Store(_) => ErrorCode::Unavailable,
-            StatementError::Record(_) | StatementError::Inconsistent { .. } => {
-                tracing::error!(%error, "statement unreadable");
-                ErrorCode::Internal
-            }
-        })
+        .map_err(|error| error.code())
     }
 
     /// Runs a batch whose split accounts are already mapped onto their parts.

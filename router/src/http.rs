@@ -17,7 +17,6 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use cells::ids::{AccountId, HoldId, TransferId, UserId};
 use cells::keys::Keyspace;
-use cells::ledger::statement::StatementError;
 use cells::ledger::{
     CaptureRequest, Command, CommandResult, ErrorCode, HoldRequest, Outcome, TransferRequest,
     TransferStatus, BATCH_COMMANDS_MAX,
@@ -541,13 +540,7 @@ async fn list_postings(
         limit + 1,
     )
     .await
-    .map_err(|error| match error {
-        StatementError::Store(_) => ApiError::of(ErrorCode::Unavailable),
-        StatementError::Record(_) | StatementError::Inconsistent { .. } => {
-            tracing::error!(%error, "statement unreadable");
-            ApiError::of(ErrorCode::Internal)
-        }
-    })?;
+    .map_err(|error| ApiError::of(error.code()))?;
     let mut postings = Vec::with_capacity(rows.len().min(limit));
     let mut next_cursor = None;
     for (index, (seq, posting)) in rows.iter().enumerate() {

@@ -8,6 +8,7 @@
 
 use crate::ids::AccountId;
 use crate::keys::{self, Keyspace};
+use crate::ledger::ErrorCode;
 use crate::records::{self, PostingRecord, RecordError};
 use crate::store::{limits, RangeRequest, Store, StoreError};
 
@@ -27,8 +28,36 @@ pub enum StatementError {
     Inconsistent { account: String, detail: String },
 }
 
+impl StatementError {
+    /// The code a caller answers with: `unavailable` (retryable) when the store failed,
+    /// `internal` when the statement's data is damaged (logged by [`read`]).
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            StatementError::Store(_) => ErrorCode::Unavailable,
+            StatementError::Record(_) | StatementError::Inconsistent { .. } => ErrorCode::Internal,
+        }
+    }
+}
+
 /// The postings of `account` with `seq >= from_seq`, oldest first, at most `limit`.
+/// Damaged statement data (an undecodable block, a gap) is logged here.
 pub async fn read(
+    store: &dyn Store,
+    space: Keyspace,
+    account: &AccountId,
+    from_seq: u64,
+    limit: usize,
+) -> Result<Vec<(u64, PostingRecord)>, StatementError> {
+    let result = read_blocks(store, space, account, from_seq, limit).await;
+    if let Err(error) = &result {
+        if !matches!(error, StatementError::Store(_)) {
+            tracing::error!(%error, "statement unreadable");
+        }
+    }
+    result
+}
+
+async fn read_blocks(
     store: &dyn Store,
     space: Keyspace,
     account: &AccountId,
