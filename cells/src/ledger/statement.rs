@@ -48,30 +48,21 @@ pub async fn read(
     from_seq: u64,
     limit: usize,
 ) -> Result<Vec<(u64, PostingRecord)>, StatementError> {
-    let result = read_blocks(store, space, account, from_seq, limit).await;
-    if let Err(error) = &result {
-        if !matches!(error, StatementError::Store(_)) {
-            tracing::error!(%error, "statement unreadable");
-        }
-    }
-    result
-}
-
-async fn read_blocks(
-    store: &dyn Store,
-    space: Keyspace,
-    account: &AccountId,
-    from_seq: u64,
-    limit: usize,
-) -> Result<Vec<(u64, PostingRecord)>, StatementError> {
     let mut page = Vec::with_capacity(limit.min(1_024));
     if limit == 0 {
         return Ok(page);
     }
-    let inconsistent = |detail: String| StatementError::Inconsistent {
-        account: account.as_str().to_string(),
-        detail,
+    let damaged = |error: StatementError| {
+        tracing::error!(%error, "statement unreadable");
+        error
     };
+    let inconsistent = |detail: String| {
+        damaged(StatementError::Inconsistent {
+            account: account.as_str().to_string(),
+            detail,
+        })
+    };
+    let decode = |value: &[u8]| records::decode_postings(value).map_err(|e| damaged(e.into()));
     // The block holding `from_seq` is the last one that starts at or before it.
     let (first, end) = space.postings_from(account, 0);
     let holding = RangeRequest {
@@ -84,7 +75,7 @@ async fn read_blocks(
     let mut expected = None;
     if let Some((key, value)) = store.get_range(holding).await?.into_iter().next() {
         let start = keys::posting_seq(&key).ok_or_else(|| inconsistent("posting key".into()))?;
-        let postings = records::decode_postings(&value)?;
+        let postings = decode(&value)?;
         expected = Some(start + postings.len() as u64);
         let skip = usize::try_from(from_seq - start).unwrap_or(usize::MAX);
         page.extend((start..).zip(postings).skip(skip).take(limit));
@@ -108,7 +99,7 @@ async fn read_blocks(
                     "posting block {start}, expected {expected}"
                 )));
             }
-            let postings = records::decode_postings(value)?;
+            let postings = decode(value)?;
             expected = Some(start + postings.len() as u64);
             let room = limit - page.len();
             page.extend((start..).zip(postings).take(room));
