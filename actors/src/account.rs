@@ -49,6 +49,10 @@ thread_local! {
 const EXPIRIES_PER_TICK_MAX: usize = 1_024;
 const _: () = assert!(EXPIRIES_PER_TICK_MAX <= BATCH_COMMANDS_MAX);
 
+/// Client items an account actor takes waiting for a commit (in its inbox and its queue):
+/// beyond it a delivery of client commands is answered `overloaded`.
+pub(crate) const CLIENT_ITEMS_MAX: usize = 4 * BATCH_COMMANDS_MAX;
+
 /// Holds finalized in this incarnation remembered for idempotent replies.
 const RECENT_FINAL_HOLDS_MAX: usize = 65_536;
 
@@ -75,18 +79,31 @@ pub struct CreditLeg {
     pub verify: bool,
 }
 
-/// Runs commands on this account; the reply arrives once they are durable.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Execute {
-    pub commands: Vec<(usize, AccountCommand)>,
-    pub reply: Reply,
+/// What senders put in an account actor's inbox (see [`crate::registry::Inbox`]).
+pub(crate) enum Delivery {
+    /// Commands of a client batch (with their indexes in it); the reply is written once
+    /// they are durable.
+    Execute {
+        commands: Vec<(usize, AccountCommand)>,
+        reply: Reply,
+    },
+    /// Credit legs from the outbox (sent by the relay).
+    Credits(Vec<CreditLeg>),
 }
 
-/// Applies credit legs from the outbox (sent by the relay).
+impl Delivery {
+    pub(crate) fn items(&self) -> usize {
+        match self {
+            Delivery::Execute { commands, .. } => commands.len(),
+            Delivery::Credits(legs) => legs.len(),
+        }
+    }
+}
+
+/// Tells an account actor whose inbox was disarmed that deliveries wait in it.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct ApplyCredits(pub Vec<CreditLeg>);
+pub(crate) struct Wake;
 
 /// An active hold, as the actor keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -230,8 +247,8 @@ pub struct AccountActor {
     in_flight: bool,
     last_active: Instant,
     recent_final: HashMap<HoldId, HoldState>,
-    /// Shared with senders (see `registry`): mailbox places reserved (released here as
-    /// messages arrive), and credit legs the relay counted as handed to this actor and not
+    /// Shared with senders (see `registry`): the inbox, its places reserved (released here
+    /// as deliveries are taken from it), the items waiting here, and credit legs the relay counted as handed to this actor and not
     /// yet taken into a commit (raised by the relay before it sends, lowered here when a
     /// job holding them leaves `pending`, into a draft or refused, and when a rescanned
     /// leg turns out to be applied already).
@@ -286,6 +303,7 @@ impl AccountActor {
             self.refuse(job, code);
         }
         self.pending_items = 0;
+        self.publish_pending();
     }
 
     pub fn snapshot(&self) -> AccountSnapshot {
@@ -297,17 +315,18 @@ impl AccountActor {
         }
     }
 
-    fn enqueue(&mut self, job: Job, ctx: &mut Context<Self>) {
+    /// Queues a job for the next commit (the caller seals).
+    fn enqueue(&mut self, job: Job) {
         self.last_active = Instant::now();
         if let Some(code) = self.load_error {
             self.refuse(job, code);
             return;
         }
-        // The mailbox bounds messages; this bounds the items they carry (credit legs are
-        // bounded before they are sent, by the relay's flow control, so they get room
+        // The reservations bound deliveries; this bounds the items they carry (credit legs
+        // are bounded before they are sent, by the relay's flow control, so they get room
         // beyond the clients' share).
         let bound = match job.origin {
-            Origin::Client(_) => 4 * BATCH_COMMANDS_MAX,
+            Origin::Client(_) => CLIENT_ITEMS_MAX,
             Origin::Internal => 8 * BATCH_COMMANDS_MAX,
         };
         if self.pending_items + job.items.len() > bound {
@@ -317,7 +336,15 @@ impl AccountActor {
         }
         self.pending_items += job.items.len();
         self.pending.push_back(job);
-        self.seal(ctx);
+        self.publish_pending();
+    }
+
+    /// Shows senders how many items wait here (they refuse client deliveries beyond
+    /// [`CLIENT_ITEMS_MAX`] before queueing them; see [`crate::registry::Reserved::send`]).
+    fn publish_pending(&self) {
+        self.counters
+            .pending_items
+            .store(self.pending_items, Ordering::Release);
     }
 
     /// Takes what accumulated and commits it, unless a commit is already in flight.
@@ -342,6 +369,7 @@ impl AccountActor {
             jobs.extend(self.pending.pop_front());
         }
         self.pending_items -= items;
+        self.publish_pending();
         self.credits_left(&jobs);
         let now_ms = now_ms();
         let draft = Draft::new(state, &self.shared, &self.recent_final, now_ms);
@@ -358,7 +386,7 @@ impl AccountActor {
             actor.in_flight = false;
             actor.shared.stats.record_commit(started.elapsed());
             actor.on_commit(result, jobs, outcome, ctx);
-            actor.seal(ctx);
+            actor.pump(ctx);
         }));
     }
 
@@ -377,7 +405,7 @@ impl AccountActor {
             Err(CommitError::Conflict) | Err(CommitError::Overloaded) => {
                 metrics::counter!("tessera_actors_commit_retried_total").increment(1);
                 self.requeue_front(jobs);
-                ctx.run_later(Duration::from_millis(1), |actor, ctx| actor.seal(ctx));
+                ctx.run_later(Duration::from_millis(1), |actor, ctx| actor.pump(ctx));
             }
             Err(CommitError::Rejected(error)) => {
                 tracing::warn!(account = %self.id, %error, "commit rejected by the store");
@@ -511,7 +539,7 @@ impl AccountActor {
                             .into_iter()
                             .for_each(|job| actor.fail_job(job, ErrorCode::Unavailable)),
                     }
-                    actor.seal(ctx);
+                    actor.pump(ctx);
                 }),
         );
     }
@@ -524,6 +552,7 @@ impl AccountActor {
             self.pending_items += job.items.len();
             self.pending.push_front(job);
         }
+        self.publish_pending();
     }
 
     /// Leaves the registry and answers `code` to everything until no message is reserved
@@ -541,11 +570,6 @@ impl AccountActor {
         }
     }
 
-    /// Called at the start of every handler: the message no longer holds a reserved place.
-    fn arrived(&self) {
-        self.counters.queued.fetch_sub(1, Ordering::AcqRel);
-    }
-
     /// Periodic housekeeping: hold expiry, netting for `append` accounts, passivation.
     fn tick(&mut self, ctx: &mut Context<Self>) {
         let Some(state) = self.state.as_ref() else {
@@ -554,9 +578,11 @@ impl AccountActor {
         let expired = state.due_holds(now_ms(), EXPIRIES_PER_TICK_MAX);
         let unnetted = state.next_seq - state.record_through_seq;
         if !expired.is_empty() {
-            self.enqueue_internal(expired.into_iter().map(Work::Expire).collect(), ctx);
+            self.enqueue_internal(expired.into_iter().map(Work::Expire).collect());
+            self.seal(ctx);
         } else if unnetted > 0 && !self.in_flight && self.pending.is_empty() {
-            self.enqueue_internal(vec![Work::Net], ctx);
+            self.enqueue_internal(vec![Work::Net]);
+            self.seal(ctx);
         } else if self.idle() && self.shared.retire(&self.id, &ctx.address(), true) {
             ctx.stop();
         }
@@ -591,6 +617,7 @@ impl Actor for AccountActor {
                         actor.state = Some(state);
                         let tick = actor.shared.config.tick;
                         ctx.run_interval(tick, |actor, ctx| actor.tick(ctx));
+                        actor.pump(ctx);
                     }
                     Err(error) => {
                         let code = error.code();
@@ -606,48 +633,91 @@ impl Actor for AccountActor {
     fn stopped(&mut self, ctx: &mut Self::Context) {
         let code = self.load_error.unwrap_or(ErrorCode::Unavailable);
         self.fail_pending(code);
+        // No sender is left without an answer: what is still in the inbox is answered
+        // here, and the closed inbox refuses every later delivery to its sender.
+        for delivery in self.counters.close() {
+            match delivery {
+                Delivery::Execute { commands, reply } => {
+                    reply.answer(commands.into_iter().map(|(index, _)| (index, Err(code))))
+                }
+                Delivery::Credits(legs) => {
+                    // They stay in the durable outbox.
+                    self.credits_done(legs.len());
+                    self.shared.request_outbox_rescan();
+                }
+            }
+        }
         self.shared.retire(&self.id, &ctx.address(), false);
     }
 }
 
-impl Handler<Execute> for AccountActor {
+impl Handler<Wake> for AccountActor {
     type Result = ();
 
-    fn handle(&mut self, message: Execute, ctx: &mut Self::Context) {
-        self.arrived();
-        let items = message
-            .commands
-            .into_iter()
-            .map(|(index, command)| Item {
-                index,
-                work: Work::Client(command),
-                settled: None,
-            })
-            .collect();
-        self.enqueue(
-            Job {
-                origin: Origin::Client(message.reply),
-                items,
-            },
-            ctx,
-        );
-        self.stop_when_drained(ctx);
+    fn handle(&mut self, _: Wake, ctx: &mut Self::Context) {
+        self.pump(ctx);
     }
 }
 
-impl Handler<ApplyCredits> for AccountActor {
-    type Result = ();
+impl AccountActor {
+    /// Takes every delivery waiting in the inbox, commits what it can, and disarms the
+    /// inbox when nothing of the actor's own will look at it again (no commit in flight):
+    /// the next delivery then wakes the actor. Called on a wake-up, when a commit (or
+    /// the read after a failed one) completes, and once loaded.
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        let mut deliveries = self.counters.inbox().take();
+        loop {
+            self.counters
+                .queued
+                .fetch_sub(deliveries.len(), Ordering::AcqRel);
+            for delivery in deliveries {
+                self.take(delivery, ctx);
+            }
+            self.seal(ctx);
+            if self.in_flight {
+                // Its completion looks again.
+                break;
+            }
+            let mut inbox = self.counters.inbox();
+            if inbox.is_empty() {
+                inbox.armed = false;
+                break;
+            }
+            deliveries = inbox.take();
+        }
+        self.stop_when_drained(ctx);
+    }
 
-    fn handle(&mut self, message: ApplyCredits, ctx: &mut Self::Context) {
-        self.arrived();
-        let legs = message.0;
+    /// Queues one delivery for the next commit (the caller seals).
+    fn take(&mut self, delivery: Delivery, ctx: &mut Context<Self>) {
+        match delivery {
+            Delivery::Execute { commands, reply } => {
+                let items = commands
+                    .into_iter()
+                    .map(|(index, command)| Item {
+                        index,
+                        work: Work::Client(command),
+                        settled: None,
+                    })
+                    .collect();
+                self.enqueue(Job {
+                    origin: Origin::Client(reply),
+                    items,
+                });
+            }
+            Delivery::Credits(legs) => self.take_credits(legs, ctx),
+        }
+    }
+
+    /// Queues credit legs; legs found by a rescan are checked against the store first.
+    fn take_credits(&mut self, legs: Vec<CreditLeg>, ctx: &mut Context<Self>) {
         // Legs to verify come only from outbox rescans: spare the common case a partition.
         let (verify, direct): (Vec<_>, Vec<_>) = if legs.iter().any(|leg| leg.verify) {
             legs.into_iter().partition(|leg| leg.verify)
         } else {
             (Vec::new(), legs)
         };
-        self.enqueue_credits(direct, ctx);
+        self.enqueue_credits(direct);
         if !verify.is_empty() {
             let store = Arc::clone(&self.shared.store);
             let keys = verify.iter().map(|leg| leg.key.clone()).collect();
@@ -666,22 +736,23 @@ impl Handler<ApplyCredits> for AccountActor {
                     .map(|(leg, _)| leg)
                     .collect();
                 actor.credits_done(checked - present.len());
-                actor.enqueue_credits(present, ctx);
+                actor.enqueue_credits(present);
+                actor.seal(ctx);
             }));
         }
-        self.stop_when_drained(ctx);
     }
 }
 
 impl AccountActor {
-    fn enqueue_credits(&mut self, legs: Vec<CreditLeg>, ctx: &mut Context<Self>) {
+    fn enqueue_credits(&mut self, legs: Vec<CreditLeg>) {
         if !legs.is_empty() {
-            self.enqueue_internal(legs.into_iter().map(Work::Credit).collect(), ctx);
+            self.enqueue_internal(legs.into_iter().map(Work::Credit).collect());
         }
     }
 
-    /// Queues work of the actor's own (credits, expiries, netting) for the next commit.
-    fn enqueue_internal(&mut self, work: Vec<Work>, ctx: &mut Context<Self>) {
+    /// Queues work of the actor's own (credits, expiries, netting) for the next commit
+    /// (the caller seals).
+    fn enqueue_internal(&mut self, work: Vec<Work>) {
         let items = work
             .into_iter()
             .map(|work| Item {
@@ -690,12 +761,9 @@ impl AccountActor {
                 settled: None,
             })
             .collect();
-        self.enqueue(
-            Job {
-                origin: Origin::Internal,
-                items,
-            },
-            ctx,
-        );
+        self.enqueue(Job {
+            origin: Origin::Internal,
+            items,
+        });
     }
 }

@@ -5,7 +5,8 @@ use std::time::Duration;
 use cells::ids::DcId;
 use cells::keys::Keyspace;
 
-/// Capacity of an account actor's mailbox (messages, each carrying many commands).
+/// Capacity of an account actor's inbox (deliveries, each carrying many commands or
+/// credit legs; see `registry::Inbox`).
 pub const ACCOUNT_MAILBOX_CAPACITY: usize = 1_024;
 /// Capacity of the outbox relay's mailbox.
 pub const RELAY_MAILBOX_CAPACITY: usize = 4_096;

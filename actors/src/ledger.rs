@@ -5,7 +5,7 @@
 //! lookups that need no actor. Commands of one batch run as: account creations first,
 //! then everything else; commands for the same account keep their order.
 //!
-//! Must never: send a command to an actor without a bound (a full mailbox answers
+//! Must never: send a command to an actor without a bound (a full inbox answers
 //! `overloaded`), or report success for anything not yet durable.
 
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
@@ -26,7 +26,7 @@ use cells::records::{
 use cells::slot::{slot_of, Slot};
 use cells::store::{CommitError, KeyValue, Store};
 
-use crate::account::{AccountCommand, CreditLeg, Execute};
+use crate::account::{AccountCommand, CreditLeg, Delivery};
 use crate::answers::BatchAnswers;
 use crate::config::{LedgerConfig, CREATE_ATTEMPTS_MAX};
 use crate::registry::{CreditForwarder, Shared};
@@ -350,21 +350,17 @@ impl Ledger {
         let answers = BatchAnswers::new(results.len());
         let places = self.shared.reserve_many(routed.keys());
         for ((_, commands), place) in routed.into_iter().zip(places) {
-            let message = Execute {
+            let delivery = Delivery::Execute {
                 commands,
                 reply: answers.reply(),
             };
             let refused = match place {
-                Ok(place) => place
-                    .send(message)
-                    .err()
-                    .map(|message| (message, ErrorCode::Overloaded)),
-                Err(code) => Some((message, code)),
+                Ok(place) => place.send(delivery).err(),
+                Err(code) => Some((delivery, code)),
             };
-            if let Some((message, code)) = refused {
+            if let Some((Delivery::Execute { commands, .. }, code)) = refused {
                 metrics::counter!("tessera_actors_overloaded_total").increment(1);
-                message
-                    .commands
+                commands
                     .iter()
                     .for_each(|(i, _)| results[*i] = Some(Err(code)));
             }

@@ -16,7 +16,7 @@
 //!   lease, follows the ownership table, takes over dead peers and serves the DC protocol.
 //!
 //! Must never: acknowledge before the store says durable, queue without a limit (every
-//! mailbox is bounded; a full one answers [`cells::ledger::ErrorCode::Overloaded`]), or
+//! inbox and mailbox is bounded; a full one answers [`cells::ledger::ErrorCode::Overloaded`]), or
 //! block an actor thread on I/O.
 //!
 //! ```no_run

@@ -7,7 +7,7 @@
 
 use foldhash::{HashMap, HashMapExt};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 
 use actix::{Actor, Addr, ArbiterHandle};
 use cells::ids::{AccountId, DcId};
@@ -17,72 +17,143 @@ use cells::ownership::OwnershipTable;
 use cells::records::{self, AccountRecord, AccountSpec};
 use cells::store::{KeyValue, Store};
 
-use crate::account::AccountActor;
+use crate::account::{AccountActor, Delivery, Wake, CLIENT_ITEMS_MAX};
 use crate::config::{LedgerConfig, ACCOUNT_MAILBOX_CAPACITY, DIRECTORY_ACCOUNTS_MAX};
 use crate::freeze::Gate;
 use crate::relay::OutboxRelay;
 use crate::stats::LedgerStats;
 
-/// A live actor and the number of messages reserved for its mailbox but not yet handled.
-///
-/// actix bounds a mailbox per sender (every `Addr` clone may park one extra message), so
-/// the bound is kept here instead: a place is reserved under the registry lock before a
-/// send, and released by the actor when it handles the message. The same count lets an
-/// idle actor retire without racing a sender (it retires only when nothing is reserved).
-#[derive(Clone)]
+/// A live actor and what it shares with its senders.
 struct Live {
     addr: Addr<AccountActor>,
     counters: Arc<Counters>,
 }
 
-/// The counts a live actor shares with its senders, side by side in one allocation (a
-/// send reserves a place and the relay reads the credit count from the same place).
-#[derive(Debug, Default)]
+/// What a live actor shares with its senders, in one allocation: the bound on what is
+/// queued for it, the relay's count of credit legs it holds, and its inbox.
+///
+/// actix bounds a mailbox per sender (every `Addr` clone may park one extra message), so
+/// the bound is kept here instead: a place is reserved under the registry lock before a
+/// delivery, and released by the actor when it takes the delivery from its inbox. The
+/// same count lets an idle actor retire without racing a sender (it retires only when
+/// nothing is reserved).
+#[derive(Default)]
 pub(crate) struct Counters {
-    /// Messages reserved for the actor's mailbox and not yet handled.
+    /// Deliveries reserved for the actor and not yet taken from its inbox.
     pub(crate) queued: AtomicUsize,
     /// Credit legs the relay handed this actor that it has not yet taken into a commit
     /// (see [`crate::relay`]'s flow control).
     pub(crate) credits: AtomicUsize,
+    /// Items waiting in the actor's own queue (published by the actor).
+    pub(crate) pending_items: AtomicUsize,
+    /// Set when the actor stopped: its inbox takes nothing more.
+    closed: AtomicBool,
+    inbox: Mutex<Inbox>,
 }
 
-/// One reserved mailbox place of an account actor.
+/// Deliveries waiting for the actor, in the order they were made.
+///
+/// A delivery is a push under a lock, not an actix message: an actor with a commit in
+/// flight takes everything that arrived when the commit completes, so under load the
+/// thousands of deliveries a second to it cost no envelope, no mailbox and no wake-up of
+/// its context each. Only a delivery to an actor that is not armed (no commit in flight,
+/// nothing waiting) sends it a [`Wake`](crate::account::Wake). Bounded by the
+/// reservations ([`ACCOUNT_MAILBOX_CAPACITY`]).
+#[derive(Default)]
+pub(crate) struct Inbox {
+    deliveries: Vec<Delivery>,
+    /// Items (commands, credit legs) of `deliveries`.
+    items: usize,
+    /// The actor will look at the inbox without being woken (a commit of its in flight,
+    /// or a wake sent and not yet handled).
+    pub(crate) armed: bool,
+}
+
+impl Inbox {
+    /// Takes every delivery waiting.
+    pub(crate) fn take(&mut self) -> Vec<Delivery> {
+        self.items = 0;
+        std::mem::take(&mut self.deliveries)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.deliveries.is_empty()
+    }
+}
+
+impl Counters {
+    pub(crate) fn inbox(&self) -> MutexGuard<'_, Inbox> {
+        // Every change under this lock is a push, a take or a flag: a panic cannot leave
+        // the inbox half-changed.
+        self.inbox.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Closes the inbox (the actor stopped) and gives back what was left in it, each of
+    /// which no longer holds a reserved place.
+    pub(crate) fn close(&self) -> Vec<Delivery> {
+        let mut inbox = self.inbox();
+        self.closed.store(true, Ordering::Release);
+        let left = inbox.take();
+        self.queued.fetch_sub(left.len(), Ordering::AcqRel);
+        left
+    }
+}
+
+/// One reserved place in an account actor's inbox.
 pub(crate) struct Reserved {
-    addr: Addr<AccountActor>,
-    counters: Arc<Counters>,
+    live: Arc<Live>,
 }
 
 impl Reserved {
     /// Credit legs this actor holds and has not yet taken into a commit.
     pub(crate) fn credits_held(&self) -> usize {
-        self.counters.credits.load(Ordering::Acquire)
+        self.live.counters.credits.load(Ordering::Acquire)
     }
 
     /// Counts `legs` credit legs as held by the actor (before sending them).
     pub(crate) fn hand_credits(&self, legs: usize) {
-        self.counters.credits.fetch_add(legs, Ordering::AcqRel);
+        self.live.counters.credits.fetch_add(legs, Ordering::AcqRel);
     }
 
     /// Gives the place back unused.
     pub(crate) fn release(self) {
-        self.counters.queued.fetch_sub(1, Ordering::AcqRel);
+        self.live.counters.queued.fetch_sub(1, Ordering::AcqRel);
     }
 
-    /// Sends into the reserved place; gives the message back if the actor is gone.
-    pub fn send<M>(self, message: M) -> Result<(), M>
-    where
-        M: actix::Message<Result = ()> + Send + 'static,
-        AccountActor: actix::Handler<M>,
-    {
-        match self.addr.try_send(message) {
-            Ok(()) => Ok(()),
-            Err(error) => {
-                self.counters.queued.fetch_sub(1, Ordering::AcqRel);
-                Err(error.into_inner())
+    /// Delivers into the reserved place. Gives the delivery back, `overloaded`, if the
+    /// actor is gone or (client commands) already has [`CLIENT_ITEMS_MAX`] items waiting:
+    /// the bound the actor applies when it takes them, applied before they queue (with
+    /// its commit in flight the actor takes deliveries only when the commit completes).
+    /// Credit legs are bounded by the relay's flow control instead.
+    pub(crate) fn send(self, delivery: Delivery) -> Result<(), (Delivery, ErrorCode)> {
+        let counters = &self.live.counters;
+        let wake = {
+            let mut inbox = counters.inbox();
+            let items = delivery.items();
+            let full = matches!(delivery, Delivery::Execute { .. })
+                && inbox.items + counters.pending_items.load(Ordering::Acquire) + items
+                    > CLIENT_ITEMS_MAX;
+            if full || counters.closed.load(Ordering::Acquire) {
+                drop(inbox);
+                counters.queued.fetch_sub(1, Ordering::AcqRel);
+                return Err((delivery, ErrorCode::Overloaded));
             }
+            inbox.items += items;
+            inbox.deliveries.push(delivery);
+            !std::mem::replace(&mut inbox.armed, true)
+        };
+        if wake && self.live.addr.try_send(Wake).is_err() {
+            // The actor is stopping: when it has stopped it closes the inbox and answers
+            // what it finds there (this delivery included).
+            metrics::counter!("tessera_actors_wake_failed_total").increment(1);
         }
+        Ok(())
     }
 }
+
+/// Wake-ups an account actor's mailbox holds (a backstop: an actor is sent one when its
+/// inbox is disarmed, and disarming needs the actor to run in between).
+const WAKES_QUEUED_MAX: usize = 64;
 
 /// What every actor of one ledger shares.
 pub struct Shared {
@@ -91,7 +162,7 @@ pub struct Shared {
     pub space: Keyspace,
     pub stats: Arc<LedgerStats>,
     arbiters: Vec<ArbiterHandle>,
-    actors: Mutex<HashMap<AccountId, Live>>,
+    actors: Mutex<HashMap<AccountId, Arc<Live>>>,
     relay: OnceLock<Addr<OutboxRelay>>,
     rescan_outbox: AtomicBool,
     directory: Mutex<HashMap<AccountId, Arc<AccountSpec>>>,
@@ -246,18 +317,18 @@ impl Shared {
 
     fn reserve_locked(
         self: &Arc<Self>,
-        actors: &mut HashMap<AccountId, Live>,
+        actors: &mut HashMap<AccountId, Arc<Live>>,
         account: &AccountId,
     ) -> Result<Reserved, ErrorCode> {
         let live = match actors.get(account) {
-            Some(live) if live.addr.connected() => live.clone(),
+            Some(live) if !live.counters.closed.load(Ordering::Acquire) => Arc::clone(live),
             _ => {
                 if actors.len() >= self.config.active_accounts_max {
                     metrics::counter!("tessera_actors_activation_refused_total").increment(1);
                     return Err(ErrorCode::Overloaded);
                 }
-                let live = self.start(account);
-                actors.insert(account.clone(), live.clone());
+                let live = Arc::new(self.start(account));
+                actors.insert(account.clone(), Arc::clone(&live));
                 metrics::gauge!("tessera_actors_active_accounts").set(actors.len() as f64);
                 live
             }
@@ -267,10 +338,7 @@ impl Shared {
             return Err(ErrorCode::Overloaded);
         }
         live.counters.queued.fetch_add(1, Ordering::AcqRel);
-        Ok(Reserved {
-            addr: live.addr,
-            counters: live.counters,
-        })
+        Ok(Reserved { live })
     }
 
     fn start(self: &Arc<Self>, account: &AccountId) -> Live {
@@ -280,8 +348,9 @@ impl Shared {
         let counters = Arc::new(Counters::default());
         let actor_counters = Arc::clone(&counters);
         let addr = AccountActor::start_in_arbiter(arbiter, move |ctx| {
-            // The reservation count above is the real bound; this is a backstop.
-            ctx.set_mailbox_capacity(2 * ACCOUNT_MAILBOX_CAPACITY);
+            // Only wake-ups travel through the mailbox (deliveries go to the inbox, bounded
+            // by the reservation count above): a few at a time at most.
+            ctx.set_mailbox_capacity(WAKES_QUEUED_MAX);
             AccountActor::new(id, shared, actor_counters)
         });
         Live { addr, counters }

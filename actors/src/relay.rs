@@ -27,7 +27,7 @@ use cells::records::{self, OutboxRecord};
 use cells::slot::Slot;
 use cells::store::{prefix_end, KeyValue, RangeRequest};
 
-use crate::account::{ApplyCredits, CreditLeg};
+use crate::account::{CreditLeg, Delivery};
 use crate::config::{RELAY_MAILBOX_CAPACITY, RELAY_RETRY_CREDITS_MAX};
 use crate::registry::{Reserved, Shared};
 
@@ -405,12 +405,14 @@ fn offer(place: Reserved, legs: &mut VecDeque<CreditLeg>) -> usize {
         legs.drain(..count).collect()
     };
     place.hand_credits(count);
-    match place.send(ApplyCredits(batch)) {
+    match place.send(Delivery::Credits(batch)) {
         Ok(()) => count,
-        Err(message) => {
+        Err((delivery, _)) => {
             // The actor is gone (its count with it): the legs wait again.
-            for leg in message.0.into_iter().rev() {
-                legs.push_front(leg);
+            if let Delivery::Credits(batch) = delivery {
+                for leg in batch.into_iter().rev() {
+                    legs.push_front(leg);
+                }
             }
             0
         }

@@ -799,6 +799,59 @@ fn items_beyond_the_pending_bound_are_overloaded() {
     });
 }
 
+/// Deliveries that reach an account actor while its commit is in flight wait in its inbox
+/// and go into its next commit together, as soon as the one in flight completes; once the
+/// actor has nothing in flight, the next delivery wakes it.
+#[test]
+fn deliveries_during_a_commit_share_the_next_one_and_an_idle_actor_wakes() {
+    in_system(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let store = gated_store(dir.path());
+        let ledger = Ledger::start(store.clone(), LedgerConfig::default());
+        run(&ledger, vec![create_system("world")]).await;
+        let commits = || ledger.stats().commits.load(Ordering::Relaxed);
+        store.commits.set_open(false);
+        let first = actix_rt::spawn({
+            let ledger = ledger.clone();
+            async move { run(&ledger, vec![hold("first", "world", 1, None)]).await }
+        });
+        store.commits.wait_for_waiting(1).await;
+        let before = commits();
+        // Five batches of holds (no credit legs: world's actor is the only one committing).
+        let batches = join_all((0..5).map(|batch| {
+            let holds = (0..10)
+                .map(|i| hold(&format!("h{batch}-{i}"), "world", 1, None))
+                .collect();
+            run(&ledger, holds)
+        }));
+        let mut batches = pin!(batches);
+        assert!(futures::poll!(batches.as_mut()).is_pending());
+        store.commits.set_open(true);
+        let batches = actix_rt::time::timeout(Duration::from_secs(10), batches)
+            .await
+            .expect("deliveries waiting in the inbox were not committed");
+        for results in batches {
+            assert!(results.iter().all(|r| *r == Ok(Outcome::HoldCreated)));
+        }
+        assert_eq!(first.await.unwrap(), vec![Ok(Outcome::HoldCreated)]);
+        assert_eq!(
+            commits() - before,
+            2,
+            "the held commit, then one commit for all five batches"
+        );
+        // Nothing in flight now: a new delivery must wake the actor.
+        let woken = actix_rt::time::timeout(
+            Duration::from_secs(10),
+            run(&ledger, vec![hold("later", "world", 1, None)]),
+        )
+        .await
+        .expect("an idle actor was not woken by a delivery");
+        assert_eq!(woken, vec![Ok(Outcome::HoldCreated)]);
+        assert_eq!(views(&ledger, &["world"]).await[0], (0, 52, -52));
+        assert_clean(store.as_ref(), &ledger);
+    });
+}
+
 /// Regression (bug 2, fixed): an account actor's mailbox was not bounded, because actix
 /// bounds a mailbox per sender and every caller got its own `Addr` clone. The registry now
 /// reserves a place under its lock before every send (`registry::Reserved`); here
