@@ -381,11 +381,12 @@ impl Ledger {
         specs: &HashMap<AccountId, Option<Arc<AccountSpec>>>,
         holds: &HashMap<HoldId, Option<HoldRecord>>,
     ) -> Result<Option<(AccountId, AccountCommand)>, ErrorCode> {
-        let spec = |id: &AccountId| {
+        // Borrowed, not cloned: an `Arc` clone here would bounce the spec's count between
+        // this thread and the actor thread, per command.
+        let spec = |id: &AccountId| -> Result<&AccountSpec, ErrorCode> {
             specs
                 .get(id)
-                .cloned()
-                .flatten()
+                .and_then(|spec| spec.as_deref())
                 .ok_or(ErrorCode::UnknownAccount)
         };
         let hold = |id: &HoldId| {
