@@ -854,9 +854,10 @@ fn deliveries_during_a_commit_share_the_next_one_and_an_idle_actor_wakes() {
 
 /// Regression (bug 2, fixed): an account actor's mailbox was not bounded, because actix
 /// bounds a mailbox per sender and every caller got its own `Addr` clone. The registry now
-/// reserves a place under its lock before every send (`registry::Reserved`); here
-/// 4 × `ACCOUNT_MAILBOX_CAPACITY` messages go to an actor that cannot drain its mailbox and
-/// the excess must answer `overloaded`.
+/// reserves a place under its lock before every delivery (`registry::Reserved`; deliveries
+/// go to the actor's inbox since round 7 of the engine benchmark); here
+/// 4 × `ACCOUNT_MAILBOX_CAPACITY` deliveries go to an actor that cannot take them (its load
+/// is held) and the excess must answer `overloaded`.
 #[test]
 fn regression_full_account_mailbox_answers_overloaded() {
     in_system(|| async {
