@@ -247,11 +247,11 @@ pub struct AccountActor {
     in_flight: bool,
     last_active: Instant,
     recent_final: HashMap<HoldId, HoldState>,
-    /// Shared with senders (see `registry`): the inbox, its places reserved (released here
-    /// as deliveries are taken from it), the items waiting here, and credit legs the relay counted as handed to this actor and not
-    /// yet taken into a commit (raised by the relay before it sends, lowered here when a
-    /// job holding them leaves `pending`, into a draft or refused, and when a rescanned
-    /// leg turns out to be applied already).
+    /// Shared with senders (see `registry`): the inbox and its places reserved (released
+    /// here as deliveries are taken from it), the items waiting here, and credit legs the
+    /// relay counted as handed to this actor and not yet taken into a commit (raised by the
+    /// relay before it sends, lowered here when a job holding them leaves `pending`, into a
+    /// draft or refused, and when a rescanned leg turns out to be applied already).
     counters: Arc<Counters>,
 }
 

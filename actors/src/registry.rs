@@ -143,8 +143,9 @@ impl Reserved {
             !std::mem::replace(&mut inbox.armed, true)
         };
         if wake && self.live.addr.try_send(Wake).is_err() {
-            // The actor is stopping: when it has stopped it closes the inbox and answers
-            // what it finds there (this delivery included).
+            // Either the actor is stopping (once stopped it closes the inbox and answers
+            // what it finds there, this delivery included) or its mailbox already holds
+            // [`WAKES_QUEUED_MAX`] wake-ups, any of which takes this delivery.
             metrics::counter!("tessera_actors_wake_failed_total").increment(1);
         }
         Ok(())
