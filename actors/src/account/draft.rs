@@ -98,7 +98,9 @@ pub(crate) struct Draft<'a> {
     space: Keyspace,
     now_ms: u64,
     delta: Delta,
-    batch_transfers: HashMap<TransferId, (TransferRequest, CommandResult)>,
+    /// Transfers drafted so far, borrowed from the jobs (a second request under an id
+    /// gets the first one's result, or `transfer_exists_with_different_fields`).
+    batch_transfers: HashMap<&'a TransferId, (&'a TransferRequest, CommandResult)>,
     batch_holds: HashMap<HoldId, (HoldRequest, CommandResult)>,
     batch_credits: HashSet<Vec<u8>>,
     net_requested: bool,
@@ -145,7 +147,7 @@ impl<'a> Draft<'a> {
     }
 
     /// Builds the transaction for `jobs` and starts its commit.
-    pub fn build(mut self, jobs: &[Job]) -> Result<Sealed, ErrorCode> {
+    pub fn build(mut self, jobs: &'a [Job]) -> Result<Sealed, ErrorCode> {
         let mut txn = self
             .shared
             .store
@@ -185,7 +187,7 @@ impl<'a> Draft<'a> {
         })
     }
 
-    fn apply(&mut self, txn: &mut dyn Transaction, work: &Work) -> CommandResult {
+    fn apply(&mut self, txn: &mut dyn Transaction, work: &'a Work) -> CommandResult {
         match work {
             Work::Client(AccountCommand::Transfer(request)) => self.transfer(txn, request),
             Work::Client(AccountCommand::Hold(request)) => self.hold(txn, request),
@@ -248,12 +250,16 @@ impl<'a> Draft<'a> {
         set_owned(txn, key, self.block.take());
     }
 
-    fn transfer(&mut self, txn: &mut dyn Transaction, request: &TransferRequest) -> CommandResult {
+    fn transfer(
+        &mut self,
+        txn: &mut dyn Transaction,
+        request: &'a TransferRequest,
+    ) -> CommandResult {
         if request.currency != self.spec().currency {
             return Err(ErrorCode::CurrencyMismatch);
         }
         if let Some((first, result)) = self.batch_transfers.get(&request.id) {
-            return if first == request {
+            return if *first == request {
                 result.clone()
             } else {
                 Err(ErrorCode::TransferExistsWithDifferentFields)
@@ -287,7 +293,7 @@ impl<'a> Draft<'a> {
         };
         set_owned(txn, key, records::encode(&record));
         self.batch_transfers
-            .insert(request.id.clone(), (request.clone(), result.clone()));
+            .insert(&request.id, (request, result.clone()));
         result
     }
 
