@@ -750,6 +750,22 @@ fn gated_store(dir: &std::path::Path) -> Arc<GatedStore> {
     })
 }
 
+/// Closes the commit gate and starts a hold of 1 on `world`: once this returns, its commit
+/// waits at the gate, so `world`'s actor keeps it in flight until the gate opens. The
+/// handle gives the hold's answer.
+async fn hold_a_commit_in_flight(
+    ledger: &Ledger,
+    store: &GatedStore,
+) -> actix_rt::task::JoinHandle<Vec<CommandResult>> {
+    store.commits.set_open(false);
+    let first = actix_rt::spawn({
+        let ledger = ledger.clone();
+        async move { run(&ledger, vec![hold("first", "world", 1, None)]).await }
+    });
+    store.commits.wait_for_waiting(1).await;
+    first
+}
+
 /// While an account's commit is in flight, the items waiting for it are bounded
 /// (4 × `BATCH_COMMANDS_MAX`): the next command gets `overloaded` at once, leaves no trace,
 /// and succeeds when retried later.
@@ -760,13 +776,7 @@ fn items_beyond_the_pending_bound_are_overloaded() {
         let store = gated_store(dir.path());
         let ledger = Ledger::start(store.clone(), LedgerConfig::default());
         run(&ledger, vec![create_system("world"), create("shop")]).await;
-        store.commits.set_open(false);
-        // A first hold: its commit is held at the gate, so the actor keeps it in flight.
-        let first = actix_rt::spawn({
-            let ledger = ledger.clone();
-            async move { run(&ledger, vec![hold("first", "world", 1, None)]).await }
-        });
-        store.commits.wait_for_waiting(1).await;
+        let first = hold_a_commit_in_flight(&ledger, &store).await;
         // Fill the pending bound exactly: four full batches of lookups.
         let fill =
             join_all((0..4).map(|_| run(&ledger, vec![lookup("world"); BATCH_COMMANDS_MAX])));
@@ -810,12 +820,7 @@ fn deliveries_during_a_commit_share_the_next_one_and_an_idle_actor_wakes() {
         let ledger = Ledger::start(store.clone(), LedgerConfig::default());
         run(&ledger, vec![create_system("world")]).await;
         let commits = || ledger.stats().commits.load(Ordering::Relaxed);
-        store.commits.set_open(false);
-        let first = actix_rt::spawn({
-            let ledger = ledger.clone();
-            async move { run(&ledger, vec![hold("first", "world", 1, None)]).await }
-        });
-        store.commits.wait_for_waiting(1).await;
+        let first = hold_a_commit_in_flight(&ledger, &store).await;
         let before = commits();
         // Five batches of holds (no credit legs: world's actor is the only one committing).
         let batches = join_all((0..5).map(|batch| {
