@@ -365,7 +365,8 @@ impl Committer {
                 return Ok(());
             }
             let mut tables = parking_lot::RwLockUpgradableReadGuard::upgrade(tables);
-            let memtable = Arc::new(std::mem::take(&mut tables.active));
+            let next = tables.active.successor();
+            let memtable = Arc::new(std::mem::replace(&mut tables.active, next));
             tables.frozen = Some(memtable.clone());
             memtable
         };

@@ -3,6 +3,9 @@
 //!
 //! A memtable maps a key to `Some(value)` or to a tombstone (`None`) that hides older
 //! layers. While no older layer exists, clears remove entries instead of leaving tombstones.
+//! Keys under the transient prefixes (the outbox) live in a hash map beside the ordered
+//! B-tree: they are set, looked up and cleared once each, far more often than they are
+//! range-read. Range reads and checkpoints merge the two in key order.
 
 use std::borrow::{Borrow, Cow};
 use std::cmp::Ordering;
@@ -87,7 +90,7 @@ pub(crate) fn compare_keys(a: &[u8], b: &[u8]) -> Ordering {
 const KEY_INLINE_BYTES: usize = 40;
 
 /// An owned memtable key (ordered as [`KeyBytes`]), inline up to [`KEY_INLINE_BYTES`].
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq, Hash)]
 pub(crate) struct MemKey(smallvec::SmallVec<[u8; KEY_INLINE_BYTES]>);
 
 impl MemKey {
@@ -96,6 +99,13 @@ impl MemKey {
     }
 
     pub(crate) fn as_slice(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+// Hashes and compares as the bytes do (the derives above hash and compare the slice).
+impl Borrow<[u8]> for MemKey {
+    fn borrow(&self) -> &[u8] {
         &self.0
     }
 }
@@ -169,9 +179,19 @@ impl Arena {
     }
 }
 
+/// The key prefixes a memtable keeps in its hash map (the store's transient prefixes).
+pub(crate) type HashedPrefixes = Arc<[Vec<u8>]>;
+
 #[derive(Debug, Default)]
 pub(crate) struct Memtable {
+    /// Every key not under a hashed prefix, in order.
     map: BTreeMap<MemKey, Option<ValueRef>>,
+    /// Keys under the hashed prefixes (the transient outbox entries: each set once, looked
+    /// up once and cleared, by the hundred thousand a second, and few alive at a time).
+    /// A hash map makes those three operations O(1) instead of three walks down a B-tree of
+    /// millions of entries; range reads, rare on these prefixes, gather and sort them.
+    hashed: HashMap<MemKey, Option<ValueRef>, foldhash::fast::RandomState>,
+    prefixes: HashedPrefixes,
     values: Arena,
     /// Bytes held: keys, entry overhead, and every value ever written (an overwritten
     /// value stays in the arena until the memtable is checkpointed and dropped).
@@ -179,35 +199,95 @@ pub(crate) struct Memtable {
 }
 
 impl Memtable {
+    /// An empty memtable that keeps keys under `prefixes` in its hash map.
+    pub(crate) fn new(prefixes: HashedPrefixes) -> Self {
+        Memtable {
+            prefixes,
+            ..Memtable::default()
+        }
+    }
+
+    /// An empty memtable with the same hashed prefixes (the next active one).
+    pub(crate) fn successor(&self) -> Self {
+        Memtable::new(Arc::clone(&self.prefixes))
+    }
+
     pub(crate) fn bytes(&self) -> usize {
         self.bytes
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.map.len()
+        self.map.len() + self.hashed.len()
     }
 
-    pub(crate) fn entries(&self) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
-        self.map
+    fn is_hashed(&self, key: &[u8]) -> bool {
+        self.prefixes.iter().any(|prefix| key.starts_with(prefix))
+    }
+
+    fn value(&self, value: Option<ValueRef>) -> Option<&[u8]> {
+        value.map(|at| self.values.get(at))
+    }
+
+    /// The hashed entries in `[begin, end)`, in key order.
+    fn hashed_sorted(&self, begin: &[u8], end: &[u8]) -> Vec<(&[u8], Option<ValueRef>)> {
+        let mut rows: Vec<(&[u8], Option<ValueRef>)> = self
+            .hashed
             .iter()
-            .map(|(key, value)| (key.as_slice(), value.map(|at| self.values.get(at))))
+            .map(|(key, value)| (key.as_slice(), *value))
+            .filter(|(key, _)| *key >= begin && *key < end)
+            .collect();
+        rows.sort_unstable_by(|a, b| compare_keys(a.0, b.0));
+        rows
     }
 
-    /// The entries whose keys start with `prefix`, in key order.
-    fn with_prefix<'a>(
+    /// Every entry in key order (the checkpoint ingests them in order).
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
+        let mut hashed: Vec<(&[u8], Option<ValueRef>)> = self
+            .hashed
+            .iter()
+            .map(|(key, value)| (key.as_slice(), *value))
+            .collect();
+        hashed.sort_unstable_by(|a, b| compare_keys(a.0, b.0));
+        let mut ordered = self
+            .map
+            .iter()
+            .map(|(key, value)| (key.as_slice(), *value))
+            .peekable();
+        let mut hashed = hashed.into_iter().peekable();
+        // The two maps hold disjoint keys: take the smaller head each time.
+        std::iter::from_fn(move || {
+            let from_hashed = match (ordered.peek(), hashed.peek()) {
+                (Some(a), Some(b)) => compare_keys(b.0, a.0) == Ordering::Less,
+                (None, Some(_)) => true,
+                _ => false,
+            };
+            if from_hashed {
+                hashed.next()
+            } else {
+                ordered.next()
+            }
+        })
+        .map(|(key, value)| (key, self.value(value)))
+    }
+
+    /// The entries whose keys start with `prefix`, a hashed prefix (in no particular order).
+    fn with_hashed_prefix<'a>(
         &'a self,
         prefix: &'a [u8],
     ) -> impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)> + 'a {
-        self.map
-            .range::<KeyBytes, _>((Bound::Included(KeyBytes::new(prefix)), Bound::Unbounded))
-            .map(|(key, value)| (key.as_slice(), value.map(|at| self.values.get(at))))
-            .take_while(move |(key, _)| key.starts_with(prefix))
+        self.hashed
+            .iter()
+            .filter(move |(key, _)| key.as_slice().starts_with(prefix))
+            .map(|(key, value)| (key.as_slice(), self.value(*value)))
     }
 
     pub(crate) fn lookup(&self, key: &[u8]) -> Option<Option<&[u8]>> {
-        self.map
-            .get(KeyBytes::new(key))
-            .map(|value| value.map(|at| self.values.get(at)))
+        let value = if self.is_hashed(key) {
+            self.hashed.get(key)
+        } else {
+            self.map.get(KeyBytes::new(key))
+        };
+        value.map(|value| self.value(*value))
     }
 
     fn insert(&mut self, key: &[u8], value: Option<&[u8]>) {
@@ -217,35 +297,67 @@ impl Memtable {
             self.values.push(value)
         });
         self.bytes += key_len + ENTRY_OVERHEAD_BYTES;
-        if self.map.insert(MemKey::new(key), value).is_some() {
+        let replaced = if self.is_hashed(key) {
+            self.hashed.insert(MemKey::new(key), value).is_some()
+        } else {
+            self.map.insert(MemKey::new(key), value).is_some()
+        };
+        if replaced {
             self.bytes -= key_len + ENTRY_OVERHEAD_BYTES;
         }
     }
 
     fn remove(&mut self, key: &[u8]) {
-        if self.map.remove(KeyBytes::new(key)).is_some() {
+        let removed = if self.is_hashed(key) {
+            self.hashed.remove(key).is_some()
+        } else {
+            self.map.remove(KeyBytes::new(key)).is_some()
+        };
+        if removed {
             self.bytes -= key.len() + ENTRY_OVERHEAD_BYTES;
         }
     }
 
-    fn range_source<'a>(&'a self, begin: &[u8], end: &[u8], reverse: bool) -> Source<'a> {
+    /// The entries of `[begin, end)`: the ordered map's and, when the range reaches a
+    /// hashed prefix, the hashed ones (gathered and sorted), as two sources of disjoint keys.
+    fn range_sources<'a>(&'a self, begin: &[u8], end: &[u8], reverse: bool) -> Vec<Source<'a>> {
         let bounds = (
             Bound::Included(KeyBytes::new(begin)),
             Bound::Excluded(KeyBytes::new(end)),
         );
         let range = self.map.range::<KeyBytes, _>(bounds);
-        let entry = |(key, value): (&'a MemKey, &'a Option<ValueRef>)| {
+        let entry = move |(key, value): (&'a [u8], Option<ValueRef>)| {
             Ok((
-                Cow::Borrowed(key.as_slice()),
+                Cow::Borrowed(key),
                 value.map(|at| Cow::Borrowed(self.values.get(at))),
             ))
         };
+        let ordered = range.map(|(key, value)| (key.as_slice(), *value));
+        let mut sources: Vec<Source<'a>> = Vec::with_capacity(2);
         if reverse {
-            Box::new(range.rev().map(entry))
+            sources.push(Box::new(ordered.rev().map(entry)));
         } else {
-            Box::new(range.map(entry))
+            sources.push(Box::new(ordered.map(entry)));
         }
+        if !self.hashed.is_empty() && self.prefixes.iter().any(|p| overlaps(p, begin, end)) {
+            let mut rows = self.hashed_sorted(begin, end);
+            if reverse {
+                rows.reverse();
+            }
+            sources.push(Box::new(rows.into_iter().map(entry)));
+        }
+        sources
     }
+}
+
+/// Whether keys starting with `prefix` can fall in `[begin, end)`.
+/// (An over-approximation is harmless: the gathered rows are filtered by the range.)
+fn overlaps(prefix: &[u8], begin: &[u8], end: &[u8]) -> bool {
+    // Keys under `prefix` lie in `[prefix, prefix_end(prefix))`; a prefix of 0xff bytes
+    // only has no such end.
+    prefix < end
+        && (prefix.iter().all(|byte| *byte == 0xff)
+            || begin < crate::store::prefix_end(prefix).as_slice())
 }
 
 /// Most transient keys [`Transient`] tracks in the checkpoint; beyond it the store stops
@@ -313,7 +425,7 @@ impl Transient {
             return changes;
         }
         for prefix in &self.prefixes {
-            for (key, value) in memtable.with_prefix(prefix) {
+            for (key, value) in memtable.with_hashed_prefix(prefix) {
                 match value {
                     Some(_) => changes.added.push(key.to_vec()),
                     None => changes.removed.push(key.to_vec()),
@@ -344,8 +456,9 @@ pub(crate) struct Tables {
 
 impl Tables {
     pub(crate) fn new(checkpoint_empty: bool, transient: Transient) -> Self {
+        let hashed: HashedPrefixes = transient.prefixes.clone().into();
         Tables {
-            active: Memtable::default(),
+            active: Memtable::new(hashed),
             frozen: None,
             checkpoint_empty,
             transient,
@@ -499,9 +612,9 @@ impl<'a> View<'a> {
                 }
                 sources.push(Box::new(rows.into_iter().map(Ok)));
             }
-            sources.push(self.active.range_source(begin, end, reverse));
+            sources.extend(self.active.range_sources(begin, end, reverse));
             if let Some(frozen) = self.frozen {
-                sources.push(frozen.range_source(begin, end, reverse));
+                sources.extend(frozen.range_sources(begin, end, reverse));
             }
             if let Some(keyspace) = self.checkpoint {
                 sources.push(checkpoint_source(keyspace, begin, end, reverse));

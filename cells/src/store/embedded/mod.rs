@@ -132,9 +132,12 @@ pub struct EmbeddedOptions {
     pub failpoint: Option<Failpoint>,
     /// Prefixes of keys that are set once and cleared soon after (Tessera's outbox entries).
     /// A clear of such a key that neither the frozen memtable nor the checkpoint holds
-    /// removes it from the active memtable instead of writing a tombstone, so cleared entries leave nothing behind for checkpoints and
-    /// range reads to carry. Any prefixes are correct; they only change what is kept.
-    /// Default: [`crate::keys::transient_prefixes`].
+    /// removes it from the active memtable instead of writing a tombstone, so cleared
+    /// entries leave nothing behind for checkpoints and range reads to carry. Memtables keep
+    /// these keys in a hash map, not the ordered B-tree (point operations in O(1); a range
+    /// read that reaches these prefixes gathers and sorts the memtable's live ones, so keep
+    /// them to keys with few live entries). Any prefixes are correct; they only change what
+    /// is kept and what costs what. Default: [`crate::keys::transient_prefixes`].
     pub transient_prefixes: Vec<Vec<u8>>,
 }
 

@@ -441,8 +441,43 @@ proptest! {
             }
             let expected: Vec<_> = model.clone().into_iter().collect();
             prop_assert_eq!(everything(&store), expected);
+            check_partial_reads(&store, &model)?;
         }
     }
+}
+
+/// Partial ranges in both directions, with a row limit, and point reads agree with the
+/// model (the memtable keeps transient keys apart from the ordered ones and merges them).
+fn check_partial_reads(
+    store: &EmbeddedStore,
+    model: &BTreeMap<Vec<u8>, Vec<u8>>,
+) -> Result<(), TestCaseError> {
+    for (from, to, limit) in [(3u8, 31u8, 100usize), (0, 40, 5), (17, 18, 10)] {
+        let (begin, end) = (model_key(from), model_key(to));
+        let inside = model.range(begin.clone()..end.clone());
+        let forward: Vec<_> = inside
+            .clone()
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let backward: Vec<_> = inside
+            .rev()
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let request = RangeRequest::new(begin.clone(), end.clone(), limit);
+        prop_assert_eq!(block_on(store.get_range(request)).expect("range"), forward);
+        let request = RangeRequest {
+            reverse: true,
+            ..RangeRequest::new(begin, end, limit)
+        };
+        prop_assert_eq!(block_on(store.get_range(request)).expect("range"), backward);
+    }
+    for key in (0u8..40).step_by(3) {
+        let got = block_on(store.get(&model_key(key))).expect("get");
+        prop_assert_eq!(got.as_ref(), model.get(&model_key(key)));
+    }
+    Ok(())
 }
 
 /// A precondition of a generated transaction: key `.0` must hold the model's current value
@@ -465,10 +500,15 @@ proptest! {
                  prop::collection::vec(operation(), 0..4)),
                 1..5),
             1..40),
+        transient_prefixes in prop_oneof![
+            Just(Vec::new()),
+            Just(vec![b"m".to_vec()]),
+            Just(vec![vec![b'm', 3], vec![b'm', 7], vec![b'm', 11]]),
+        ],
     ) {
         let dir = tempfile::tempdir().expect("dir");
         let options = EmbeddedOptions { memtable_bytes_max: 2048, wal_bytes_max: 4096,
-            ..tiny_options() };
+            transient_prefixes, ..tiny_options() };
         let store = open(dir.path(), options);
         let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
         for wave in &waves {
