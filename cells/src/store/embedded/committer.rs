@@ -1,6 +1,7 @@
 //! The commit queue and the committer thread: validation, one log append and one
 //! `fdatasync` per group, then application to the active memtable, then the answers.
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
@@ -315,6 +316,8 @@ impl Committer {
         let (now, max) = (Instant::now(), Duration::from_millis(max_ms));
         let mut overlay: Option<Overlay<'_>> = None;
         let mut overlay_has_range = false;
+        let required = required_keys(group);
+        let required = required.as_ref();
         let mut verdicts = Vec::with_capacity(group.len());
         for (index, pending) in group.iter().enumerate() {
             if now.saturating_duration_since(pending.begun) > max {
@@ -324,7 +327,13 @@ impl Committer {
             }
             if pending.needs_validation() {
                 let overlay = overlay.get_or_insert_with(|| {
-                    build_overlay(group, &group[..index], &verdicts, &mut overlay_has_range)
+                    build_overlay(
+                        group,
+                        &group[..index],
+                        &verdicts,
+                        required,
+                        &mut overlay_has_range,
+                    )
                 });
                 if overlay_has_range {
                     break;
@@ -344,7 +353,7 @@ impl Committer {
                 logged,
             });
             if let Some(overlay) = &mut overlay {
-                add_to_overlay(overlay, &pending.writes, &mut overlay_has_range);
+                add_to_overlay(overlay, &pending.writes, required, &mut overlay_has_range);
             }
         }
         verdicts
@@ -401,34 +410,62 @@ fn answer_unknown(group: &mut [PendingCommit], verdicts: Vec<Verdict>, error: &S
     }
 }
 
+/// The keys the group's transactions require or read, when none of them read a range:
+/// only writes to those keys can change a later transaction's verdict, so the overlay
+/// holds only them (most writes, such as new records and statement blocks, are required
+/// by no one). `None` (keep every write) when a transaction read a range.
+type Required<'a> = HashSet<&'a [u8], foldhash::fast::RandomState>;
+
+fn required_keys(group: &[PendingCommit]) -> Option<Required<'_>> {
+    if group.iter().any(|pending| !pending.reads.ranges.is_empty()) {
+        return None;
+    }
+    let mut keys = Required::default();
+    for pending in group {
+        keys.extend(pending.requires.iter().map(|(key, _)| key));
+        keys.extend(pending.reads.keys.iter().map(|(key, _)| key.as_slice()));
+    }
+    Some(keys)
+}
+
 fn build_overlay<'a>(
     group: &'a [PendingCommit],
     accepted_before: &'a [PendingCommit],
     verdicts: &[Verdict],
+    required: Option<&Required<'_>>,
     has_range: &mut bool,
 ) -> Overlay<'a> {
-    // Sized once for every write of the group: growing it rehashed and moved it repeatedly.
-    let writes = group.iter().map(|pending| pending.writes.len()).sum();
-    let mut overlay = Overlay::with_capacity_and_hasher(writes, Default::default());
+    // Sized once for every write it may take: growing it rehashed and moved it repeatedly.
+    let capacity = match required {
+        Some(keys) => keys.len(),
+        None => group.iter().map(|pending| pending.writes.len()).sum(),
+    };
+    let mut overlay = Overlay::with_capacity_and_hasher(capacity, Default::default());
     for (pending, verdict) in accepted_before.iter().zip(verdicts) {
         if matches!(verdict, Verdict::Accepted { .. }) {
-            add_to_overlay(&mut overlay, &pending.writes, has_range);
+            add_to_overlay(&mut overlay, &pending.writes, required, has_range);
         }
     }
     overlay
 }
 
-fn add_to_overlay<'a>(overlay: &mut Overlay<'a>, writes: &'a WriteBatch, has_range: &mut bool) {
+fn add_to_overlay<'a>(
+    overlay: &mut Overlay<'a>,
+    writes: &'a WriteBatch,
+    required: Option<&Required<'_>>,
+    has_range: &mut bool,
+) {
     *has_range |= writes.has_range();
+    let wanted = |key: &[u8]| required.is_none_or(|keys| keys.contains(key));
     for write in writes.iter() {
         match write {
-            Write::Set(key, value) => {
+            Write::Set(key, value) if wanted(key) => {
                 overlay.insert(key, Some(value));
             }
-            Write::Clear(key) => {
+            Write::Clear(key) if wanted(key) => {
                 overlay.insert(key, None);
             }
-            Write::ClearRange(..) => {}
+            Write::Set(..) | Write::Clear(..) | Write::ClearRange(..) => {}
         }
     }
 }
