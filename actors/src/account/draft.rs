@@ -102,7 +102,8 @@ pub(crate) struct Draft<'a> {
     /// gets the first one's result, or `transfer_exists_with_different_fields`).
     batch_transfers: HashMap<&'a TransferId, (&'a TransferRequest, CommandResult)>,
     batch_holds: HashMap<HoldId, (HoldRequest, CommandResult)>,
-    batch_credits: HashSet<Vec<u8>>,
+    /// Outbox keys of the credit legs drafted so far, borrowed from the jobs.
+    batch_credits: HashSet<&'a [u8]>,
     net_requested: bool,
     /// Postings of this commit not yet written (one statement block per
     /// [`records::BLOCK_POSTINGS_MAX`]), and the sequence number of the block's first.
@@ -493,8 +494,8 @@ impl<'a> Draft<'a> {
         }
     }
 
-    fn credit(&mut self, txn: &mut dyn Transaction, leg: &CreditLeg) -> CommandResult {
-        if !self.batch_credits.insert(leg.key.clone()) {
+    fn credit(&mut self, txn: &mut dyn Transaction, leg: &'a CreditLeg) -> CommandResult {
+        if !self.batch_credits.insert(&leg.key) {
             return Ok(Outcome::TransferAccepted);
         }
         assert_eq!(
