@@ -182,6 +182,13 @@ impl Arena {
 /// The key prefixes a memtable keeps in its hash map (the store's transient prefixes).
 pub(crate) type HashedPrefixes = Arc<[Vec<u8>]>;
 
+/// Most entries a memtable's hash map holds. A range read over the transient prefixes
+/// gathers and sorts the map's entries in its range (an outbox rescan does so per page),
+/// which is cheap while few entries are alive, as in normal operation. When legs pile up
+/// (a peer DC down for long), the memtable moves them into its B-tree once and keeps
+/// transient keys there until it is replaced, so such reads stay O(log n) per page.
+const HASHED_ENTRIES_MAX: usize = if cfg!(test) { 4 } else { 131_072 };
+
 #[derive(Debug, Default)]
 pub(crate) struct Memtable {
     /// Every key not under a hashed prefix, in order.
@@ -192,6 +199,8 @@ pub(crate) struct Memtable {
     /// millions of entries; range reads, rare on these prefixes, gather and sort them.
     hashed: HashMap<MemKey, Option<ValueRef>, foldhash::fast::RandomState>,
     prefixes: HashedPrefixes,
+    /// Set once the hash map passed [`HASHED_ENTRIES_MAX`]: every key is in the B-tree.
+    spilled: bool,
     values: Arena,
     /// Bytes held: keys, entry overhead, and every value ever written (an overwritten
     /// value stays in the arena until the memtable is checkpointed and dropped).
@@ -221,7 +230,18 @@ impl Memtable {
     }
 
     fn is_hashed(&self, key: &[u8]) -> bool {
-        self.prefixes.iter().any(|prefix| key.starts_with(prefix))
+        !self.spilled && self.prefixes.iter().any(|prefix| key.starts_with(prefix))
+    }
+
+    /// Moves the hash map's entries into the B-tree (see [`HASHED_ENTRIES_MAX`]).
+    fn spill(&mut self) {
+        self.spilled = true;
+        metrics::counter!("tessera_store_memtable_transient_spills_total").increment(1);
+        tracing::info!(
+            entries = self.hashed.len(),
+            "memtable keeps transient keys in its B-tree from now on"
+        );
+        self.map.extend(std::mem::take(&mut self.hashed));
     }
 
     fn value(&self, value: Option<ValueRef>) -> Option<&[u8]> {
@@ -270,14 +290,20 @@ impl Memtable {
         .map(|(key, value)| (key, self.value(value)))
     }
 
-    /// The entries whose keys start with `prefix`, a hashed prefix (in no particular order).
+    /// The entries whose keys start with `prefix`, a hashed prefix (in no particular order):
+    /// in the hash map, or in the B-tree once the memtable spilled.
     fn with_hashed_prefix<'a>(
         &'a self,
         prefix: &'a [u8],
     ) -> impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)> + 'a {
+        let ordered = self
+            .map
+            .range::<KeyBytes, _>((Bound::Included(KeyBytes::new(prefix)), Bound::Unbounded))
+            .take_while(move |(key, _)| self.spilled && key.as_slice().starts_with(prefix));
         self.hashed
             .iter()
             .filter(move |(key, _)| key.as_slice().starts_with(prefix))
+            .chain(ordered)
             .map(|(key, value)| (key.as_slice(), self.value(*value)))
     }
 
@@ -298,7 +324,11 @@ impl Memtable {
         });
         self.bytes += key_len + ENTRY_OVERHEAD_BYTES;
         let replaced = if self.is_hashed(key) {
-            self.hashed.insert(MemKey::new(key), value).is_some()
+            let replaced = self.hashed.insert(MemKey::new(key), value).is_some();
+            if self.hashed.len() > HASHED_ENTRIES_MAX {
+                self.spill();
+            }
+            replaced
         } else {
             self.map.insert(MemKey::new(key), value).is_some()
         };

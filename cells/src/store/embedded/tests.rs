@@ -282,6 +282,35 @@ fn force_checkpoint(store: &EmbeddedStore, round: &mut usize) {
     );
 }
 
+/// A memtable whose hash map of transient keys passed its bound keeps them in its B-tree;
+/// the checkpoint still learns of them, so a later clear leaves the tombstone it needs.
+#[test]
+fn transient_keys_spilled_into_the_b_tree_are_tracked_through_the_checkpoint() {
+    let dir = tempfile::tempdir().expect("dir");
+    let options = EmbeddedOptions {
+        transient_prefixes: vec![b"t/".to_vec()],
+        ..tiny_options()
+    };
+    let store = open(dir.path(), options);
+    let mut round = 0;
+    let legs: Vec<(Vec<u8>, Vec<u8>)> = (0..8u8)
+        .map(|i| (vec![b't', b'/', b'0' + i], vec![i; 20]))
+        .collect();
+    put(&store, &legs).expect("put");
+    force_checkpoint(&store, &mut round);
+    let mut txn = store.begin().expect("begin");
+    txn.clear(b"t/6").expect("clear");
+    block_on(txn.commit()).expect("commit");
+    assert_eq!(
+        store.shared.tables.read().active.lookup(b"t/6"),
+        Some(None),
+        "the clear hides the checkpoint's value"
+    );
+    assert_eq!(block_on(store.get(b"t/6")).expect("get"), None);
+    // The seven other legs and the fillers that forced the checkpoint.
+    assert_eq!(everything(&store).len(), 7 + round);
+}
+
 #[test]
 fn transient_clears_leave_no_tombstone_unless_an_older_layer_holds_the_key() {
     let dir = tempfile::tempdir().expect("dir");
