@@ -248,26 +248,15 @@ impl Memtable {
         value.map(|at| self.values.get(at))
     }
 
-    /// The hashed entries in `[begin, end)`, in key order.
-    fn hashed_sorted(&self, begin: &[u8], end: &[u8]) -> Vec<(&[u8], Option<ValueRef>)> {
-        let mut rows: Vec<(&[u8], Option<ValueRef>)> = self
-            .hashed
-            .iter()
-            .map(|(key, value)| (key.as_slice(), *value))
-            .filter(|(key, _)| *key >= begin && *key < end)
-            .collect();
-        rows.sort_unstable_by(|a, b| compare_keys(a.0, b.0));
-        rows
-    }
-
     /// Every entry in key order (the checkpoint ingests them in order).
     pub(crate) fn entries(&self) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
-        let mut hashed: Vec<(&[u8], Option<ValueRef>)> = self
-            .hashed
-            .iter()
-            .map(|(key, value)| (key.as_slice(), *value))
-            .collect();
-        hashed.sort_unstable_by(|a, b| compare_keys(a.0, b.0));
+        let hashed = gather_in_order(
+            self.hashed
+                .iter()
+                .map(|(key, value)| (key.as_slice(), *value)),
+            |_| true,
+            false,
+        );
         let mut ordered = self
             .map
             .iter()
@@ -370,14 +359,32 @@ impl Memtable {
             sources.push(Box::new(ordered.map(entry)));
         }
         if !self.hashed.is_empty() && self.prefixes.iter().any(|p| overlaps(p, begin, end)) {
-            let mut rows = self.hashed_sorted(begin, end);
-            if reverse {
-                rows.reverse();
-            }
+            let rows = gather_in_order(
+                self.hashed
+                    .iter()
+                    .map(|(key, value)| (key.as_slice(), *value)),
+                |key| key >= begin && key < end,
+                reverse,
+            );
             sources.push(Box::new(rows.into_iter().map(entry)));
         }
         sources
     }
+}
+
+/// The rows of a hash map (the group overlay, a memtable's transient keys) whose keys pass
+/// `keep`, gathered and sorted by key (reversed when `reverse`).
+fn gather_in_order<'a, V>(
+    rows: impl Iterator<Item = (&'a [u8], V)>,
+    keep: impl Fn(&[u8]) -> bool,
+    reverse: bool,
+) -> Vec<(&'a [u8], V)> {
+    let mut rows: Vec<(&'a [u8], V)> = rows.filter(|(key, _)| keep(key)).collect();
+    rows.sort_unstable_by(|a, b| compare_keys(a.0, b.0));
+    if reverse {
+        rows.reverse();
+    }
+    rows
 }
 
 /// Whether keys starting with `prefix` can fall in `[begin, end)`.
@@ -631,16 +638,15 @@ impl<'a> View<'a> {
         let mut sources: Vec<Source<'a>> = Vec::with_capacity(4);
         if begin < end {
             if let Some(overlay) = self.overlay {
-                let mut rows: Vec<Entry<'a>> = overlay
-                    .iter()
-                    .filter(|(key, _)| **key >= begin && **key < end)
-                    .map(|(key, value)| (Cow::Borrowed(*key), value.map(Cow::Borrowed)))
-                    .collect();
-                rows.sort_by(|a, b| a.0.cmp(&b.0));
-                if reverse {
-                    rows.reverse();
-                }
-                sources.push(Box::new(rows.into_iter().map(Ok)));
+                let rows = gather_in_order(
+                    overlay.iter().map(|(key, value)| (*key, *value)),
+                    |key| key >= begin && key < end,
+                    reverse,
+                );
+                let rows = rows
+                    .into_iter()
+                    .map(|(key, value)| Ok((Cow::Borrowed(key), value.map(Cow::Borrowed))));
+                sources.push(Box::new(rows));
             }
             sources.extend(self.active.range_sources(begin, end, reverse));
             if let Some(frozen) = self.frozen {

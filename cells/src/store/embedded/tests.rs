@@ -282,15 +282,20 @@ fn force_checkpoint(store: &EmbeddedStore, round: &mut usize) {
     );
 }
 
+/// Small memtables, and keys under `t/` transient.
+fn transient_options() -> EmbeddedOptions {
+    EmbeddedOptions {
+        transient_prefixes: vec![b"t/".to_vec()],
+        ..tiny_options()
+    }
+}
+
 /// A memtable whose hash map of transient keys passed its bound keeps them in its B-tree;
 /// the checkpoint still learns of them, so a later clear leaves the tombstone it needs.
 #[test]
 fn transient_keys_spilled_into_the_b_tree_are_tracked_through_the_checkpoint() {
     let dir = tempfile::tempdir().expect("dir");
-    let options = EmbeddedOptions {
-        transient_prefixes: vec![b"t/".to_vec()],
-        ..tiny_options()
-    };
+    let options = transient_options();
     let store = open(dir.path(), options);
     let mut round = 0;
     let legs: Vec<(Vec<u8>, Vec<u8>)> = (0..8u8)
@@ -314,10 +319,7 @@ fn transient_keys_spilled_into_the_b_tree_are_tracked_through_the_checkpoint() {
 #[test]
 fn transient_clears_leave_no_tombstone_unless_an_older_layer_holds_the_key() {
     let dir = tempfile::tempdir().expect("dir");
-    let options = EmbeddedOptions {
-        transient_prefixes: vec![b"t/".to_vec()],
-        ..tiny_options()
-    };
+    let options = transient_options();
     let store = open(dir.path(), options.clone());
     let mut round = 0;
     put(
