@@ -16,6 +16,17 @@ pub struct OpenStore {
 }
 
 impl OpenStore {
+    /// Opens the embedded store in `dir` with `options`.
+    pub fn open_embedded(dir: &std::path::Path, options: EmbeddedOptions) -> Result<OpenStore> {
+        let store: Arc<dyn Store> = EmbeddedStore::open(dir, options)
+            .with_context(|| format!("cannot open the store in {}", dir.display()))?;
+        Ok(OpenStore {
+            store,
+            #[cfg(feature = "fdb")]
+            _network: None,
+        })
+    }
+
     /// Opens `url`. A remote store must answer within the client's connect timeout.
     pub fn open(url: &StoreUrl) -> Result<OpenStore> {
         let store: Arc<dyn Store> = match url {

@@ -62,7 +62,8 @@ impl Default for RoutingOptions {
 
 /// What the router knows about the deployment.
 struct View {
-    table: OwnershipTable,
+    /// Shared, so that readers and the follower never copy the 65,536-slot table.
+    table: Arc<OwnershipTable>,
     links: HashMap<DcId, Arc<DcClient>>,
     addrs: HashMap<DcId, String>,
     refreshed: Option<Instant>,
@@ -105,7 +106,7 @@ impl Routing {
             store,
             options,
             view: RwLock::new(View {
-                table: OwnershipTable::empty(),
+                table: Arc::new(OwnershipTable::empty()),
                 links: HashMap::new(),
                 addrs: HashMap::new(),
                 refreshed: None,
@@ -127,9 +128,9 @@ impl Routing {
         self.read_view().table.version
     }
 
-    /// A copy of the cached table.
-    pub fn table(&self) -> OwnershipTable {
-        self.read_view().table.clone()
+    /// The cached table.
+    pub fn table(&self) -> Arc<OwnershipTable> {
+        Arc::clone(&self.read_view().table)
     }
 
     /// DC nodes the router has a link to, with whether the link is up.
@@ -176,10 +177,16 @@ impl Routing {
             if fresh {
                 return Ok(());
             }
-            view.table.clone()
+            Arc::clone(&view.table)
         };
         let read_started = Instant::now();
-        let table = ownership::refresh(self.store.as_ref(), &current).await?;
+        // Most polls find the version unchanged: then the table is kept as it is (no copy).
+        let version = ownership::read_version(self.store.as_ref()).await?;
+        let table = if version == current.version && version != 0 {
+            current
+        } else {
+            Arc::new(ownership::refresh(self.store.as_ref(), &current).await?)
+        };
         let leases = ownership::read_leases(self.store.as_ref()).await?;
         let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
         for lease in leases {

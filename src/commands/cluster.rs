@@ -13,6 +13,7 @@ use actors::node::{DcNode, NodeConfig, LEASE_TTL_MS_DEFAULT};
 use actors::LedgerConfig;
 use cells::ids::{DcId, TransferId};
 use cells::keys::Keyspace;
+use cells::store::embedded::EmbeddedOptions;
 use cells::store::url::StoreUrl;
 use cells::store::Store;
 use wire::dc_server::DcServerOptions;
@@ -31,11 +32,24 @@ pub struct StoreArgs {
     /// Serve /metrics, /health and /ready on this address.
     #[arg(long)]
     ops_listen: Option<SocketAddr>,
+    /// Most microseconds the committer spaces syncs apart once small groups sync slowly
+    /// (the device is saturated by many small requests); 0 turns pacing off. At most 10,000.
+    #[arg(long, default_value_t = SERVED_SYNC_GAP_MAX_US)]
+    sync_gap_max_us: u64,
 }
+
+/// `tessera store`'s default `--sync-gap-max-us`. The store server commits many small
+/// transactions from several DC nodes, so it paces syncs when they turn slow (in process,
+/// the engine batches its own commits and the library default, no pacing, applies).
+pub const SERVED_SYNC_GAP_MAX_US: u64 = 2_000;
 
 /// Serves the embedded store over loopback until SIGINT or SIGTERM.
 pub fn store(args: StoreArgs) -> Result<ExitCode> {
-    let opened = OpenStore::open(&StoreUrl::Embedded(args.data.clone()))?;
+    let options = EmbeddedOptions {
+        sync_gap_max: std::time::Duration::from_micros(args.sync_gap_max_us),
+        ..EmbeddedOptions::default()
+    };
+    let opened = OpenStore::open_embedded(&args.data, options)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

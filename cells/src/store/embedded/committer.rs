@@ -14,6 +14,7 @@ use crate::store::{CommitError, StoreError};
 
 use super::checkpoint::CheckpointJob;
 use super::memtable::{Overlay, View};
+use super::pacer::Pacer;
 use super::transaction::{value_hash, ReadSet, RowsHasher};
 use super::wal::{encode_record, WalWriter, Write, WriteBatch};
 use super::{closed, Failpoint, Shared, COMMIT_QUEUE_BYTES_MAX, COMMIT_QUEUE_TRANSACTIONS_MAX};
@@ -127,6 +128,7 @@ pub(crate) fn spawn(
     jobs: SyncSender<CheckpointJob>,
 ) -> Result<JoinHandle<()>, StoreError> {
     let committer = Committer {
+        pacer: Pacer::new(shared.options.sync_gap_max),
         shared,
         wal,
         next_version,
@@ -142,6 +144,7 @@ pub(crate) fn spawn(
 }
 
 struct Committer {
+    pacer: Pacer,
     shared: Arc<Shared>,
     wal: WalWriter,
     next_version: u64,
@@ -166,6 +169,19 @@ impl Committer {
                     tracing::warn!(%error, "could not cut the log's preallocated tail");
                 }
                 return;
+            }
+            // Paced (after slow syncs): commits arriving meanwhile join this group.
+            let wait = self.pacer.wait(Instant::now());
+            if !closing && !wait.is_zero() {
+                self.shared
+                    .counters
+                    .paced_waits
+                    .fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("tessera_store_paced_waits_total").increment(1);
+                std::thread::sleep(wait);
+                let mut queue = self.shared.queue.lock();
+                batch.append(&mut queue.items);
+                queue.bytes = 0;
             }
             let mut start = 0;
             while start < batch.len() {
@@ -229,7 +245,11 @@ impl Committer {
             }
         }
         if !self.buffer.is_empty() {
-            if let Err(error) = self.write_group() {
+            let logged = verdicts
+                .iter()
+                .filter(|v| matches!(v, Verdict::Accepted { logged: true, .. }))
+                .count();
+            if let Err(error) = self.write_group(logged) {
                 // Refuse later commits before anyone hears of this one: a caller told
                 // "unknown" must find the store already failed.
                 self.shared.commits_refused.store(true, Ordering::Release);
@@ -238,21 +258,12 @@ impl Committer {
             }
         }
         let applied = self.apply(group, &verdicts);
-        let (mut accepted, mut last_version) = (0u64, None);
-        let mut latency = self.shared.commit_latency_us.lock();
-        for (pending, verdict) in group.iter_mut().zip(verdicts) {
-            match verdict {
-                Verdict::Accepted { version, .. } => {
-                    accepted += 1;
-                    last_version = Some(version);
-                    pending.answer(Ok(version));
-                    let micros = pending.committing.elapsed().as_micros();
-                    latency.saturating_record(u64::try_from(micros).unwrap_or(u64::MAX).max(1));
-                }
-                Verdict::Rejected(error) => pending.answer(Err(error)),
-            }
-        }
-        drop(latency);
+        // Counted before anyone hears the answer: a caller that has its answer finds its
+        // commit in `stats()`.
+        let (accepted, last_version) = verdicts.iter().fold((0u64, None), |(n, last), v| match v {
+            Verdict::Accepted { version, .. } => (n + 1, Some(*version)),
+            Verdict::Rejected(_) => (n, last),
+        });
         let counters = &self.shared.counters;
         if let Some(version) = last_version {
             counters
@@ -262,13 +273,25 @@ impl Committer {
         counters
             .transactions_committed
             .fetch_add(accepted, Ordering::Relaxed);
+        let mut latency = self.shared.commit_latency_us.lock();
+        for (pending, verdict) in group.iter_mut().zip(verdicts) {
+            match verdict {
+                Verdict::Accepted { version, .. } => {
+                    pending.answer(Ok(version));
+                    let micros = pending.committing.elapsed().as_micros();
+                    latency.saturating_record(u64::try_from(micros).unwrap_or(u64::MAX).max(1));
+                }
+                Verdict::Rejected(error) => pending.answer(Err(error)),
+            }
+        }
+        drop(latency);
         metrics::counter!("tessera_store_commits_total").increment(accepted);
         metrics::histogram!("tessera_store_commit_group_transactions").record(group.len() as f64);
         applied.map(|()| group.len())
     }
 
     /// Appends the encoded group and syncs it (or injects the torn-write fault).
-    fn write_group(&mut self) -> Result<(), StoreError> {
+    fn write_group(&mut self, transactions: usize) -> Result<(), StoreError> {
         if let Some(Failpoint::TornGroupWrite {
             after_groups,
             bytes_written,
@@ -282,7 +305,14 @@ impl Committer {
                 )));
             }
         }
+        let started = Instant::now();
         self.wal.append(&self.buffer)?;
+        if let Some(Failpoint::SlowSyncs { micros, every }) = self.shared.options.failpoint {
+            if self.groups.is_multiple_of(every.max(1)) {
+                std::thread::sleep(std::time::Duration::from_micros(micros));
+            }
+        }
+        self.pacer.synced(started, started.elapsed(), transactions);
         self.groups += 1;
         let bytes = self.buffer.len() as u64;
         self.log_bytes_since_freeze += bytes;

@@ -16,7 +16,8 @@
 //! 1. [`Transaction::commit`] moves the buffered writes, read set and preconditions into a
 //!    bounded queue ([`COMMIT_QUEUE_TRANSACTIONS_MAX`], [`COMMIT_QUEUE_BYTES_MAX`]).
 //! 2. The committer thread takes everything queued (a group: whatever accumulated while the
-//!    previous group was syncing; there are no timers), checks each transaction's age,
+//!    previous group was syncing; no timers, except that after slow syncs the [`pacer`]
+//!    spaces syncs up to [`EmbeddedOptions::sync_gap_max`] apart), checks each transaction's age,
 //!    preconditions and read set (values compared against the committed state plus a small
 //!    overlay of earlier transactions of the same group), encodes the accepted ones as one
 //!    log record each, appends the group with one `write` and one `fdatasync`, then applies
@@ -58,6 +59,7 @@
 mod checkpoint;
 mod committer;
 mod memtable;
+pub mod pacer;
 mod transaction;
 mod wal;
 
@@ -113,6 +115,9 @@ pub enum Failpoint {
         after_groups: u64,
         bytes_written: usize,
     },
+    /// Every `every`-th sync takes `micros` longer (after the real one), as on a device
+    /// that stalls now and then: drives the [`pacer`].
+    SlowSyncs { micros: u64, every: u64 },
 }
 
 /// Options of [`EmbeddedStore::open`]. The default is durable.
@@ -139,6 +144,13 @@ pub struct EmbeddedOptions {
     /// them to keys with few live entries). Any prefixes are correct; they only change what
     /// is kept and what costs what. Default: [`crate::keys::transient_prefixes`].
     pub transient_prefixes: Vec<Vec<u8>>,
+    /// Most time the committer waits, after a group's sync began, before syncing the next
+    /// group; the wait grows only after slow syncs and decays while syncs are fast (see
+    /// [`pacer`]). Zero (the default) turns pacing off. At most [`pacer::GAP_MAX_LIMIT`].
+    /// Worth it where many small transactions from several callers meet a device that
+    /// stalls under many small syncs (`tessera store` turns it on); an in-process caller that
+    /// batches its own commits only waits longer.
+    pub sync_gap_max: std::time::Duration,
 }
 
 impl Default for EmbeddedOptions {
@@ -150,6 +162,7 @@ impl Default for EmbeddedOptions {
             transaction_duration_ms_max: TRANSACTION_DURATION_MS_MAX,
             failpoint: None,
             transient_prefixes: crate::keys::transient_prefixes(),
+            sync_gap_max: std::time::Duration::ZERO,
         }
     }
 }
@@ -170,6 +183,9 @@ impl EmbeddedOptions {
         {
             return invalid("transaction_duration_ms_max must be in 1..=5000");
         }
+        if self.sync_gap_max > pacer::GAP_MAX_LIMIT {
+            return invalid("sync_gap_max must be at most 10 ms");
+        }
         Ok(())
     }
 }
@@ -182,6 +198,8 @@ pub(crate) struct Counters {
     bytes_written: AtomicU64,
     /// Last durable commit version (what a read-only transaction reports).
     version_committed: AtomicU64,
+    /// Times the committer waited out the pacer's gap before a sync.
+    paced_waits: AtomicU64,
 }
 
 /// State shared by the store handle, its transactions and its threads.
@@ -370,6 +388,11 @@ impl Store for EmbeddedStore {
 }
 
 impl EmbeddedStore {
+    /// Times the committer waited before a sync because the [`pacer`] spaced syncs apart.
+    pub fn paced_waits(&self) -> u64 {
+        self.shared.counters.paced_waits.load(Ordering::Relaxed)
+    }
+
     fn read_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
         if keys.len() > GET_MANY_KEYS_MAX {
             return Err(StoreError::RequestTooLarge {
