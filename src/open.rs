@@ -30,8 +30,9 @@ impl OpenStore {
     /// Opens `url`. A remote store must answer within the client's connect timeout.
     pub fn open(url: &StoreUrl) -> Result<OpenStore> {
         let store: Arc<dyn Store> = match url {
-            StoreUrl::Embedded(dir) => EmbeddedStore::open(dir, EmbeddedOptions::default())
-                .with_context(|| format!("cannot open the store in {}", dir.display()))?,
+            StoreUrl::Embedded(dir) => {
+                return OpenStore::open_embedded(dir, EmbeddedOptions::default())
+            }
             StoreUrl::Remote { host, port } => {
                 let addr = format!("{host}:{port}");
                 Arc::new(

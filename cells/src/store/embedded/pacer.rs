@@ -14,16 +14,16 @@
 //!
 //! Measured on this project's 2-core VM (`tessera up`, one transfer per HTTP request at
 //! 2,500/s): about 3,600 syncs/s made one sync in a thousand stall 8–10 ms, always ending on
-//! the same 100 ms boundary (the host throttling the VM). Widening by a step per slow sync
-//! (rather than doubling) settled at about 1.5–2 ms there, with a sixth of the syncs and the
-//! stalls gone. See BENCHMARKS.md.
+//! the same 100 ms boundary (the host throttling the VM). With this rule, at 3,600/s, the
+//! gap held syncs to a quarter or less (about 700/s) and the slow ones went from 7–9 ms at
+//! the 99.9th percentile to about 2.3 ms. See BENCHMARKS.md (bench http, round 9).
 //!
 //! Must never: make a commit wait longer than the configured maximum (at most
 //! [`GAP_MAX_LIMIT`]) for pacing; hold any lock; wait when pacing is off (maximum zero).
 
 use std::time::{Duration, Instant};
 
-/// A sync slower than this widens the gap.
+/// A sync slower than this counts as slow.
 pub const SLOW_SYNC: Duration = Duration::from_millis(2);
 /// Groups of fewer transactions count as small.
 pub const SMALL_GROUP_TRANSACTIONS: usize = 16;
