@@ -231,7 +231,7 @@ impl DcNode {
             return Ok(());
         }
         let current = self.real.ownership();
-        let table = Arc::new(ownership::refresh(&*self.store, &current).await?);
+        let table = ownership::refresh(&*self.store, &current).await?;
         self.install(table);
         Ok(())
     }

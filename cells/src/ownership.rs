@@ -22,6 +22,7 @@
 //! version and writing its history record in the same transaction.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -355,20 +356,21 @@ async fn read_slot_runs_in(
 /// Brings `table` up to the store's current version by reading only what the history
 /// says changed since (falls back to a full read when the history does not cover the gap).
 /// The result may include changes newer than its version; the next refresh re-reads them.
+/// When the version has not moved (most polls) the result is `table` itself, not a copy.
 pub async fn refresh(
     store: &dyn Store,
-    table: &OwnershipTable,
-) -> Result<OwnershipTable, OwnershipError> {
+    table: &Arc<OwnershipTable>,
+) -> Result<Arc<OwnershipTable>, OwnershipError> {
     const INCREMENTAL_CHANGES_MAX: u64 = 64;
     let version = read_version(store).await?;
     if version == table.version {
-        return Ok(table.clone());
+        return Ok(Arc::clone(table));
     }
     if table.version == 0
         || version < table.version
         || version - table.version > INCREMENTAL_CHANGES_MAX
     {
-        return OwnershipTable::read(store).await;
+        return OwnershipTable::read(store).await.map(Arc::new);
     }
     let changes = history(store, table.version + 1, INCREMENTAL_CHANGES_MAX as usize).await?;
     let consecutive = changes
@@ -376,12 +378,12 @@ pub async fn refresh(
         .enumerate()
         .all(|(i, change)| change.version == table.version + 1 + i as u64);
     let Some(newest) = changes.last().map(|c| c.version) else {
-        return OwnershipTable::read(store).await;
+        return OwnershipTable::read(store).await.map(Arc::new);
     };
     if !consecutive || newest < version {
-        return OwnershipTable::read(store).await;
+        return OwnershipTable::read(store).await.map(Arc::new);
     }
-    let mut next = table.clone();
+    let mut next = OwnershipTable::clone(table);
     let mut slots = Vec::new();
     let mut users = Vec::new();
     for change in &changes {
@@ -406,7 +408,7 @@ pub async fn refresh(
         }
     }
     next.version = newest;
-    Ok(next)
+    Ok(Arc::new(next))
 }
 
 /// Who makes a change and why (kept in the history record).

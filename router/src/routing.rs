@@ -180,13 +180,8 @@ impl Routing {
             Arc::clone(&view.table)
         };
         let read_started = Instant::now();
-        // Most polls find the version unchanged: then the table is kept as it is (no copy).
-        let version = ownership::read_version(self.store.as_ref()).await?;
-        let table = if version == current.version && version != 0 {
-            current
-        } else {
-            Arc::new(ownership::refresh(self.store.as_ref(), &current).await?)
-        };
+        // Most polls find the version unchanged and get the same table back (no copy).
+        let table = ownership::refresh(self.store.as_ref(), &current).await?;
         let leases = ownership::read_leases(self.store.as_ref()).await?;
         let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
         for lease in leases {

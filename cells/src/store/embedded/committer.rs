@@ -235,6 +235,7 @@ impl Committer {
         let verdicts = self.validate(group);
         let group = &mut group[..verdicts.len()];
         self.buffer.clear();
+        let mut logged = 0;
         for (pending, verdict) in group.iter().zip(&verdicts) {
             if let Verdict::Accepted {
                 version,
@@ -242,13 +243,10 @@ impl Committer {
             } = verdict
             {
                 encode_record(&mut self.buffer, *version, &pending.writes);
+                logged += 1;
             }
         }
         if !self.buffer.is_empty() {
-            let logged = verdicts
-                .iter()
-                .filter(|v| matches!(v, Verdict::Accepted { logged: true, .. }))
-                .count();
             if let Err(error) = self.write_group(logged) {
                 // Refuse later commits before anyone hears of this one: a caller told
                 // "unknown" must find the store already failed.
