@@ -196,8 +196,15 @@ impl Committer {
                 }
             }
             batch.clear();
+            let freezing = Instant::now();
             if let Err(error) = self.maybe_freeze() {
                 return self.fail(&error);
+            }
+            if freezing.elapsed() >= SLOW_GROUP {
+                tracing::warn!(
+                    ms = freezing.elapsed().as_secs_f64() * 1e3,
+                    "slow memtable freeze"
+                );
             }
         }
     }
@@ -232,7 +239,9 @@ impl Committer {
     /// Commits a prefix of `group` (all of it unless a validation needs a cut); returns the
     /// number of transactions answered.
     fn commit_group(&mut self, group: &mut [PendingCommit]) -> Result<usize, StoreError> {
+        let mut phases = Phases::start();
         let verdicts = self.validate(group);
+        phases.mark(Phase::Validate);
         let group = &mut group[..verdicts.len()];
         self.buffer.clear();
         let mut logged = 0;
@@ -247,7 +256,7 @@ impl Committer {
             }
         }
         if !self.buffer.is_empty() {
-            if let Err(error) = self.write_group(logged) {
+            if let Err(error) = self.write_group(logged, &mut phases) {
                 // Refuse later commits before anyone hears of this one: a caller told
                 // "unknown" must find the store already failed.
                 self.shared.commits_refused.store(true, Ordering::Release);
@@ -255,7 +264,7 @@ impl Committer {
                 return Err(error);
             }
         }
-        let applied = self.apply(group, &verdicts);
+        let applied = self.apply(group, &verdicts, &mut phases);
         // Counted before anyone hears the answer: a caller that has its answer finds its
         // commit in `stats()`.
         let (accepted, last_version) = verdicts.iter().fold((0u64, None), |(n, last), v| match v {
@@ -283,13 +292,15 @@ impl Committer {
             }
         }
         drop(latency);
+        phases.mark(Phase::Answer);
+        phases.report(group.len());
         metrics::counter!("tessera_store_commits_total").increment(accepted);
         metrics::histogram!("tessera_store_commit_group_transactions").record(group.len() as f64);
         applied.map(|()| group.len())
     }
 
     /// Appends the encoded group and syncs it (or injects the torn-write fault).
-    fn write_group(&mut self, transactions: usize) -> Result<(), StoreError> {
+    fn write_group(&mut self, transactions: usize, phases: &mut Phases) -> Result<(), StoreError> {
         if let Some(Failpoint::TornGroupWrite {
             after_groups,
             bytes_written,
@@ -304,7 +315,8 @@ impl Committer {
             }
         }
         let started = Instant::now();
-        self.wal.append(&self.buffer)?;
+        let written = self.wal.append(&self.buffer)?;
+        phases.mark_split(Phase::Write, written, Phase::Sync);
         if let Some(Failpoint::SlowSyncs { micros, every }) = self.shared.options.failpoint {
             if self.groups.is_multiple_of(every.max(1)) {
                 std::thread::sleep(std::time::Duration::from_micros(micros));
@@ -324,14 +336,22 @@ impl Committer {
 
     /// Makes a durable group visible. An error here leaves the memtable behind the log, so
     /// the caller fails the store (a reopen replays the log).
-    fn apply(&self, group: &mut [PendingCommit], verdicts: &[Verdict]) -> Result<(), StoreError> {
+    fn apply(
+        &self,
+        group: &mut [PendingCommit],
+        verdicts: &[Verdict],
+        phases: &mut Phases,
+    ) -> Result<(), StoreError> {
         let mut tables = self.shared.tables.write();
+        phases.mark(Phase::Lock);
         for (pending, verdict) in group.iter_mut().zip(verdicts) {
             if let Verdict::Accepted { logged: true, .. } = verdict {
                 // The batch is freed with the group, outside the tables' lock.
                 tables.apply(&self.shared.checkpoint, &pending.writes)?;
             }
         }
+        drop(tables);
+        phases.mark(Phase::Apply);
         Ok(())
     }
 
@@ -424,6 +444,81 @@ impl Committer {
             tracing::error!(%error, "checkpointer unavailable; memtable stays frozen");
         }
         Ok(())
+    }
+}
+
+/// A group slower than this is logged with where its time went.
+pub const SLOW_GROUP: Duration = Duration::from_millis(20);
+
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    /// Age, preconditions and read sets (with the wait for the tables' read lock).
+    Validate,
+    /// `pwrite` of the group (with any preallocation).
+    Write,
+    /// `fdatasync`, and a failpoint's sleep.
+    Sync,
+    /// The wait for the tables' write lock.
+    Lock,
+    /// Application to the active memtable.
+    Apply,
+    /// Answers and counters.
+    Answer,
+}
+
+/// Where one group's time went; logged only when the group is slow, so the hot path pays
+/// a few clock reads.
+struct Phases {
+    started: Instant,
+    last: Instant,
+    spent: [Duration; 6],
+}
+
+impl Phases {
+    fn start() -> Phases {
+        let now = Instant::now();
+        Phases {
+            started: now,
+            last: now,
+            spent: [Duration::ZERO; 6],
+        }
+    }
+
+    /// Charges the time since the last mark to `phase`.
+    fn mark(&mut self, phase: Phase) {
+        let now = Instant::now();
+        self.spent[phase as usize] += now - self.last;
+        self.last = now;
+    }
+
+    /// Charges `first_part` of the time since the last mark to `first`, the rest to `rest`.
+    fn mark_split(&mut self, first: Phase, first_part: Duration, rest: Phase) {
+        let now = Instant::now();
+        let all = now - self.last;
+        let first_part = first_part.min(all);
+        self.spent[first as usize] += first_part;
+        self.spent[rest as usize] += all - first_part;
+        self.last = now;
+    }
+
+    fn report(&self, transactions: usize) {
+        let total = self.last - self.started;
+        if total < SLOW_GROUP {
+            return;
+        }
+        let ms = |phase: Phase| self.spent[phase as usize].as_secs_f64() * 1e3;
+        metrics::counter!("tessera_store_slow_groups_total").increment(1);
+        tracing::warn!(
+            total_ms = total.as_secs_f64() * 1e3,
+            validate_ms = ms(Phase::Validate),
+            write_ms = ms(Phase::Write),
+            sync_ms = ms(Phase::Sync),
+            lock_ms = ms(Phase::Lock),
+            apply_ms = ms(Phase::Apply),
+            answer_ms = ms(Phase::Answer),
+            transactions,
+            "slow commit group"
+        );
     }
 }
 
@@ -549,4 +644,31 @@ fn reads_unchanged(view: &View<'_>, reads: &ReadSet) -> Result<bool, StoreError>
         }
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod phase_tests {
+    use super::*;
+
+    #[test]
+    fn phases_charge_each_interval_once() {
+        let mut phases = Phases::start();
+        std::thread::sleep(Duration::from_millis(2));
+        phases.mark(Phase::Validate);
+        std::thread::sleep(Duration::from_millis(3));
+        // More than the interval claimed for the first part: it is clamped to the interval.
+        phases.mark_split(Phase::Write, Duration::from_secs(1), Phase::Sync);
+        std::thread::sleep(Duration::from_millis(1));
+        phases.mark_split(Phase::Write, Duration::ZERO, Phase::Sync);
+        let total = phases.last - phases.started;
+        let charged: Duration = phases.spent.iter().sum();
+        assert_eq!(
+            charged, total,
+            "every instant is charged to exactly one phase"
+        );
+        assert!(phases.spent[Phase::Validate as usize] >= Duration::from_millis(2));
+        assert!(phases.spent[Phase::Write as usize] >= Duration::from_millis(3));
+        assert!(phases.spent[Phase::Sync as usize] >= Duration::from_millis(1));
+        assert_eq!(phases.spent[Phase::Apply as usize], Duration::ZERO);
+    }
 }

@@ -388,12 +388,15 @@ impl WalWriter {
     }
 
     /// Appends `bytes` and makes them durable.
-    pub(crate) fn append(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+    /// Appends and syncs; returns how long the write (before the sync) took.
+    pub(crate) fn append(&mut self, bytes: &[u8]) -> Result<std::time::Duration, StoreError> {
+        let started = std::time::Instant::now();
         self.write(bytes)?;
+        let written = started.elapsed();
         if self.sync {
             self.file.sync_data()?;
         }
-        Ok(())
+        Ok(written)
     }
 
     /// Writes without syncing (the torn-write failpoint).
