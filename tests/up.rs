@@ -386,7 +386,16 @@ fn up_serves_the_api_survives_a_dc_kill_and_stops_cleanly() {
     )
     .unwrap();
     assert_eq!(metrics.status, 200);
-    assert!(String::from_utf8_lossy(&metrics.body).contains("tessera_router"));
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(text.contains("tessera_router"));
+    // Time in the router per request, by method and route pattern (not by concrete path).
+    assert!(
+        text.contains(
+            r#"tessera_router_request_seconds_count{method="POST",route="/v1/transfers"}"#
+        ),
+        "{text}"
+    );
+    assert!(text.contains(r#"route="/v1/accounts/{id}""#), "{text}");
     assert_eq!(up.call_as(None, "GET", "/health", None).0, 200);
     // Every process serves its ops endpoints.
     for offset in 0..4u16 {

@@ -73,6 +73,26 @@ pub async fn serve(
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .wrap_fn(|request, service| {
+                // Time in the router per request (from routing to the response's head), by
+                // route pattern, so an SRE can tell the router's share of a client's latency.
+                let started = std::time::Instant::now();
+                let route = request
+                    .match_pattern()
+                    .unwrap_or_else(|| "unmatched".to_string());
+                let method = request.method().as_str().to_string();
+                let response = actix_web::dev::Service::call(service, request);
+                async move {
+                    let response = response.await;
+                    metrics::histogram!(
+                        "tessera_router_request_seconds",
+                        "method" => method,
+                        "route" => route
+                    )
+                    .record(started.elapsed().as_secs_f64());
+                    response
+                }
+            })
             .configure(http::configure)
     })
     .workers(settings.workers.max(1))
