@@ -1,5 +1,6 @@
 //! The commit queue and the committer thread: validation, one log append and one
 //! `fdatasync` per group, then application to the active memtable, then the answers.
+//! A group slower than [`SLOW_GROUP`] is logged with the time each of those steps took.
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -200,11 +201,9 @@ impl Committer {
             if let Err(error) = self.maybe_freeze() {
                 return self.fail(&error);
             }
-            if freezing.elapsed() >= SLOW_GROUP {
-                tracing::warn!(
-                    ms = freezing.elapsed().as_secs_f64() * 1e3,
-                    "slow memtable freeze"
-                );
+            let froze_in = freezing.elapsed();
+            if froze_in >= SLOW_GROUP {
+                tracing::warn!(ms = froze_in.as_secs_f64() * 1e3, "slow memtable freeze");
             }
         }
     }

@@ -387,8 +387,8 @@ impl WalWriter {
         })
     }
 
-    /// Appends `bytes` and makes them durable.
-    /// Appends and syncs; returns how long the write (before the sync) took.
+    /// Appends `bytes` and makes them durable; returns how long the write (before the sync)
+    /// took, so the committer can tell a slow write from a slow sync.
     pub(crate) fn append(&mut self, bytes: &[u8]) -> Result<std::time::Duration, StoreError> {
         let started = std::time::Instant::now();
         self.write(bytes)?;
