@@ -137,6 +137,7 @@ pub(crate) fn spawn(
         log_bytes_since_freeze,
         buffer: Vec::new(),
         jobs,
+        slow_log: SlowLog::default(),
     };
     let thread = std::thread::Builder::new()
         .name("store-commit".to_string())
@@ -153,6 +154,7 @@ struct Committer {
     log_bytes_since_freeze: u64,
     buffer: Vec<u8>,
     jobs: SyncSender<CheckpointJob>,
+    slow_log: SlowLog,
 }
 
 impl Committer {
@@ -292,7 +294,7 @@ impl Committer {
         }
         drop(latency);
         phases.mark(Phase::Answer);
-        phases.report(group.len());
+        self.slow_log.report(&phases, group.len(), Instant::now());
         metrics::counter!("tessera_store_commits_total").increment(accepted);
         metrics::histogram!("tessera_store_commit_group_transactions").record(group.len() as f64);
         applied.map(|()| group.len())
@@ -448,6 +450,9 @@ impl Committer {
 
 /// A group slower than this is logged with where its time went.
 pub const SLOW_GROUP: Duration = Duration::from_millis(20);
+/// At most one slow-group warning per this interval (a saturated store has many slow
+/// groups; the counter counts each, the log names how many it skipped).
+pub const SLOW_GROUP_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy)]
 enum Phase {
@@ -500,13 +505,35 @@ impl Phases {
         self.last = now;
     }
 
-    fn report(&self, transactions: usize) {
-        let total = self.last - self.started;
+    fn total(&self) -> Duration {
+        self.last - self.started
+    }
+}
+
+/// Counts slow groups and logs at most one per [`SLOW_GROUP_LOG_INTERVAL`].
+#[derive(Default)]
+struct SlowLog {
+    last_logged: Option<Instant>,
+    /// Slow groups since the last warning that were not logged.
+    skipped: u64,
+}
+
+impl SlowLog {
+    /// Returns whether it logged `phases`.
+    fn report(&mut self, phases: &Phases, transactions: usize, now: Instant) -> bool {
+        let total = phases.total();
         if total < SLOW_GROUP {
-            return;
+            return false;
         }
-        let ms = |phase: Phase| self.spent[phase as usize].as_secs_f64() * 1e3;
         metrics::counter!("tessera_store_slow_groups_total").increment(1);
+        if self
+            .last_logged
+            .is_some_and(|at| now.saturating_duration_since(at) < SLOW_GROUP_LOG_INTERVAL)
+        {
+            self.skipped += 1;
+            return false;
+        }
+        let ms = |phase: Phase| phases.spent[phase as usize].as_secs_f64() * 1e3;
         tracing::warn!(
             total_ms = total.as_secs_f64() * 1e3,
             validate_ms = ms(Phase::Validate),
@@ -516,8 +543,12 @@ impl Phases {
             apply_ms = ms(Phase::Apply),
             answer_ms = ms(Phase::Answer),
             transactions,
+            slow_groups_not_logged_before = self.skipped,
             "slow commit group"
         );
+        self.last_logged = Some(now);
+        self.skipped = 0;
+        true
     }
 }
 
@@ -669,5 +700,25 @@ mod phase_tests {
         assert!(phases.spent[Phase::Write as usize] >= Duration::from_millis(3));
         assert!(phases.spent[Phase::Sync as usize] >= Duration::from_millis(1));
         assert_eq!(phases.spent[Phase::Apply as usize], Duration::ZERO);
+    }
+
+    #[test]
+    fn slow_groups_are_logged_at_most_once_per_interval() {
+        let mut slow = Phases::start();
+        slow.last = slow.started + SLOW_GROUP;
+        let mut fast = Phases::start();
+        fast.last = fast.started + SLOW_GROUP - Duration::from_micros(1);
+        let mut log = SlowLog::default();
+        let t0 = Instant::now();
+        assert!(!log.report(&fast, 1, t0), "a fast group is not logged");
+        assert!(log.report(&slow, 1, t0), "the first slow group is logged");
+        assert!(!log.report(&slow, 1, t0 + SLOW_GROUP_LOG_INTERVAL / 2));
+        assert!(!log.report(&slow, 1, t0 + SLOW_GROUP_LOG_INTERVAL / 2));
+        assert_eq!(log.skipped, 2);
+        assert!(log.report(&slow, 1, t0 + SLOW_GROUP_LOG_INTERVAL));
+        assert_eq!(
+            log.skipped, 0,
+            "the warning names the skipped ones and resets"
+        );
     }
 }
