@@ -80,7 +80,7 @@ pub async fn serve(
                 let route = request
                     .match_pattern()
                     .unwrap_or_else(|| "unmatched".to_string());
-                let method = request.method().as_str().to_string();
+                let method = method_label(request.method());
                 let response = actix_web::dev::Service::call(service, request);
                 async move {
                     let response = response.await;
@@ -105,4 +105,13 @@ pub async fn serve(
     let result = server.run().await;
     follower.abort();
     result
+}
+
+/// The method as a static label (no allocation per request for the common ones).
+fn method_label(method: &actix_web::http::Method) -> std::borrow::Cow<'static, str> {
+    const KNOWN: [&str; 7] = ["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"];
+    match KNOWN.iter().find(|known| **known == method.as_str()) {
+        Some(known) => std::borrow::Cow::Borrowed(known),
+        None => std::borrow::Cow::Owned(method.as_str().to_string()),
+    }
 }

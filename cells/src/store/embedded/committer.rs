@@ -315,15 +315,18 @@ impl Committer {
                 )));
             }
         }
-        let started = Instant::now();
+        // The group's encoding counts as writing; the sync starts the pacer's clock.
+        phases.mark(Phase::Write);
+        let started = phases.last;
         let written = self.wal.append(&self.buffer)?;
-        phases.mark_split(Phase::Write, written, Phase::Sync);
         if let Some(Failpoint::SlowSyncs { micros, every }) = self.shared.options.failpoint {
             if self.groups.is_multiple_of(every.max(1)) {
                 std::thread::sleep(std::time::Duration::from_micros(micros));
             }
         }
-        self.pacer.synced(started, started.elapsed(), transactions);
+        phases.mark_split(Phase::Write, written, Phase::Sync);
+        self.pacer
+            .synced(started, phases.last - started, transactions);
         self.groups += 1;
         let bytes = self.buffer.len() as u64;
         self.log_bytes_since_freeze += bytes;
@@ -456,9 +459,10 @@ pub const SLOW_GROUP_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy)]
 enum Phase {
+    // The variants index `Phases::spent`; keep `Phase::COUNT` in step.
     /// Age, preconditions and read sets (with the wait for the tables' read lock).
     Validate,
-    /// `pwrite` of the group (with any preallocation).
+    /// Encoding and `pwrite` of the group (with any preallocation).
     Write,
     /// `fdatasync`, and a failpoint's sleep.
     Sync,
@@ -470,12 +474,16 @@ enum Phase {
     Answer,
 }
 
+impl Phase {
+    const COUNT: usize = Phase::Answer as usize + 1;
+}
+
 /// Where one group's time went; logged only when the group is slow, so the hot path pays
 /// a few clock reads.
 struct Phases {
     started: Instant,
     last: Instant,
-    spent: [Duration; 6],
+    spent: [Duration; Phase::COUNT],
 }
 
 impl Phases {
@@ -484,7 +492,7 @@ impl Phases {
         Phases {
             started: now,
             last: now,
-            spent: [Duration::ZERO; 6],
+            spent: [Duration::ZERO; Phase::COUNT],
         }
     }
 
