@@ -82,6 +82,11 @@ impl Ledger {
     /// same thread then talks to its actors without crossing threads.
     pub fn start(store: Arc<dyn Store>, config: LedgerConfig) -> Ledger {
         let arbiters: Vec<Arbiter> = (0..config.arbiters).map(|_| Arbiter::new()).collect();
+        for arbiter in &arbiters {
+            // Account actors commit from these threads: a remote store (and the relay's
+            // links to peer DCs) then serve them on connections of the thread's own.
+            arbiter.spawn_fn(wire::local_io::local_io_here);
+        }
         let handles: Vec<ArbiterHandle> = if arbiters.is_empty() {
             vec![Arbiter::current()]
         } else {

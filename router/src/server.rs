@@ -71,6 +71,9 @@ pub async fn serve(
         })
     };
     let server = HttpServer::new(move || {
+        // The factory runs on each worker thread: its calls to DC nodes (and their
+        // answers) stay on it, without a hand-off to a client I/O thread and back.
+        wire::local_io::local_io_here();
         App::new()
             .app_data(state.clone())
             .wrap_fn(|request, service| {

@@ -123,6 +123,9 @@ pub fn dc(args: DcArgs) -> Result<ExitCode> {
     let opened = OpenStore::open(&args.store)?;
     let store = Arc::clone(&opened.store);
     actix_rt::System::new().block_on(async move {
+        // The node's own thread serves the DC protocol and reads the store for each batch:
+        // its store reads stay on it (see `wire::local_io`).
+        wire::local_io::local_io_here();
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;

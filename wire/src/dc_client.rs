@@ -4,6 +4,9 @@
 //! on any executor: actix arbiters, tokio, plain threads), with request ids, a bounded
 //! table of requests in flight, a reply timeout, and reconnection with backoff.
 //!
+//! A thread that opted in with [`crate::local_io::local_io_here`] gets a connection of its
+//! own, driven on it, which its calls use whenever it is up (see [`crate::local_io`]).
+//!
 //! A call fails with [`DcCallError::NotSent`] when the request never left this process
 //! (not connected, queue full): it is safe to retry anywhere. It fails with
 //! [`DcCallError::Lost`] when the connection dropped (or the answer was overdue) after the
@@ -30,6 +33,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::dc_protocol::{self, DcRequest, DcResponse, NodeStatus};
 use crate::frame::{FrameError, FrameReader, FRAME_HEADER_BYTES};
+use crate::local_io::ThreadLinks;
 use crate::metrics::{self as wire_metrics, Role};
 
 /// Requests awaiting an answer at once, by default.
@@ -119,6 +123,25 @@ struct Link {
 }
 
 impl Link {
+    fn new(addr: &str, options: DcClientOptions) -> Arc<Link> {
+        let (shutdown, _) = watch::channel(false);
+        Arc::new(Link {
+            addr: addr.to_string(),
+            options,
+            next_id: AtomicU64::new(1),
+            state: Mutex::new(State::default()),
+            wake_writer: Notify::new(),
+            shutdown,
+            ever_connected: AtomicBool::new(false),
+        })
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        let _ = self.shutdown.send(true);
+        self.wake_writer.notify_one();
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state
             .lock()
@@ -228,6 +251,8 @@ impl Link {
 /// A connection to one DC node. Cheap to share (`Arc`); closing happens on drop.
 pub struct DcClient {
     link: Arc<Link>,
+    /// Connections of opted-in threads (see [`crate::local_io`]).
+    local: ThreadLinks<Link>,
 }
 
 impl std::fmt::Debug for DcClient {
@@ -244,21 +269,28 @@ impl DcClient {
     /// first connection is up (see [`DcClient::wait_connected`]) calls fail `NotSent`.
     pub fn connect(addr: &str, options: DcClientOptions) -> std::io::Result<DcClient> {
         assert!(options.in_flight_max > 0 && options.outgoing_bytes_max > 0);
-        let (shutdown, _) = watch::channel(false);
-        let link = Arc::new(Link {
-            addr: addr.to_string(),
-            options,
-            next_id: AtomicU64::new(1),
-            state: Mutex::new(State::default()),
-            wake_writer: Notify::new(),
-            shutdown,
-            ever_connected: AtomicBool::new(false),
-        });
+        let link = Link::new(addr, options);
         let thread_link = Arc::clone(&link);
         std::thread::Builder::new()
             .name(format!("dc-client-{addr}"))
             .spawn(move || run_io_thread(thread_link))?;
-        Ok(DcClient { link })
+        Ok(DcClient {
+            link,
+            local: ThreadLinks::default(),
+        })
+    }
+
+    /// The connection a call from this thread uses: this thread's own when it opted in
+    /// and that connection is up, else the shared one.
+    fn link(&self) -> Arc<Link> {
+        let own = self.local.here(
+            || Link::new(&self.link.addr, self.link.options.clone()),
+            supervise,
+        );
+        match own {
+            Some(own) if own.lock().connected => own,
+            _ => Arc::clone(&self.link),
+        }
     }
 
     pub fn addr(&self) -> &str {
@@ -267,6 +299,12 @@ impl DcClient {
 
     pub fn is_connected(&self) -> bool {
         self.link.lock().connected
+    }
+
+    /// Whether this thread has a connection of its own that is up (see
+    /// [`crate::local_io`]).
+    pub fn own_connection_up(&self) -> bool {
+        self.local.mine().is_some_and(|link| link.lock().connected)
     }
 
     /// Blocks the calling thread until connected or `timeout` passes; returns whether it
@@ -286,11 +324,12 @@ impl DcClient {
         &self,
         make: impl FnOnce(u64) -> DcRequest,
     ) -> impl Future<Output = Result<DcResponse, DcCallError>> + Send + 'static {
-        let id = self.link.next_id.fetch_add(1, Ordering::Relaxed);
+        let link = self.link();
+        let id = link.next_id.fetch_add(1, Ordering::Relaxed);
         let request = make(id);
         let (reply, answer) = oneshot::channel();
-        let submitted = self.link.submit(&request, Some(reply));
-        let addr = self.link.addr.clone();
+        let submitted = link.submit(&request, Some(reply));
+        let addr = link.addr.clone();
         async move {
             submitted?;
             match answer.await {
@@ -335,7 +374,8 @@ impl DcClient {
 
     /// Sends credit legs to the node (no answer; the sender's outbox rescan covers loss).
     pub fn credits(&self, space: Keyspace, legs: Vec<KeyValue>) -> Result<(), DcCallError> {
-        self.link.submit(&DcRequest::Credits { space, legs }, None)
+        self.link()
+            .submit(&DcRequest::Credits { space, legs }, None)
     }
 
     /// Asks the node for its status.
@@ -418,9 +458,10 @@ fn unexpected(addr: String, what: &str, answer: &DcResponse) -> DcCallError {
 
 impl Drop for DcClient {
     fn drop(&mut self) {
-        self.link.lock().closed = true;
-        let _ = self.link.shutdown.send(true);
-        self.link.wake_writer.notify_one();
+        self.link.close();
+        for link in self.local.all() {
+            link.close();
+        }
     }
 }
 

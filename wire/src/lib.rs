@@ -3,7 +3,8 @@
 //! Owns: the bounded, versioned, length-prefixed frame codec every Tessera process speaks
 //! over TCP ([`frame`]), the store protocol ([`store_protocol`]) with its two ends: the
 //! `remote` storage client ([`remote::RemoteStore`]) and the server behind `tessera store`
-//! ([`store_server::serve`]), and (later) the DC protocol between routers and DC nodes.
+//! ([`store_server::serve`]), the DC protocol between routers and DC nodes, and the
+//! thread-own connections of both clients ([`local_io`]).
 //!
 //! Must never: hold ledger state, interpret money, accept a frame larger than its bound,
 //! or queue without a limit.
@@ -34,6 +35,7 @@ pub mod dc_client;
 pub mod dc_protocol;
 pub mod dc_server;
 pub mod frame;
+pub mod local_io;
 pub mod metrics;
 pub mod remote;
 pub mod store_protocol;

@@ -10,6 +10,11 @@
 //! a commit that may have reached the server as anything but [`CommitError::Unknown`], or
 //! let a transaction whose server-held part died with a connection commit.
 //!
+//! A thread that opted in with [`crate::local_io::local_io_here`] (a DC node's actor
+//! arbiters) also gets a connection of its own, driven on it; its reads and the
+//! transactions it begins use that one whenever it is up (see [`crate::local_io`]). A
+//! transaction stays on the connection it began on.
+//!
 //! # How a transaction travels
 //! `set`, `clear`, `clear_range` and `require` check the limits exactly as the embedded
 //! backend does and append to a local mutation block. A read inside the transaction ships
@@ -44,6 +49,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
 
 use crate::frame::{FrameError, FrameReader, FRAME_BYTES_MAX, FRAME_HEADER_BYTES};
+use crate::local_io::ThreadLinks;
 use crate::metrics::{self as wire_metrics, Role};
 use crate::store_protocol::{
     decode_message, encode, encode_message, rows_to_owned, Bytes, Request, RequestFrame, Response,
@@ -188,6 +194,35 @@ struct Link {
 }
 
 impl Link {
+    fn new(addr: &str, options: ClientOptions) -> Arc<Link> {
+        let (shutdown, _) = watch::channel(false);
+        let state = LinkState {
+            generation: 0,
+            connected: false,
+            closed: false,
+            pending: HashMap::new(),
+            outgoing: VecDeque::new(),
+            outgoing_bytes: 0,
+            progress: Instant::now(),
+            stats: WireStats::default(),
+        };
+        Arc::new(Link {
+            addr: addr.to_string(),
+            options,
+            state: Mutex::new(state),
+            wake_writer: Notify::new(),
+            shutdown,
+            request_ids: AtomicU64::new(NO_REPLY + 1),
+            transaction_ids: AtomicU64::new(1),
+        })
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.shutdown.send_replace(true);
+        self.wake_writer.notify_one();
+    }
+
     fn lock(&self) -> MutexGuard<'_, LinkState> {
         // A panic while holding the lock leaves plain data behind; keep serving.
         self.state
@@ -397,6 +432,8 @@ fn owned_answer(response: Response<'_>, pending: &mut Pending) -> Result<Answer,
 /// A [`Store`] served by a `tessera store` server.
 pub struct RemoteStore {
     link: Arc<Link>,
+    /// Connections of opted-in threads (see [`crate::local_io`]).
+    local: ThreadLinks<Link>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -413,26 +450,7 @@ impl RemoteStore {
     /// Connects to the store server at `addr` (`host:port`), trying for up to
     /// [`ClientOptions::connect_timeout_ms`]. Later losses reconnect in the background.
     pub fn connect(addr: &str, options: ClientOptions) -> Result<Self, StoreError> {
-        let (shutdown, _) = watch::channel(false);
-        let state = LinkState {
-            generation: 0,
-            connected: false,
-            closed: false,
-            pending: HashMap::new(),
-            outgoing: VecDeque::new(),
-            outgoing_bytes: 0,
-            progress: Instant::now(),
-            stats: WireStats::default(),
-        };
-        let link = Arc::new(Link {
-            addr: addr.to_string(),
-            options,
-            state: Mutex::new(state),
-            wake_writer: Notify::new(),
-            shutdown,
-            request_ids: AtomicU64::new(NO_REPLY + 1),
-            transaction_ids: AtomicU64::new(1),
-        });
+        let link = Link::new(addr, options);
         let (first, first_result) = std::sync::mpsc::sync_channel(1);
         let thread_link = link.clone();
         let thread = std::thread::Builder::new()
@@ -440,6 +458,7 @@ impl RemoteStore {
             .spawn(move || run_io_thread(thread_link, first))?;
         let store = RemoteStore {
             link,
+            local: ThreadLinks::default(),
             thread: Some(thread),
         };
         match first_result.recv() {
@@ -461,8 +480,27 @@ impl RemoteStore {
         self.link.lock().connected
     }
 
+    /// Whether this thread has a connection of its own that is up (see
+    /// [`crate::local_io`]).
+    pub fn own_connection_up(&self) -> bool {
+        self.local.mine().is_some_and(|link| link.lock().connected)
+    }
+
+    /// The connection a call from this thread uses: this thread's own when it opted in
+    /// and that connection is up, else the shared one.
+    fn link(&self) -> Arc<Link> {
+        let own = self.local.here(
+            || Link::new(&self.link.addr, self.link.options.clone()),
+            |link| supervise(link, None),
+        );
+        match own {
+            Some(own) if own.lock().connected => own,
+            _ => Arc::clone(&self.link),
+        }
+    }
+
     fn read(&self, request: Request<'_>) -> Result<oneshot::Receiver<ReadAnswer>, StoreError> {
-        self.link
+        self.link()
             .submit(Kind::Read, None, request)
             .map(|(_, answer)| answer)
             .map_err(|refusal| refusal.read_error(&self.link.addr))
@@ -473,9 +511,11 @@ type ReadAnswer = Result<Answer, Lost>;
 
 impl Drop for RemoteStore {
     fn drop(&mut self) {
-        self.link.lock().closed = true;
-        self.link.shutdown.send_replace(true);
-        self.link.wake_writer.notify_one();
+        self.link.close();
+        // Their tasks end on their own threads.
+        for link in self.local.all() {
+            link.close();
+        }
         if let Some(thread) = self.thread.take() {
             if thread.thread().id() != std::thread::current().id() {
                 let _ = thread.join();
@@ -523,7 +563,7 @@ impl Store for RemoteStore {
         if self.link.is_closed() {
             return Err(StoreError::Closed);
         }
-        Ok(Box::new(RemoteTransaction::new(self.link.clone())))
+        Ok(Box::new(RemoteTransaction::new(self.link())))
     }
 
     fn get(&self, key: &[u8]) -> BoxFuture<'static, Result<Option<Vec<u8>>, StoreError>> {
@@ -579,7 +619,17 @@ impl Store for RemoteStore {
     }
 
     fn stats(&self) -> StoreStats {
-        self.link.lock().stats.into()
+        // The server's totals as the latest answer on any connection carried them.
+        let mut stats = self.link.lock().stats;
+        for link in self.local.all() {
+            let other = link.lock().stats;
+            stats.transactions_committed = stats
+                .transactions_committed
+                .max(other.transactions_committed);
+            stats.durable_writes = stats.durable_writes.max(other.durable_writes);
+            stats.bytes_written = stats.bytes_written.max(other.bytes_written);
+        }
+        stats.into()
     }
 }
 
@@ -854,13 +904,18 @@ fn run_io_thread(link: Arc<Link>, first: std::sync::mpsc::SyncSender<Result<(), 
             return;
         }
     };
-    runtime.block_on(supervise(link, first));
+    runtime.block_on(supervise(link, Some(first)));
 }
 
-/// Connects, serves the connection until it is lost, and reconnects with backoff.
-async fn supervise(link: Arc<Link>, first: std::sync::mpsc::SyncSender<Result<(), String>>) {
+/// Connects, serves the connection until it is lost, and reconnects with backoff. `first`
+/// (the waiting [`RemoteStore::connect`], for the shared connection) hears of the first
+/// outcome; without it the attempts go on until the store closes.
+async fn supervise(
+    link: Arc<Link>,
+    first: Option<std::sync::mpsc::SyncSender<Result<(), String>>>,
+) {
     let options = link.options.clone();
-    let mut first = Some(first);
+    let mut first = first;
     let started = Instant::now();
     let mut backoff_ms = options.reconnect_backoff_ms_min;
     let mut shutdown = link.shutdown.subscribe();
