@@ -285,7 +285,10 @@ impl DcClient {
     fn link(&self) -> Arc<Link> {
         let own = self.local.here(
             || Link::new(&self.link.addr, self.link.options.clone()),
-            supervise,
+            |link| async move {
+                let _stopped = Stopped(Arc::clone(&link));
+                supervise(link).await;
+            },
         );
         match own {
             Some(own) if own.lock().connected => own,
@@ -462,6 +465,18 @@ impl Drop for DcClient {
         for link in self.local.all() {
             link.close();
         }
+    }
+}
+
+/// Ends a thread-own connection when the task driving it ends, also when it is dropped
+/// because its thread's runtime stopped: what was in flight fails as on a connection loss,
+/// and the thread's calls use the shared connection from then on.
+struct Stopped(Arc<Link>);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        self.0
+            .disconnected("the thread driving the connection stopped");
     }
 }
 

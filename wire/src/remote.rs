@@ -491,7 +491,10 @@ impl RemoteStore {
     fn link(&self) -> Arc<Link> {
         let own = self.local.here(
             || Link::new(&self.link.addr, self.link.options.clone()),
-            |link| supervise(link, None),
+            |link| async move {
+                let _stopped = Stopped(Arc::clone(&link));
+                supervise(link, None).await;
+            },
         );
         match own {
             Some(own) if own.lock().connected => own,
@@ -887,6 +890,18 @@ impl Drop for RemoteTransaction {
             // When it cannot be queued the server drops the transaction at its age limit.
             self.link.send_without_reply(generation, abort);
         }
+    }
+}
+
+/// Ends a thread-own connection when the task driving it ends, also when it is dropped
+/// because its thread's runtime stopped: what was in flight fails as on a connection loss,
+/// and the thread's calls use the shared connection from then on.
+struct Stopped(Arc<Link>);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        self.0
+            .disconnected("the thread driving the connection stopped");
     }
 }
 
