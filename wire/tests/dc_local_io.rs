@@ -4,7 +4,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+mod common;
 
 use cells::ids::{DcId, TransferId};
 use cells::keys::Keyspace;
@@ -88,38 +90,25 @@ fn an_opted_in_thread_calls_on_its_own_connection() {
     assert!(client.wait_connected(Duration::from_secs(10)));
     assert!(!client.own_connection_up(), "this thread did not opt in");
     let on_thread = Arc::clone(&client);
-    std::thread::spawn(move || {
+    common::on_opted_in_thread(move || async move {
         let client = on_thread;
-        wire::local_io::local_io_here();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async move {
-            // Served on the shared connection while the own one comes up.
-            let first = client.execute(Keyspace::Real, lookup(0)).await;
+        // Served on the shared connection while the own one comes up.
+        let first = client.execute(Keyspace::Real, lookup(0)).await;
+        assert_eq!(
+            first.expect("answered"),
+            vec![Err(ErrorCode::UnknownTransfer)]
+        );
+        common::until_own_connection_up(|| client.own_connection_up()).await;
+        for n in 1..=100 {
+            let answer = client.execute(Keyspace::Real, lookup(n)).await;
             assert_eq!(
-                first.expect("answered"),
+                answer.expect("answered"),
                 vec![Err(ErrorCode::UnknownTransfer)]
             );
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while !client.own_connection_up() {
-                assert!(Instant::now() < deadline, "own connection never came up");
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            for n in 1..=100 {
-                let answer = client.execute(Keyspace::Real, lookup(n)).await;
-                assert_eq!(
-                    answer.expect("answered"),
-                    vec![Err(ErrorCode::UnknownTransfer)]
-                );
-            }
-            assert_eq!(client.freeze(0, 0, 10).await.expect("freeze"), (true, 0));
-            assert_eq!(client.status().await.expect("status").table_version, 1);
-        });
-    })
-    .join()
-    .expect("opted-in thread");
+        }
+        assert_eq!(client.freeze(0, 0, 10).await.expect("freeze"), (true, 0));
+        assert_eq!(client.status().await.expect("status").table_version, 1);
+    });
     assert_eq!(handler.batches.load(Ordering::Relaxed), 101);
     // The shared connection still serves threads that did not opt in.
     let answer = futures::executor::block_on(client.execute(Keyspace::Real, lookup(101)));

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+mod common;
+
 use cells::store::conformance::{self, ConformanceTarget};
 use cells::store::embedded::{EmbeddedOptions, EmbeddedStore};
 use cells::store::Store;
@@ -213,53 +215,37 @@ fn an_opted_in_thread_reads_and_commits_on_its_own_connection() {
         Arc::new(RemoteStore::connect(&server.addr, ClientOptions::default()).expect("connect"));
     assert!(!client.own_connection_up(), "this thread did not opt in");
     let on_thread = Arc::clone(&client);
-    std::thread::spawn(move || {
+    common::on_opted_in_thread(move || async move {
         let client = on_thread;
-        wire::local_io::local_io_here();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async move {
-            // The first call starts the thread's own connection and is served meanwhile.
-            let mut first = client.begin().expect("begin");
-            first.set(b"before", b"1").expect("set");
-            first
-                .commit()
-                .await
-                .expect("commit on the shared connection");
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while !client.own_connection_up() {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "own connection never came up"
-                );
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            let mut own = client.begin().expect("begin");
-            assert_eq!(
-                own.get(b"before").await.expect("read").as_deref(),
-                Some(&b"1"[..])
-            );
-            own.set(b"after", b"2").expect("set");
-            own.require(b"absent", None).expect("require");
-            own.commit().await.expect("commit on the own connection");
-            assert_eq!(
-                client.get(b"after").await.expect("get").as_deref(),
-                Some(&b"2"[..])
-            );
-            // A precondition still fences a commit made on the own connection.
-            let mut fenced = client.begin().expect("begin");
-            fenced.set(b"never", b"3").expect("set");
-            fenced.require(b"after", None).expect("require");
-            assert!(
-                fenced.commit().await.is_err(),
-                "a failed precondition commits nothing"
-            );
-        });
-    })
-    .join()
-    .expect("opted-in thread");
+        // The first call starts the thread's own connection and is served meanwhile.
+        let mut first = client.begin().expect("begin");
+        first.set(b"before", b"1").expect("set");
+        first
+            .commit()
+            .await
+            .expect("commit on the shared connection");
+        common::until_own_connection_up(|| client.own_connection_up()).await;
+        let mut own = client.begin().expect("begin");
+        assert_eq!(
+            own.get(b"before").await.expect("read").as_deref(),
+            Some(&b"1"[..])
+        );
+        own.set(b"after", b"2").expect("set");
+        own.require(b"absent", None).expect("require");
+        own.commit().await.expect("commit on the own connection");
+        assert_eq!(
+            client.get(b"after").await.expect("get").as_deref(),
+            Some(&b"2"[..])
+        );
+        // A precondition still fences a commit made on the own connection.
+        let mut fenced = client.begin().expect("begin");
+        fenced.set(b"never", b"3").expect("set");
+        fenced.require(b"after", None).expect("require");
+        assert!(
+            fenced.commit().await.is_err(),
+            "a failed precondition commits nothing"
+        );
+    });
     // The shared connection sees what the own connection wrote, and nothing it refused.
     let read = |key: &'static [u8]| futures::executor::block_on(client.get(key)).expect("get");
     assert_eq!(read(b"after").as_deref(), Some(&b"2"[..]));
