@@ -10,9 +10,9 @@
 //! a commit that may have reached the server as anything but [`CommitError::Unknown`], or
 //! let a transaction whose server-held part died with a connection commit.
 //!
-//! A thread that opted in with [`crate::local_io::local_io_here`] (a DC node's actor
-//! arbiters) also gets a connection of its own, driven on it; its reads and the
-//! transactions it begins use that one whenever it is up (see [`crate::local_io`]). A
+//! A thread that opted in with [`crate::local_io::local_io_here`] (a DC node's own thread
+//! and its actor arbiters) also gets a connection of its own, driven on it; its reads and
+//! the transactions it begins use that one whenever it is up (see [`crate::local_io`]). A
 //! transaction stays on the connection it began on.
 //!
 //! # How a transaction travels
@@ -927,10 +927,9 @@ fn run_io_thread(link: Arc<Link>, first: std::sync::mpsc::SyncSender<Result<(), 
 /// outcome; without it the attempts go on until the store closes.
 async fn supervise(
     link: Arc<Link>,
-    first: Option<std::sync::mpsc::SyncSender<Result<(), String>>>,
+    mut first: Option<std::sync::mpsc::SyncSender<Result<(), String>>>,
 ) {
     let options = link.options.clone();
-    let mut first = first;
     let started = Instant::now();
     let mut backoff_ms = options.reconnect_backoff_ms_min;
     let mut shutdown = link.shutdown.subscribe();
