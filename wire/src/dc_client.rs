@@ -33,7 +33,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::dc_protocol::{self, DcRequest, DcResponse, NodeStatus};
 use crate::frame::{FrameError, FrameReader, FRAME_HEADER_BYTES};
-use crate::local_io::ThreadLinks;
+use crate::local_io::{self, ThreadLinks};
 use crate::metrics::{self as wire_metrics, Role};
 
 /// Requests awaiting an answer at once, by default.
@@ -120,6 +120,16 @@ struct Link {
     wake_writer: Notify,
     shutdown: watch::Sender<bool>,
     ever_connected: AtomicBool,
+}
+
+impl local_io::Link for Link {
+    fn is_up(&self) -> bool {
+        self.lock().connected
+    }
+
+    fn stopped(&self, reason: &str) {
+        self.disconnected(reason);
+    }
 }
 
 impl Link {
@@ -283,17 +293,11 @@ impl DcClient {
     /// The connection a call from this thread uses: this thread's own when it opted in
     /// and that connection is up, else the shared one.
     fn link(&self) -> Arc<Link> {
-        let own = self.local.here(
+        self.local.pick(
+            &self.link,
             || Link::new(&self.link.addr, self.link.options.clone()),
-            |link| async move {
-                let _stopped = Stopped(Arc::clone(&link));
-                supervise(link).await;
-            },
-        );
-        match own {
-            Some(own) if own.lock().connected => own,
-            _ => Arc::clone(&self.link),
-        }
+            supervise,
+        )
     }
 
     pub fn addr(&self) -> &str {
@@ -307,7 +311,7 @@ impl DcClient {
     /// Whether this thread has a connection of its own that is up (see
     /// [`crate::local_io`]).
     pub fn own_connection_up(&self) -> bool {
-        self.local.mine().is_some_and(|link| link.lock().connected)
+        self.local.own_up()
     }
 
     /// Blocks the calling thread until connected or `timeout` passes; returns whether it
@@ -465,18 +469,6 @@ impl Drop for DcClient {
         for link in self.local.all() {
             link.close();
         }
-    }
-}
-
-/// Ends a thread-own connection when the task driving it ends, also when it is dropped
-/// because its thread's runtime stopped: what was in flight fails as on a connection loss,
-/// and the thread's calls use the shared connection from then on.
-struct Stopped(Arc<Link>);
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        self.0
-            .disconnected("the thread driving the connection stopped");
     }
 }
 

@@ -3,7 +3,8 @@
 //! that very thread.
 //!
 //! Owns: the per-thread opt-in ([`local_io_here`]) and each client's table of its threads'
-//! connections ([`ThreadLinks`], at most [`THREAD_LINKS_MAX`]).
+//! connections ([`ThreadLinks`], at most [`THREAD_LINKS_MAX`]), each ended when the task
+//! driving it ends.
 //!
 //! Why: every client here keeps one shared connection on a private I/O thread, so callers
 //! may use any executor. A call then crosses to that thread and its answer crosses back,
@@ -39,6 +40,25 @@ pub fn local_io_here() {
     HERE.with(|here| here.set(Some(std::thread::current().id())));
 }
 
+/// What [`ThreadLinks`] needs of a client's connection.
+pub(crate) trait Link: Send + Sync + 'static {
+    /// Whether it is connected now.
+    fn is_up(&self) -> bool;
+    /// Marks it down and fails what is in flight, as on a connection loss.
+    fn stopped(&self, reason: &str);
+}
+
+/// Ends a thread-own connection when the task driving it ends, also when it is dropped
+/// because its thread's runtime stopped: what was in flight fails as on a connection loss,
+/// and the thread's calls use the shared connection from then on.
+struct Stopped<L: Link>(Arc<L>);
+
+impl<L: Link> Drop for Stopped<L> {
+    fn drop(&mut self) {
+        self.0.stopped("the thread driving the connection stopped");
+    }
+}
+
 /// The connections a client keeps for opted-in threads.
 pub(crate) struct ThreadLinks<L> {
     links: Mutex<Vec<(ThreadId, Arc<L>)>>,
@@ -52,10 +72,27 @@ impl<L> Default for ThreadLinks<L> {
     }
 }
 
-impl<L> ThreadLinks<L> {
-    /// This thread's connection, if the thread opted in: the one it has, or a new one made
-    /// by `make` and driven by the task `drive` returns, spawned on this thread's runtime.
-    pub(crate) fn here<F>(
+impl<L: Link> ThreadLinks<L> {
+    /// The connection a call from this thread uses: the thread's own when it opted in and
+    /// that connection is up, else `shared`. An opted-in thread's first call starts its
+    /// own connection, made by `make` and driven by the task `drive` returns, on this
+    /// thread's runtime.
+    pub(crate) fn pick<F>(
+        &self,
+        shared: &Arc<L>,
+        make: impl FnOnce() -> Arc<L>,
+        drive: impl FnOnce(Arc<L>) -> F,
+    ) -> Arc<L>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        match self.here(make, drive) {
+            Some(own) if own.is_up() => own,
+            _ => Arc::clone(shared),
+        }
+    }
+
+    fn here<F>(
         &self,
         make: impl FnOnce() -> Arc<L>,
         drive: impl FnOnce(Arc<L>) -> F,
@@ -76,20 +113,26 @@ impl<L> ThreadLinks<L> {
             return None;
         }
         let link = make();
-        runtime.spawn(drive(Arc::clone(&link)));
+        let stopped = Stopped(Arc::clone(&link));
+        let task = drive(Arc::clone(&link));
+        runtime.spawn(async move {
+            let _stopped = stopped;
+            task.await;
+        });
         links.push((me, Arc::clone(&link)));
         Some(link)
     }
 
-    /// This thread's connection, if it has one (never starts one).
-    pub(crate) fn mine(&self) -> Option<Arc<L>> {
-        let me = HERE.with(Cell::get)?;
+    /// Whether this thread has a connection of its own that is up (never starts one).
+    pub(crate) fn own_up(&self) -> bool {
+        let Some(me) = HERE.with(Cell::get) else {
+            return false;
+        };
         self.links
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .find(|(thread, _)| *thread == me)
-            .map(|(_, link)| Arc::clone(link))
+            .any(|(thread, link)| *thread == me && link.is_up())
     }
 
     /// Every thread-own connection (to close them).

@@ -49,7 +49,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
 
 use crate::frame::{FrameError, FrameReader, FRAME_BYTES_MAX, FRAME_HEADER_BYTES};
-use crate::local_io::ThreadLinks;
+use crate::local_io::{self, ThreadLinks};
 use crate::metrics::{self as wire_metrics, Role};
 use crate::store_protocol::{
     decode_message, encode, encode_message, rows_to_owned, Bytes, Request, RequestFrame, Response,
@@ -191,6 +191,16 @@ struct Link {
     shutdown: watch::Sender<bool>,
     request_ids: AtomicU64,
     transaction_ids: AtomicU64,
+}
+
+impl local_io::Link for Link {
+    fn is_up(&self) -> bool {
+        self.lock().connected
+    }
+
+    fn stopped(&self, reason: &str) {
+        self.disconnected(reason);
+    }
 }
 
 impl Link {
@@ -483,23 +493,17 @@ impl RemoteStore {
     /// Whether this thread has a connection of its own that is up (see
     /// [`crate::local_io`]).
     pub fn own_connection_up(&self) -> bool {
-        self.local.mine().is_some_and(|link| link.lock().connected)
+        self.local.own_up()
     }
 
     /// The connection a call from this thread uses: this thread's own when it opted in
     /// and that connection is up, else the shared one.
     fn link(&self) -> Arc<Link> {
-        let own = self.local.here(
+        self.local.pick(
+            &self.link,
             || Link::new(&self.link.addr, self.link.options.clone()),
-            |link| async move {
-                let _stopped = Stopped(Arc::clone(&link));
-                supervise(link, None).await;
-            },
-        );
-        match own {
-            Some(own) if own.lock().connected => own,
-            _ => Arc::clone(&self.link),
-        }
+            |link| supervise(link, None),
+        )
     }
 
     fn read(&self, request: Request<'_>) -> Result<oneshot::Receiver<ReadAnswer>, StoreError> {
@@ -890,18 +894,6 @@ impl Drop for RemoteTransaction {
             // When it cannot be queued the server drops the transaction at its age limit.
             self.link.send_without_reply(generation, abort);
         }
-    }
-}
-
-/// Ends a thread-own connection when the task driving it ends, also when it is dropped
-/// because its thread's runtime stopped: what was in flight fails as on a connection loss,
-/// and the thread's calls use the shared connection from then on.
-struct Stopped(Arc<Link>);
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        self.0
-            .disconnected("the thread driving the connection stopped");
     }
 }
 
