@@ -33,6 +33,19 @@ fn keep_freed_pages() {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
 }
 
+/// No transparent huge pages for this process (and the processes it starts: the setting
+/// is inherited). mimalloc asks for them on its arenas (`MADV_HUGEPAGE`), and with the
+/// kernel's `defrag=madvise` each first touch of a 2 MiB page may compact memory
+/// synchronously: faulting fresh memory cost 0.7–3.2 ms per MiB against 0.4 ms with 4 KiB
+/// pages on the benchmark machine, and page zeroing was 13 % of all CPU in `bench dcs`
+/// (see BENCHMARKS.md). Failure (an old kernel) only costs speed, so it is only logged.
+fn no_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    if let Err(error) = rustix::thread::disable_transparent_huge_pages(true) {
+        tracing::warn!(%error, "could not turn off transparent huge pages");
+    }
+}
+
 #[derive(Parser)]
 #[command(
     name = "tessera",
@@ -96,6 +109,7 @@ fn main() -> Result<ExitCode> {
         )
         .with_writer(std::io::stderr)
         .init();
+    no_transparent_huge_pages();
     if let Some(address) = cli.metrics_listen {
         metrics_exporter_prometheus::PrometheusBuilder::new()
             .with_http_listener(address)

@@ -61,6 +61,10 @@ impl Requires {
         self.0.is_empty()
     }
 
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
     pub(crate) fn reserve(&mut self, bytes: usize) {
         self.0.reserve(bytes);
     }
@@ -581,7 +585,12 @@ fn required_keys(group: &[PendingCommit]) -> Option<Required<'_>> {
     if group.iter().any(|pending| !pending.reads.ranges.is_empty()) {
         return None;
     }
-    let mut keys = Required::default();
+    // Sized once: growing it rehashed and moved it repeatedly.
+    let capacity = group
+        .iter()
+        .map(|pending| pending.requires.len() + pending.reads.keys.len())
+        .sum();
+    let mut keys = Required::with_capacity_and_hasher(capacity, Default::default());
     for pending in group {
         keys.extend(pending.requires.iter().map(|(key, _)| key));
         keys.extend(pending.reads.keys.iter().map(|(key, _)| key.as_slice()));
