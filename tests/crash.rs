@@ -67,6 +67,20 @@ fn wait_ready(receiver: &mpsc::Receiver<String>) {
     }
 }
 
+/// The binary turns transparent huge pages off for itself (first touches of 2 MiB pages
+/// were the costliest page faults on the benchmark machine; see BENCHMARKS.md).
+fn assert_no_transparent_huge_pages(child: &Child) {
+    if !cfg!(target_os = "linux") {
+        return;
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+        .expect("read the child's /proc status");
+    // Kernels before 6.x do not report the flag; there is nothing to check then.
+    if let Some(line) = status.lines().find(|line| line.starts_with("THP_enabled:")) {
+        assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
+    }
+}
+
 fn audit(dir: &Path, acked: &Path) -> serde_json::Value {
     let output = tessera()
         .args(["reconcile", "--json", "--store"])
@@ -106,6 +120,9 @@ fn kill_nine_loses_no_acknowledged_transfer() {
         let (mut child, receiver) =
             start_load(&data, &format!("k{kill}"), rng.random(), batch_size);
         wait_ready(&receiver);
+        if kill == 0 {
+            assert_no_transparent_huge_pages(&child);
+        }
         std::thread::sleep(Duration::from_millis(rng.random_range(20..400)));
         child.kill().expect("SIGKILL the load");
         child.wait().expect("reap the load");
