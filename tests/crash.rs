@@ -75,7 +75,7 @@ fn assert_no_transparent_huge_pages(child: &Child) {
     }
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
         .expect("read the child's /proc status");
-    // Kernels before 6.x do not report the flag; there is nothing to check then.
+    // A kernel that does not report the flag leaves nothing to check.
     if let Some(line) = status.lines().find(|line| line.starts_with("THP_enabled:")) {
         assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
     }
