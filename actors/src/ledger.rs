@@ -29,7 +29,7 @@ use cells::store::{CommitError, KeyValue, Store};
 use crate::account::{AccountCommand, CreditLeg, Delivery};
 use crate::answers::BatchAnswers;
 use crate::config::{LedgerConfig, CREATE_ATTEMPTS_MAX};
-use crate::registry::{CreditForwarder, Shared};
+use crate::registry::{CreditForwarder, Shared, Specs};
 use crate::relay::{DeliverFromPeer, OutboxRelay};
 use crate::split;
 use crate::stats::LedgerStats;
@@ -213,10 +213,12 @@ impl Ledger {
         .map_err(|error| error.code())
     }
 
-    /// Runs a batch whose split accounts are already mapped onto their parts.
+    /// Runs a batch whose split accounts are already mapped onto their parts; `known`
+    /// holds specs already resolved (of accounts that exist).
     async fn execute_plain(
         &self,
         commands: Vec<Command>,
+        known: Specs,
     ) -> Result<Vec<CommandResult>, BatchError> {
         if commands.len() > BATCH_COMMANDS_MAX {
             return Err(BatchError::TooLarge {
@@ -226,7 +228,7 @@ impl Ledger {
         let mut results: Vec<Option<CommandResult>> = vec![None; commands.len()];
         mark_duplicate_ids(&commands, &mut results);
         self.create_accounts(&commands, &mut results).await;
-        let specs = match self.referenced_specs(&commands, &results).await {
+        let specs = match self.referenced_specs(&commands, &results, known).await {
             Ok(specs) => specs,
             Err(code) => return Ok(fill(results, code)),
         };
@@ -235,15 +237,17 @@ impl Ledger {
             Err(code) => return Ok(fill(results, code)),
         };
         let mut routed = Routed::with_capacity(commands.len());
-        for (index, command) in commands.iter().enumerate() {
+        for (index, command) in commands.into_iter().enumerate() {
             if results[index].is_some() {
                 continue;
             }
             match self.route(command, &specs, &holds) {
-                Ok(Some((account, command))) => {
+                Ok(Route::Actor(account, command)) => {
                     routed.entry(account).or_default().push((index, command))
                 }
-                Ok(None) => results[index] = Some(self.lookup(command, &specs).await),
+                Ok(Route::Here(command)) => {
+                    results[index] = Some(self.lookup(&command, &specs).await)
+                }
                 Err(code) => results[index] = Some(Err(code)),
             }
         }
@@ -266,7 +270,7 @@ impl Ledger {
     async fn enter_gate(
         &self,
         routed: &mut Routed,
-        specs: &HashMap<AccountId, Option<Arc<AccountSpec>>>,
+        specs: &Specs,
         results: &mut [Option<CommandResult>],
     ) -> GateGuard {
         let slot_of_account = |account: &AccountId| {
@@ -379,13 +383,14 @@ impl Ledger {
         }
     }
 
-    /// Decides which actor runs `command` (`None`: a lookup served here).
+    /// Decides which actor runs `command`, or that it is a lookup served here. Takes the
+    /// command: the actor gets it without a copy.
     fn route(
         &self,
-        command: &Command,
-        specs: &HashMap<AccountId, Option<Arc<AccountSpec>>>,
+        command: Command,
+        specs: &Specs,
         holds: &HashMap<HoldId, Option<HoldRecord>>,
-    ) -> Result<Option<(AccountId, AccountCommand)>, ErrorCode> {
+    ) -> Result<Route, ErrorCode> {
         // Borrowed, not cloned: an `Arc` clone here would bounce the spec's count between
         // this thread and the actor thread, per command.
         let spec = |id: &AccountId| -> Result<&AccountSpec, ErrorCode> {
@@ -411,28 +416,28 @@ impl Ledger {
                 if from.currency != request.currency || to.currency != request.currency {
                     return Err(ErrorCode::CurrencyMismatch);
                 }
-                Ok(Some((
+                Ok(Route::Actor(
                     request.from.clone(),
-                    AccountCommand::Transfer(request.clone()),
-                )))
+                    AccountCommand::Transfer(request),
+                ))
             }
             Command::Hold(request) => {
                 let account = spec(&request.account)?;
                 if account.currency != request.currency {
                     return Err(ErrorCode::CurrencyMismatch);
                 }
-                Ok(Some((
+                Ok(Route::Actor(
                     request.account.clone(),
-                    AccountCommand::Hold(request.clone()),
-                )))
+                    AccountCommand::Hold(request),
+                ))
             }
             Command::Release(id) => {
-                let record = hold(id)?;
+                let record = hold(&id)?;
                 let account = record.account.clone();
-                Ok(Some((
+                Ok(Route::Actor(
                     account,
-                    AccountCommand::Release(id.clone(), Box::new(record)),
-                )))
+                    AccountCommand::Release(id, Box::new(record)),
+                ))
             }
             Command::Capture(request) => {
                 let record = hold(&request.hold)?;
@@ -443,24 +448,22 @@ impl Ledger {
                     return Err(ErrorCode::CurrencyMismatch);
                 }
                 let account = record.account.clone();
-                Ok(Some((
+                Ok(Route::Actor(
                     account,
-                    AccountCommand::Capture(request.clone(), Box::new(record)),
-                )))
+                    AccountCommand::Capture(request, Box::new(record)),
+                ))
             }
             Command::LookupAccount(id) => {
-                spec(id)?;
-                Ok(Some((id.clone(), AccountCommand::Lookup)))
+                spec(&id)?;
+                Ok(Route::Actor(id, AccountCommand::Lookup))
             }
-            Command::LookupTransfer(_) | Command::LookupHold(_) => Ok(None),
+            command @ (Command::LookupTransfer(_) | Command::LookupHold(_)) => {
+                Ok(Route::Here(command))
+            }
         }
     }
 
-    async fn lookup(
-        &self,
-        command: &Command,
-        specs: &HashMap<AccountId, Option<Arc<AccountSpec>>>,
-    ) -> CommandResult {
+    async fn lookup(&self, command: &Command, specs: &Specs) -> CommandResult {
         let space = self.shared.space;
         let store = &self.shared.store;
         match command {
@@ -527,30 +530,25 @@ impl Ledger {
         &self,
         commands: &[Command],
         results: &[Option<CommandResult>],
-    ) -> Result<HashMap<AccountId, Option<Arc<AccountSpec>>>, ErrorCode> {
-        let mut wanted = HashSet::with_capacity(2 * commands.len());
-        for (command, result) in commands.iter().zip(results) {
-            if result.is_some() {
-                continue;
-            }
-            match command {
-                Command::Transfer(request) => {
-                    wanted.insert(request.from.clone());
-                    wanted.insert(request.to.clone());
+        mut known: Specs,
+    ) -> Result<Specs, ErrorCode> {
+        let wanted = commands
+            .iter()
+            .zip(results)
+            .filter(|(_, result)| result.is_none())
+            .flat_map(|(command, _)| -> [Option<&AccountId>; 2] {
+                match command {
+                    Command::Transfer(request) => [Some(&request.from), Some(&request.to)],
+                    Command::Hold(request) => [Some(&request.account), None],
+                    Command::Capture(request) => [Some(&request.to), None],
+                    Command::LookupAccount(id) => [Some(id), None],
+                    _ => [None, None],
                 }
-                Command::Hold(request) => {
-                    wanted.insert(request.account.clone());
-                }
-                Command::Capture(request) => {
-                    wanted.insert(request.to.clone());
-                }
-                Command::LookupAccount(id) => {
-                    wanted.insert(id.clone());
-                }
-                _ => {}
-            }
-        }
-        self.shared.specs(wanted.into_iter().collect()).await
+            })
+            .flatten();
+        let missing = self.shared.cached_into(wanted, &mut known);
+        self.shared.read_specs(missing, &mut known).await?;
+        Ok(known)
     }
 
     /// Hold records of every hold the batch releases or captures.
@@ -761,6 +759,14 @@ fn mark_duplicate_ids(commands: &[Command], results: &mut [Option<CommandResult>
     }
 }
 
+/// Where [`Ledger::route`] sends a command.
+enum Route {
+    /// To this account's actor, as this command.
+    Actor(AccountId, AccountCommand),
+    /// Nowhere: a lookup the ledger serves itself.
+    Here(Command),
+}
+
 /// How one command of a client's batch maps onto the batch the actors run.
 enum Expanded {
     /// The command at this inner position answers it.
@@ -779,13 +785,13 @@ impl Ledger {
                 len: commands.len(),
             });
         }
-        let splits = match self.split_specs(&commands).await {
-            Ok(splits) if splits.is_empty() => {
-                let mut results = self.execute_plain(commands).await?;
+        let (splits, known) = match self.split_specs(&commands).await {
+            Ok((splits, known)) if splits.is_empty() => {
+                let mut results = self.execute_plain(commands, known).await?;
                 self.unsplit_lookups(&mut results).await;
                 return Ok(results);
             }
-            Ok(splits) => splits,
+            Ok(found) => found,
             Err(code) => return Ok(vec![Err(code); commands.len()]),
         };
         let (inner, plan) = match expand(&commands, &splits) {
@@ -796,7 +802,7 @@ impl Ledger {
             return Err(BatchError::TooLarge { len: inner.len() });
         }
         self.rebalance_for(&inner, &splits).await;
-        let results = self.execute_plain(inner).await?;
+        let results = self.execute_plain(inner, known).await?;
         let mut answers: Vec<CommandResult> = plan
             .into_iter()
             .map(|expanded| match expanded {
@@ -882,7 +888,7 @@ impl Ledger {
     async fn split_specs(
         &self,
         commands: &[Command],
-    ) -> Result<HashMap<AccountId, Arc<AccountSpec>>, ErrorCode> {
+    ) -> Result<(HashMap<AccountId, Arc<AccountSpec>>, Specs), ErrorCode> {
         let mut splits = HashMap::new();
         let mut parents = Vec::new();
         for command in commands {
@@ -913,22 +919,20 @@ impl Ledger {
             })
             .flatten()
             .chain(parents.iter());
-        let (cached, mut missing) = self.shared.scan_for_splits(named);
-        for spec in cached {
-            splits.entry(spec.id.clone()).or_insert(spec);
-        }
-        missing.retain(|id| !splits.contains_key(id));
-        if missing.is_empty() {
-            return Ok(splits);
-        }
-        missing.sort();
-        missing.dedup();
-        for (id, spec) in self.shared.specs(missing).await? {
-            if let Some(spec) = spec.filter(|s| matches!(s.mode, HotMode::Split { .. })) {
-                splits.insert(id, spec);
+        let mut found = Specs::with_capacity(2 * commands.len());
+        let missing = self.shared.cached_into(named, &mut found);
+        self.shared.read_specs(missing, &mut found).await?;
+        // Accounts not found may be created by this very batch: only specs that exist are
+        // passed on (specs never change once created).
+        found.retain(|_, spec| spec.is_some());
+        for spec in found.values().flatten() {
+            if matches!(spec.mode, HotMode::Split { .. }) {
+                splits
+                    .entry(spec.id.clone())
+                    .or_insert_with(|| Arc::clone(spec));
             }
         }
-        Ok(splits)
+        Ok((splits, found))
     }
 
     /// Tops up every part this batch debits beyond what it holds, from its siblings, when
@@ -966,7 +970,7 @@ impl Ledger {
                 continue;
             };
             let lookups = ids.iter().cloned().map(Command::LookupAccount).collect();
-            let Ok(views) = self.execute_plain(lookups).await else {
+            let Ok(views) = self.execute_plain(lookups, Specs::new()).await else {
                 continue;
             };
             // What each part has beyond this batch's debits on it (negative: short).
@@ -1020,7 +1024,7 @@ impl Ledger {
                     _ => None,
                 })
                 .collect();
-            let Ok(answers) = self.execute_plain(moves).await else {
+            let Ok(answers) = self.execute_plain(moves, Specs::new()).await else {
                 continue;
             };
             if answers.iter().any(|a| a.is_err()) {
@@ -1029,7 +1033,7 @@ impl Ledger {
             // Wait until the top-ups are credited (the debits then see the funds).
             let deadline = std::time::Instant::now() + split::REBALANCE_WAIT_MAX;
             while std::time::Instant::now() < deadline {
-                let Ok(status) = self.execute_plain(lookups.clone()).await else {
+                let Ok(status) = self.execute_plain(lookups.clone(), Specs::new()).await else {
                     break;
                 };
                 let done = status.iter().zip(&answers).all(|(s, a)| {

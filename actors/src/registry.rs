@@ -23,6 +23,9 @@ use crate::freeze::Gate;
 use crate::relay::OutboxRelay;
 use crate::stats::LedgerStats;
 
+/// Account specs by id (`None`: no such account), as a batch resolved them.
+pub(crate) type Specs = HashMap<AccountId, Option<Arc<AccountSpec>>>;
+
 /// A live actor and what it shares with its senders.
 struct Live {
     addr: Addr<AccountActor>,
@@ -242,45 +245,40 @@ impl Shared {
         self.forwarder.get()
     }
 
-    /// The cached spec of `account`, if the directory holds it.
-    /// One pass over the cached specs of `accounts` (one lock): the split ones, and the
-    /// accounts whose spec is not cached.
-    pub(crate) fn scan_for_splits<'a>(
+    /// Adds to `found` the cached specs of those of `accounts` it does not hold yet, under
+    /// one lock of the directory; returns the accounts whose spec is not cached (each once).
+    pub(crate) fn cached_into<'a>(
         &self,
         accounts: impl Iterator<Item = &'a AccountId>,
-    ) -> (Vec<Arc<AccountSpec>>, Vec<AccountId>) {
-        let mut splits = Vec::new();
+        found: &mut Specs,
+    ) -> Vec<AccountId> {
         let mut missing = Vec::new();
-        let Ok(directory) = self.directory.lock() else {
-            return (splits, accounts.cloned().collect());
-        };
-        for account in accounts {
-            match directory.get(account) {
-                Some(spec) if matches!(spec.mode, cells::records::HotMode::Split { .. }) => {
-                    splits.push(Arc::clone(spec))
+        match self.directory.lock() {
+            Ok(directory) => {
+                for account in accounts {
+                    if found.contains_key(account) {
+                        continue;
+                    }
+                    match directory.get(account) {
+                        Some(spec) => {
+                            found.insert(account.clone(), Some(Arc::clone(spec)));
+                        }
+                        None => missing.push(account.clone()),
+                    }
                 }
-                Some(_) => {}
-                None => missing.push(account.clone()),
             }
+            Err(_) => missing.extend(accounts.filter(|a| !found.contains_key(*a)).cloned()),
         }
-        (splits, missing)
+        if !missing.is_empty() {
+            missing.sort_unstable();
+            missing.dedup();
+        }
+        missing
     }
 
+    /// The cached spec of `account`, if the directory holds it.
     pub(crate) fn cached_spec(&self, account: &AccountId) -> Option<Arc<AccountSpec>> {
         self.directory.lock().ok()?.get(account).cloned()
-    }
-
-    /// The cached specs of `accounts`, in order, under one lock of the directory.
-    pub(crate) fn cached_specs<'a>(
-        &self,
-        accounts: impl Iterator<Item = &'a AccountId>,
-    ) -> Vec<Option<Arc<AccountSpec>>> {
-        match self.directory.lock() {
-            Ok(directory) => accounts
-                .map(|account| directory.get(account).cloned())
-                .collect(),
-            Err(_) => accounts.map(|_| None).collect(),
-        }
     }
 
     pub(crate) fn set_relay(&self, relay: Addr<OutboxRelay>) {
@@ -394,25 +392,22 @@ impl Shared {
     }
 
     /// Specs of `accounts` (`None`: no such account), from the cache or the store.
-    pub(crate) async fn specs(
+    pub(crate) async fn specs(&self, accounts: Vec<AccountId>) -> Result<Specs, ErrorCode> {
+        let mut found = Specs::with_capacity(accounts.len());
+        let missing = self.cached_into(accounts.iter(), &mut found);
+        self.read_specs(missing, &mut found).await?;
+        Ok(found)
+    }
+
+    /// Reads the specs of `missing` from the store into `found` (`None`: no such account)
+    /// and caches those that exist.
+    pub(crate) async fn read_specs(
         &self,
-        accounts: Vec<AccountId>,
-    ) -> Result<HashMap<AccountId, Option<Arc<AccountSpec>>>, ErrorCode> {
-        let mut found = HashMap::with_capacity(accounts.len());
-        let mut missing = Vec::new();
-        {
-            let directory = self.directory.lock().map_err(|_| ErrorCode::Internal)?;
-            for account in accounts {
-                match directory.get(&account) {
-                    Some(spec) => {
-                        found.insert(account, Some(Arc::clone(spec)));
-                    }
-                    None => missing.push(account),
-                }
-            }
-        }
+        missing: Vec<AccountId>,
+        found: &mut Specs,
+    ) -> Result<(), ErrorCode> {
         if missing.is_empty() {
-            return Ok(found);
+            return Ok(());
         }
         let keys = missing.iter().map(|a| self.space.account(a)).collect();
         let values = self
@@ -433,7 +428,7 @@ impl Shared {
             };
             found.insert(account, spec);
         }
-        Ok(found)
+        Ok(())
     }
 
     /// Caches an account spec (specs never change once created).

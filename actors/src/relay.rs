@@ -21,14 +21,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use actix::prelude::*;
-use cells::ids::{AccountId, DcId};
+use cells::ids::{AccountId, DcId, UserId};
 use cells::ledger::BATCH_COMMANDS_MAX;
 use cells::records::{self, OutboxRecord};
 use cells::slot::Slot;
 use cells::store::{prefix_end, KeyValue, RangeRequest};
 
 use crate::account::{CreditLeg, Delivery};
-use crate::config::{RELAY_MAILBOX_CAPACITY, RELAY_RETRY_CREDITS_MAX};
+use crate::config::{DIRECTORY_ACCOUNTS_MAX, RELAY_MAILBOX_CAPACITY, RELAY_RETRY_CREDITS_MAX};
 use crate::registry::{Reserved, Shared};
 
 /// Rows read per page of an outbox rescan.
@@ -45,6 +45,17 @@ const RESCAN_PAUSE_LEGS: usize = RELAY_RETRY_CREDITS_MAX / 2;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Deliver(pub Vec<CreditLeg>);
+
+/// Legs grouped by payee.
+type ByPayee = HashMap<AccountId, Vec<CreditLeg>>;
+
+/// Adds `leg` to its payee's group (most payees get one leg per commit of a payer).
+fn group(by_payee: &mut ByPayee, leg: CreditLeg) {
+    by_payee
+        .entry(leg.record.to.clone())
+        .or_insert_with(|| Vec::with_capacity(1))
+        .push(leg);
+}
 
 /// One payee's legs waiting for room.
 #[derive(Default)]
@@ -69,6 +80,8 @@ pub struct OutboxRelay {
     /// Where a rescan paused (too many legs waiting): the next page's start and its end.
     paused_scan: Option<(Vec<u8>, Vec<u8>)>,
     last_rescan: Instant,
+    /// The user of each payee seen (specs never change), bounded like the directory.
+    payee_users: HashMap<AccountId, UserId>,
 }
 
 impl OutboxRelay {
@@ -82,6 +95,7 @@ impl OutboxRelay {
             pending_ranges: Vec::new(),
             paused_scan: None,
             last_rescan: Instant::now(),
+            payee_users: HashMap::new(),
         }
     }
 
@@ -101,20 +115,17 @@ impl OutboxRelay {
             self.route_local(legs);
             return;
         }
-        let mut local = Vec::with_capacity(legs.len());
+        let mut local = ByPayee::with_capacity(legs.len());
         let mut remote: HashMap<DcId, Vec<KeyValue>> = HashMap::new();
         let mut unresolved = Vec::new();
         let mut left = 0u64;
-        let specs = self
-            .shared
-            .cached_specs(legs.iter().map(|leg| &leg.record.to));
-        for (leg, spec) in legs.into_iter().zip(specs) {
-            let Some(spec) = spec else {
+        for leg in legs {
+            let Some(user) = self.payee_user(&leg.record.to) else {
                 unresolved.push(leg);
                 continue;
             };
-            match table.owner_of(&spec.user) {
-                Some(owner) if owner.dc == me => local.push(leg),
+            match table.owner_of(&user) {
+                Some(owner) if owner.dc == me => group(&mut local, leg),
                 Some(owner) if forward => remote
                     .entry(owner.dc.clone())
                     .or_default()
@@ -122,7 +133,7 @@ impl OutboxRelay {
                 _ => left += 1,
             }
         }
-        self.route_local(local);
+        self.send_grouped(local);
         if let Some(forwarder) = self.shared.forwarder() {
             for (dc, legs) in remote {
                 let count = legs.len() as u64;
@@ -161,15 +172,38 @@ impl OutboxRelay {
         );
     }
 
+    /// The user of payee `account`: from the relay's own cache (touched by this thread
+    /// only: no lock, no shared count per leg), else from the ledger's directory. `None`:
+    /// the spec is not cached anywhere (the caller reads it).
+    fn payee_user(&mut self, account: &AccountId) -> Option<UserId> {
+        if let Some(user) = self.payee_users.get(account) {
+            return Some(user.clone());
+        }
+        let spec = self.shared.cached_spec(account)?;
+        if self.payee_users.len() >= DIRECTORY_ACCOUNTS_MAX {
+            self.payee_users.clear();
+        }
+        self.payee_users.insert(account.clone(), spec.user.clone());
+        Some(spec.user.clone())
+    }
+
     /// Sends legs to their payees as far as each has room; the rest wait here, per payee,
     /// for the ticks.
     fn route_local(&mut self, legs: Vec<CreditLeg>) {
         if legs.is_empty() {
             return;
         }
-        let mut by_payee: HashMap<AccountId, Vec<CreditLeg>> = HashMap::with_capacity(legs.len());
+        let mut by_payee = ByPayee::with_capacity(legs.len());
         for leg in legs {
-            by_payee.entry(leg.record.to.clone()).or_default().push(leg);
+            group(&mut by_payee, leg);
+        }
+        self.send_grouped(by_payee);
+    }
+
+    /// Sends grouped legs to their payees as far as each has room; the rest wait here.
+    fn send_grouped(&mut self, by_payee: ByPayee) {
+        if by_payee.is_empty() {
+            return;
         }
         // Payees with legs already waiting get these behind them (order per payee is kept,
         // though nothing depends on it); the others are sent to at once.

@@ -36,7 +36,12 @@ impl Id {
         if text.len() > ID_BYTES_MAX {
             return Err(IdError::TooLong { len: text.len() });
         }
-        if let Some(character) = text.chars().find(|c| !is_id_character(*c)) {
+        if let Some(at) = text.bytes().position(|byte| !ID_BYTES[usize::from(byte)]) {
+            // Every byte before `at` is ASCII, so `at` starts the offending character.
+            let character = text[at..]
+                .chars()
+                .next()
+                .expect("a character starts at `at`");
             return Err(IdError::InvalidCharacter { character });
         }
         Ok(Id(CompactString::new(text)))
@@ -47,9 +52,18 @@ impl Id {
     }
 }
 
-fn is_id_character(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')
-}
+/// Which bytes an id may hold (`[A-Za-z0-9._:-]`; every other byte, and every byte of a
+/// multi-byte character, is refused). A table: ids are validated for every command decoded.
+const ID_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let c = byte as u8;
+        table[byte] = c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-');
+        byte += 1;
+    }
+    table
+};
 
 impl fmt::Debug for Id {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -153,6 +167,26 @@ mod tests {
             AccountId::new("é"),
             Err(IdError::InvalidCharacter { character: 'é' })
         );
+    }
+
+    #[test]
+    fn the_byte_table_matches_the_alphabet_and_names_the_first_bad_character() {
+        let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-');
+        let characters = (0u32..0x800)
+            .filter_map(char::from_u32)
+            .chain(['€', '😀', '\u{FFFF}']);
+        for c in characters {
+            let text = format!("ab{c}c€");
+            let expected = if allowed(c) { '€' } else { c };
+            assert_eq!(
+                Id::new(&text).map(|_| ()),
+                Err(IdError::InvalidCharacter {
+                    character: expected
+                }),
+                "{text:?}"
+            );
+            assert_eq!(Id::new(&format!("x{c}")).is_ok(), allowed(c), "{c:?}");
+        }
     }
 
     #[test]

@@ -80,19 +80,23 @@ const CURRENCIES: &[(&str, u8)] = &[
 impl Currency {
     /// Looks up an ISO 4217 code (upper case).
     pub fn from_code(code: &str) -> Result<Self, MoneyError> {
-        CURRENCIES
-            .iter()
-            .find(|(known, _)| *known == code)
-            .map(|(known, scale)| {
-                let bytes = known.as_bytes();
-                Currency {
-                    code: [bytes[0], bytes[1], bytes[2]],
-                    scale: *scale,
-                }
+        let unknown = || MoneyError::UnknownCurrency {
+            code: code.to_string(),
+        };
+        // The table is sorted by code (a test checks): a binary search over codes packed
+        // into integers, with no string comparison (currencies are decoded per command).
+        let code_bytes: [u8; 3] = code.as_bytes().try_into().map_err(|_| unknown())?;
+        let packed = |bytes: [u8; 3]| u32::from_be_bytes([0, bytes[0], bytes[1], bytes[2]]);
+        let at = CURRENCIES
+            .binary_search_by_key(&packed(code_bytes), |(known, _)| {
+                let known = known.as_bytes();
+                packed([known[0], known[1], known[2]])
             })
-            .ok_or_else(|| MoneyError::UnknownCurrency {
-                code: code.to_string(),
-            })
+            .map_err(|_| unknown())?;
+        Ok(Currency {
+            code: code_bytes,
+            scale: CURRENCIES[at].1,
+        })
     }
 
     pub fn code(&self) -> &str {
@@ -230,6 +234,28 @@ mod tests {
 
     fn usd() -> Currency {
         Currency::from_code("USD").unwrap()
+    }
+
+    #[test]
+    fn every_listed_code_is_found_and_nothing_else() {
+        // `from_code` binary-searches the table: it must stay sorted, three ASCII letters each.
+        assert!(CURRENCIES.windows(2).all(|pair| pair[0].0 < pair[1].0));
+        for (code, scale) in CURRENCIES {
+            assert!(code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase()));
+            let currency = Currency::from_code(code).unwrap();
+            assert_eq!(
+                (currency.code(), currency.scale()),
+                (*code, u32::from(*scale))
+            );
+        }
+        for code in ["", "US", "USDD", "usd", "AAA", "ZZZ", "UŚD", "ÜS"] {
+            assert_eq!(
+                Currency::from_code(code),
+                Err(MoneyError::UnknownCurrency {
+                    code: code.to_string()
+                })
+            );
+        }
     }
 
     #[test]
