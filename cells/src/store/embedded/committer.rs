@@ -14,7 +14,7 @@ use futures::channel::oneshot;
 use crate::store::{CommitError, StoreError};
 
 use super::checkpoint::CheckpointJob;
-use super::memtable::{Overlay, View};
+use super::memtable::{Overlay, Tables, View};
 use super::pacer::Pacer;
 use super::transaction::{value_hash, ReadSet, RowsHasher};
 use super::wal::{encode_record, WalWriter, Write, WriteBatch};
@@ -269,7 +269,11 @@ impl Committer {
                 return Err(error);
             }
         }
-        let applied = self.apply(group, &verdicts, &mut phases);
+        // The tables are locked for the group's application before anyone hears an answer:
+        // reads wait for this lock, so a caller that has its answer reads its writes; and
+        // its next commit is drafted while the group is applied, not after.
+        let mut tables = self.shared.tables.write();
+        phases.mark(Phase::Lock);
         // Counted before anyone hears the answer: a caller that has its answer finds its
         // commit in `stats()`.
         let (accepted, last_version) = verdicts.iter().fold((0u64, None), |(n, last), v| match v {
@@ -285,6 +289,10 @@ impl Committer {
         counters
             .transactions_committed
             .fetch_add(accepted, Ordering::Relaxed);
+        let logged: Vec<bool> = verdicts
+            .iter()
+            .map(|verdict| matches!(verdict, Verdict::Accepted { logged: true, .. }))
+            .collect();
         let mut latency = self.shared.commit_latency_us.lock();
         for (pending, verdict) in group.iter_mut().zip(verdicts) {
             match verdict {
@@ -298,6 +306,9 @@ impl Committer {
         }
         drop(latency);
         phases.mark(Phase::Answer);
+        let applied = apply(&mut tables, &self.shared.checkpoint, group, &logged);
+        drop(tables);
+        phases.mark(Phase::Apply);
         self.slow_log.report(&phases, group.len(), Instant::now());
         metrics::counter!("tessera_store_commits_total").increment(accepted);
         metrics::histogram!("tessera_store_commit_group_transactions").record(group.len() as f64);
@@ -339,27 +350,6 @@ impl Committer {
         counters.bytes_written.fetch_add(bytes, Ordering::Relaxed);
         metrics::counter!("tessera_store_fsyncs_total").increment(1);
         metrics::counter!("tessera_store_bytes_written_total").increment(bytes);
-        Ok(())
-    }
-
-    /// Makes a durable group visible. An error here leaves the memtable behind the log, so
-    /// the caller fails the store (a reopen replays the log).
-    fn apply(
-        &self,
-        group: &mut [PendingCommit],
-        verdicts: &[Verdict],
-        phases: &mut Phases,
-    ) -> Result<(), StoreError> {
-        let mut tables = self.shared.tables.write();
-        phases.mark(Phase::Lock);
-        for (pending, verdict) in group.iter_mut().zip(verdicts) {
-            if let Verdict::Accepted { logged: true, .. } = verdict {
-                // The batch is freed with the group, outside the tables' lock.
-                tables.apply(&self.shared.checkpoint, &pending.writes)?;
-            }
-        }
-        drop(tables);
-        phases.mark(Phase::Apply);
         Ok(())
     }
 
@@ -453,6 +443,23 @@ impl Committer {
         }
         Ok(())
     }
+}
+
+/// Makes a durable group visible (under the tables' write lock). An error here leaves the
+/// memtable behind the log, so the caller fails the store (a reopen replays the log).
+fn apply(
+    tables: &mut Tables,
+    checkpoint: &fjall::Keyspace,
+    group: &[PendingCommit],
+    logged: &[bool],
+) -> Result<(), StoreError> {
+    for (pending, logged) in group.iter().zip(logged) {
+        if *logged {
+            // The batch is freed with the group, outside the tables' lock.
+            tables.apply(checkpoint, &pending.writes)?;
+        }
+    }
+    Ok(())
 }
 
 /// A group slower than this is logged with where its time went.

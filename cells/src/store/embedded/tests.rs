@@ -462,6 +462,40 @@ fn requires_see_earlier_transactions_of_the_same_group() {
     }
 }
 
+/// Answers go out before a group is applied to the memtable (under the tables' write
+/// lock): a read made right after an answer, on any thread, must still see the write.
+#[test]
+fn a_read_after_the_answer_sees_the_commit() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = open(dir.path(), EmbeddedOptions::default());
+    let writers: Vec<_> = (0..4)
+        .map(|writer| {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || {
+                for round in 0..250 {
+                    // Wide groups: several writers, a batch of keys each.
+                    let pairs: Vec<_> = (0..16)
+                        .map(|i| {
+                            (
+                                key(writer * 100_000 + round * 16 + i),
+                                vec![writer as u8; 40],
+                            )
+                        })
+                        .collect();
+                    put(&store, &pairs).expect("commit");
+                    for (key, value) in &pairs {
+                        let seen = block_on(store.get(key)).expect("get");
+                        assert_eq!(seen.as_ref(), Some(value), "writer {writer} round {round}");
+                    }
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.join().expect("writer");
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Operation {
     Set(u8, u8),
