@@ -14,6 +14,7 @@
 //! count and a deadline); leave a child process behind.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -47,6 +48,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest the takeover phase waits for recovery.
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(60);
 pub const IN_FLIGHT_MAX: usize = 64;
+/// Most customer accounts (the harness keeps their ids in memory, 48 bytes each).
+pub const ACCOUNTS_MAX: u64 = 1_000_000;
 pub const HANDOVERS_MAX: usize = 1_000;
 
 /// Why the benchmark could not run.
@@ -88,8 +91,8 @@ impl DcsBenchConfig {
         if self.transfers == 0 {
             return bad("--transfers must be at least 1".into());
         }
-        if self.accounts < 2 {
-            return bad("--accounts must be at least 2".into());
+        if self.accounts < 2 || self.accounts > ACCOUNTS_MAX {
+            return bad(format!("--accounts must be 2..={ACCOUNTS_MAX}"));
         }
         if self.batch_size == 0 || self.batch_size > cells::ledger::BATCH_COMMANDS_MAX {
             return bad(format!(
@@ -158,6 +161,32 @@ fn usd() -> Currency {
     Currency::from_code("USD").expect("USD is known")
 }
 
+/// The customers' account and user ids, made once: the throughput phase picks from them
+/// instead of formatting and validating two ids per transfer (and four more to count
+/// crossings), work of the harness that competed with the system it measures.
+struct Population {
+    accounts: Vec<AccountId>,
+    users: Vec<UserId>,
+}
+
+impl Population {
+    fn new(accounts: u64) -> Population {
+        Population {
+            accounts: (0..accounts).map(customer).collect(),
+            users: (0..accounts).map(customer_user).collect(),
+        }
+    }
+
+    fn len(&self) -> u64 {
+        self.accounts.len() as u64
+    }
+
+    fn user_of(&self, account: &AccountId) -> Option<&UserId> {
+        let n = customer_number(account)?;
+        self.users.get(usize::try_from(n).ok()?)
+    }
+}
+
 fn customer(n: u64) -> AccountId {
     AccountId::new(&format!("a-{n}")).expect("valid id")
 }
@@ -166,9 +195,9 @@ fn customer_user(n: u64) -> UserId {
     UserId::new(&format!("u-{n}")).expect("valid id")
 }
 
-fn transfer(id: String, from: AccountId, to: AccountId, units: u64) -> Command {
+fn transfer(id: &str, from: AccountId, to: AccountId, units: u64) -> Command {
     Command::Transfer(TransferRequest {
-        id: TransferId::new(&id).expect("valid id"),
+        id: TransferId::new(id).expect("valid id"),
         from,
         to,
         amount: Amount::from_minor_units(units).expect("positive"),
@@ -267,7 +296,7 @@ async fn setup(routing: &Routing, config: &DcsBenchConfig) -> Result<(), DcsBenc
     let funding = (0..config.accounts)
         .map(|n| {
             transfer(
-                format!("fund-{n}"),
+                &format!("fund-{n}"),
                 AccountId::new("bank").expect("valid"),
                 customer(n),
                 FUNDING_UNITS,
@@ -288,17 +317,16 @@ struct Tally {
 }
 
 impl Tally {
-    fn record(&self, table: &OwnershipTable, commands: &[Command], results: &[CommandResult]) {
+    /// Counts a batch's results; `crossing[i]`: command `i` moves money between DCs.
+    fn record(&self, crossing: &[bool], results: &[CommandResult]) {
         let mut accepted = 0;
         let mut cross = 0;
-        for (command, result) in commands.iter().zip(results) {
+        for (crosses, result) in crossing.iter().zip(results) {
             match result {
                 Ok(Outcome::TransferAccepted) => {
                     accepted += 1;
-                    if let Command::Transfer(request) = command {
-                        if crosses(table, &request.from, &request.to) {
-                            cross += 1;
-                        }
+                    if *crosses {
+                        cross += 1;
                     }
                 }
                 Ok(_) => {}
@@ -321,30 +349,48 @@ fn customer_number(account: &AccountId) -> Option<u64> {
     account.as_str().strip_prefix("a-")?.parse().ok()
 }
 
-fn crosses(table: &OwnershipTable, from: &AccountId, to: &AccountId) -> bool {
+/// Which of `commands` are transfers between users of different DCs (by `table`).
+fn crossing(table: &OwnershipTable, people: &Population, commands: &[Command]) -> Vec<bool> {
+    commands
+        .iter()
+        .map(|command| match command {
+            Command::Transfer(request) => crosses(table, people, &request.from, &request.to),
+            _ => false,
+        })
+        .collect()
+}
+
+fn crosses(table: &OwnershipTable, people: &Population, from: &AccountId, to: &AccountId) -> bool {
     let owner = |account: &AccountId| {
-        customer_number(account)
-            .and_then(|n| table.owner_of(&customer_user(n)))
-            .map(|owner| owner.dc.clone())
+        people
+            .user_of(account)
+            .and_then(|user| table.owner_of(user))
+            .map(|owner| &owner.dc)
     };
     owner(from) != owner(to)
 }
 
 fn random_batch(
     rng: &mut StdRng,
-    accounts: u64,
+    people: &Population,
     tag: &str,
     first: u64,
     count: u64,
 ) -> Vec<Command> {
+    let accounts = people.len();
+    let account = |n: u64| people.accounts[usize::try_from(n).expect("fits")].clone();
+    // One buffer for every transfer id of the batch.
+    let mut id = String::with_capacity(tag.len() + 21);
     (first..first + count)
         .map(|n| {
             let from = rng.random_range(0..accounts);
             let offset = rng.random_range(1..accounts);
+            id.clear();
+            write!(id, "{tag}-{n}").expect("writing to a String succeeds");
             transfer(
-                format!("{tag}-{n}"),
-                customer(from),
-                customer((from + offset) % accounts),
+                &id,
+                account(from),
+                account((from + offset) % accounts),
                 rng.random_range(1..=TRANSFER_UNITS_MAX),
             )
         })
@@ -354,6 +400,7 @@ fn random_batch(
 /// The throughput phase's closed loop.
 async fn load_worker(
     routing: Arc<Routing>,
+    people: Arc<Population>,
     config: DcsBenchConfig,
     next_batch: Arc<AtomicU64>,
     tally: Arc<Tally>,
@@ -370,14 +417,16 @@ async fn load_worker(
         let count = (config.batch_size as u64).min(config.transfers - first);
         let mut rng =
             StdRng::seed_from_u64(config.seed ^ batch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let commands = random_batch(&mut rng, config.accounts, "t", first, count);
+        let commands = random_batch(&mut rng, &people, "t", first, count);
+        // The table does not change during this phase: crossings are counted before sending.
+        let crossing = crossing(&routing.table(), &people, &commands);
         let started = Instant::now();
-        let (results, stats) = routing.execute(Keyspace::Real, commands.clone()).await;
+        let (results, stats) = routing.execute(Keyspace::Real, commands).await;
         histogram.saturating_record((started.elapsed().as_micros() as u64).max(1));
         tally
             .resends
             .fetch_add(u64::from(stats.retries), Ordering::Relaxed);
-        tally.record(&routing.table(), &commands, &results);
+        tally.record(&crossing, &results);
         bar.inc(count);
     }
     let mut total = tally.latency_us.lock().unwrap_or_else(|p| p.into_inner());
@@ -414,7 +463,7 @@ async fn wait_settled(store: &dyn Store) -> Result<(), DcsBenchError> {
 /// A light background load for the handover phase: small batches until `stop`.
 async fn background_load(
     routing: Arc<Routing>,
-    accounts: u64,
+    people: Arc<Population>,
     seed: u64,
     stop: Arc<AtomicBool>,
     tally: Arc<Tally>,
@@ -423,10 +472,11 @@ async fn background_load(
     let mut rng = StdRng::seed_from_u64(seed ^ (worker + 1).wrapping_mul(0xA5A5_5A5A));
     let mut n = 0;
     while !stop.load(Ordering::Relaxed) {
-        let commands = random_batch(&mut rng, accounts, &format!("h{worker}"), n, 256);
+        let commands = random_batch(&mut rng, &people, &format!("h{worker}"), n, 256);
         n += 256;
-        let (results, _) = routing.execute(Keyspace::Real, commands.clone()).await;
-        tally.record(&routing.table(), &commands, &results);
+        let crossing = crossing(&routing.table(), &people, &commands);
+        let (results, _) = routing.execute(Keyspace::Real, commands).await;
+        tally.record(&crossing, &results);
     }
 }
 
@@ -559,7 +609,7 @@ async fn takeover(
         }
         // A fresh id per attempt: a refused attempt must not pin the id's outcome.
         attempt += 1;
-        let command = transfer(format!("probe-{attempt}"), customer(probe), to.clone(), 1);
+        let command = transfer(&format!("probe-{attempt}"), customer(probe), to.clone(), 1);
         let (results, _) = routing.execute(Keyspace::Real, vec![command]).await;
         if matches!(results.first(), Some(Ok(Outcome::TransferAccepted))) {
             break killed.elapsed();
@@ -592,6 +642,7 @@ pub async fn run(config: DcsBenchConfig) -> Result<DcsBenchReport, DcsBenchError
     wait_settled(deployment.store.as_ref()).await?;
 
     // 1. Throughput.
+    let people = Arc::new(Population::new(config.accounts));
     let bar = super::transfers_bar(config.transfers, config.progress);
     let tally = Arc::new(Tally::default());
     let next_batch = Arc::new(AtomicU64::new(0));
@@ -600,6 +651,7 @@ pub async fn run(config: DcsBenchConfig) -> Result<DcsBenchReport, DcsBenchError
         .map(|_| {
             tokio::spawn(load_worker(
                 Arc::clone(&routing),
+                Arc::clone(&people),
                 config.clone(),
                 Arc::clone(&next_batch),
                 Arc::clone(&tally),
@@ -633,7 +685,7 @@ pub async fn run(config: DcsBenchConfig) -> Result<DcsBenchReport, DcsBenchError
         .map(|worker| {
             tokio::spawn(background_load(
                 Arc::clone(&routing),
-                config.accounts,
+                Arc::clone(&people),
                 config.seed,
                 Arc::clone(&stop),
                 Arc::clone(&background),
