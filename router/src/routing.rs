@@ -250,8 +250,9 @@ impl Routing {
                 }
                 break;
             }
-            // Split by owner under the current view.
-            let mut parts: HashMap<DcId, (Arc<DcClient>, Vec<usize>)> = HashMap::new();
+            // Split by owner under the current view: a few DCs, found by a linear search
+            // (no hash and no id copy per command).
+            let mut parts: Vec<(DcId, Arc<DcClient>, Vec<usize>)> = Vec::new();
             {
                 let view = self.read_view();
                 let live: Vec<&DcId> = {
@@ -261,10 +262,10 @@ impl Routing {
                 };
                 for index in &pending {
                     let dc = match &users[*index] {
-                        Some(user) => view.table.owner_of(user).map(|owner| owner.dc.clone()),
+                        Some(user) => view.table.owner_of(user).map(|owner| &owner.dc),
                         None if !live.is_empty() => {
                             spread = spread.wrapping_add(1);
-                            Some(live[spread % live.len()].clone())
+                            Some(live[spread % live.len()])
                         }
                         None => None,
                     };
@@ -272,18 +273,18 @@ impl Routing {
                         last_failure[*index] = ErrorCode::Unavailable;
                         continue;
                     };
-                    let Some(link) = view.links.get(&dc) else {
+                    if let Some((_, _, indexes)) = parts.iter_mut().find(|(at, ..)| at == dc) {
+                        indexes.push(*index);
+                        continue;
+                    }
+                    let Some(link) = view.links.get(dc) else {
                         last_failure[*index] = ErrorCode::Unavailable;
                         continue;
                     };
-                    parts
-                        .entry(dc)
-                        .or_insert_with(|| (Arc::clone(link), Vec::new()))
-                        .1
-                        .push(*index);
+                    parts.push((dc.clone(), Arc::clone(link), vec![*index]));
                 }
             }
-            let calls = parts.into_values().map(|(link, indexes)| {
+            let calls = parts.into_iter().map(|(_, link, indexes)| {
                 let batch: Vec<Command> = indexes.iter().map(|i| commands[*i].clone()).collect();
                 let call = link.execute(space, batch);
                 async move { (indexes, call.await) }
