@@ -536,16 +536,7 @@ impl Ledger {
             .iter()
             .zip(results)
             .filter(|(_, result)| result.is_none())
-            .flat_map(|(command, _)| -> [Option<&AccountId>; 2] {
-                match command {
-                    Command::Transfer(request) => [Some(&request.from), Some(&request.to)],
-                    Command::Hold(request) => [Some(&request.account), None],
-                    Command::Capture(request) => [Some(&request.to), None],
-                    Command::LookupAccount(id) => [Some(id), None],
-                    _ => [None, None],
-                }
-            })
-            .flatten();
+            .flat_map(|(command, _)| named_accounts(command));
         let missing = self.shared.cached_into(wanted, &mut known);
         self.shared.read_specs(missing, &mut known).await?;
         Ok(known)
@@ -742,6 +733,19 @@ fn fill(results: Vec<Option<CommandResult>>, code: ErrorCode) -> Vec<CommandResu
 }
 
 /// Marks every repeat of an id within the batch (the first occurrence runs).
+/// The accounts whose specs `command` needs to be routed and checked (a capture's payer
+/// comes from its hold record).
+fn named_accounts(command: &Command) -> impl Iterator<Item = &AccountId> {
+    let named = match command {
+        Command::Transfer(request) => [Some(&request.from), Some(&request.to)],
+        Command::Hold(request) => [Some(&request.account), None],
+        Command::Capture(request) => [Some(&request.to), None],
+        Command::LookupAccount(id) => [Some(id), None],
+        _ => [None, None],
+    };
+    named.into_iter().flatten()
+}
+
 fn mark_duplicate_ids(commands: &[Command], results: &mut [Option<CommandResult>]) {
     let mut seen: HashSet<(u8, &str)> = HashSet::with_capacity(commands.len());
     for (index, command) in commands.iter().enumerate() {
@@ -908,16 +912,7 @@ impl Ledger {
         }
         let named = commands
             .iter()
-            .flat_map(|command| -> [Option<&AccountId>; 2] {
-                match command {
-                    Command::Transfer(request) => [Some(&request.from), Some(&request.to)],
-                    Command::Hold(request) => [Some(&request.account), None],
-                    Command::Capture(request) => [Some(&request.to), None],
-                    Command::LookupAccount(id) => [Some(id), None],
-                    _ => [None, None],
-                }
-            })
-            .flatten()
+            .flat_map(named_accounts)
             .chain(parents.iter());
         let mut found = Specs::with_capacity(2 * commands.len());
         let missing = self.shared.cached_into(named, &mut found);
