@@ -14,7 +14,6 @@
 //! count and a deadline); leave a child process behind.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -379,20 +378,19 @@ fn random_batch(
 ) -> Vec<Command> {
     let accounts = people.len();
     let account = |n: u64| people.accounts[usize::try_from(n).expect("fits")].clone();
-    // One buffer for every transfer id of the batch.
-    let mut id = String::with_capacity(tag.len() + 21);
+    let prefix = format!("{tag}-");
     (first..first + count)
         .map(|n| {
             let from = rng.random_range(0..accounts);
             let offset = rng.random_range(1..accounts);
-            id.clear();
-            write!(id, "{tag}-{n}").expect("writing to a String succeeds");
-            transfer(
-                &id,
-                account(from),
-                account((from + offset) % accounts),
-                rng.random_range(1..=TRANSFER_UNITS_MAX),
-            )
+            super::numbered(&prefix, n, |id| {
+                transfer(
+                    id,
+                    account(from),
+                    account((from + offset) % accounts),
+                    rng.random_range(1..=TRANSFER_UNITS_MAX),
+                )
+            })
         })
         .collect()
 }

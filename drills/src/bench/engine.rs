@@ -8,6 +8,8 @@
 //! fsyncs and bytes from the store's own counters.
 
 use std::str::FromStr;
+
+use super::numbered;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -183,20 +185,6 @@ fn account_id(text: &str) -> AccountId {
 
 fn customer(index: u64) -> AccountId {
     numbered("acct-", index, account_id)
-}
-
-/// Calls `make` with `prefix` followed by `n` in decimal, written on the stack (the
-/// generator runs on the same two cores as the ledger: what it spends is taken from the
-/// measurement, and `format!` allocated three strings per transfer).
-fn numbered<R>(prefix: &str, n: u64, make: impl FnOnce(&str) -> R) -> R {
-    let mut digits = itoa::Buffer::new();
-    let digits = digits.format(n);
-    let mut bytes = [0u8; 32];
-    let len = prefix.len() + digits.len();
-    assert!(len <= bytes.len(), "benchmark id prefixes are short");
-    bytes[..prefix.len()].copy_from_slice(prefix.as_bytes());
-    bytes[prefix.len()..len].copy_from_slice(digits.as_bytes());
-    make(std::str::from_utf8(&bytes[..len]).expect("ASCII"))
 }
 
 /// Creates the accounts and funds the payers.

@@ -23,3 +23,17 @@ pub fn transfers_bar(total: u64, visible: bool) -> indicatif::ProgressBar {
     );
     bar
 }
+
+/// Calls `make` with `prefix` followed by `n` in decimal, written on the stack (the
+/// generator runs on the same two cores as the ledger: what it spends is taken from the
+/// measurement, and `format!` allocated three strings per transfer).
+pub(crate) fn numbered<R>(prefix: &str, n: u64, make: impl FnOnce(&str) -> R) -> R {
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(n);
+    let mut bytes = [0u8; 32];
+    let len = prefix.len() + digits.len();
+    assert!(len <= bytes.len(), "benchmark id prefixes are short");
+    bytes[..prefix.len()].copy_from_slice(prefix.as_bytes());
+    bytes[prefix.len()..len].copy_from_slice(digits.as_bytes());
+    make(std::str::from_utf8(&bytes[..len]).expect("ASCII"))
+}
