@@ -11,6 +11,7 @@ use std::borrow::{Borrow, Cow};
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::Arc;
 
 use crate::store::StoreError;
@@ -222,7 +223,18 @@ pub(crate) type HashedPrefixes = Arc<[Vec<u8>]>;
 /// which is cheap while few entries are alive, as in normal operation. When legs pile up
 /// (a peer DC down for long), the memtable moves them into its B-tree once and keeps
 /// transient keys there until it is replaced, so such reads stay O(log n) per page.
-const HASHED_ENTRIES_MAX: usize = if cfg!(test) { 4 } else { 131_072 };
+///
+/// The map spills when a range read gathers more than [`HASHED_RANGE_ROWS_MAX`] rows from
+/// it (what a pile-up costs), or at this many entries whatever the reads. Under full load
+/// the credit legs in flight alone are ~130,000 (with the tombstones of those a frozen
+/// memtable holds, twice that), and spilling them made every later leg's set and clear a
+/// B-tree walk: 4 % more of all CPU in `bench dcs` from then on.
+const HASHED_ENTRIES_MAX: usize = if cfg!(test) { 4 } else { 1_048_576 };
+
+/// Rows a range read may gather from a memtable's hash map before it asks the memtable to
+/// spill (see [`HASHED_ENTRIES_MAX`]): one DC's outbox rescan gathers its own slots' legs,
+/// about a third of those in flight at full load.
+const HASHED_RANGE_ROWS_MAX: usize = if cfg!(test) { 2 } else { 131_072 };
 
 #[derive(Debug, Default)]
 pub(crate) struct Memtable {
@@ -234,8 +246,12 @@ pub(crate) struct Memtable {
     /// millions of entries; range reads, rare on these prefixes, gather and sort them.
     hashed: HashMap<MemKey, Option<ValueRef>, foldhash::fast::RandomState>,
     prefixes: HashedPrefixes,
-    /// Set once the hash map passed [`HASHED_ENTRIES_MAX`]: every key is in the B-tree.
+    /// Set once the hash map passed [`HASHED_ENTRIES_MAX`], or a range read asked for it:
+    /// every key is in the B-tree.
     spilled: bool,
+    /// Set by a range read that gathered more than [`HASHED_RANGE_ROWS_MAX`] rows from the
+    /// hash map (readers hold the tables shared); the next write spills.
+    spill_wanted: AtomicBool,
     values: Arena,
     /// Bytes held: keys, entry overhead, and every value ever written (an overwritten
     /// value stays in the arena until the memtable is checkpointed and dropped).
@@ -340,6 +356,13 @@ impl Memtable {
         value.map(|value| self.value(*value))
     }
 
+    /// Spills the hash map if a range read asked for it (see [`HASHED_RANGE_ROWS_MAX`]).
+    fn spill_if_wanted(&mut self) {
+        if *self.spill_wanted.get_mut() && !self.spilled {
+            self.spill();
+        }
+    }
+
     fn insert(&mut self, key: &[u8], value: Option<&[u8]>) {
         use std::collections::{btree_map, hash_map};
         let hashed = self.is_hashed(key);
@@ -412,6 +435,9 @@ impl Memtable {
                 |key| key >= begin && key < end,
                 reverse,
             );
+            if rows.len() > HASHED_RANGE_ROWS_MAX {
+                self.spill_wanted.store(true, AtomicOrdering::Relaxed);
+            }
             sources.push(Box::new(rows.into_iter().map(entry)));
         }
         sources
@@ -593,6 +619,7 @@ impl Tables {
         checkpoint: &fjall::Keyspace,
         writes: &WriteBatch,
     ) -> Result<(), StoreError> {
+        self.active.spill_if_wanted();
         for write in writes.iter() {
             match write {
                 Write::Set(key, value) => self.active.insert(key, Some(value)),
@@ -841,7 +868,45 @@ mod tests {
                 .sum();
             prop_assert!(memtable.bytes() >= held, "every live byte is counted");
         }
+    }
 
+    /// A range read that gathers more than `HASHED_RANGE_ROWS_MAX` rows from the hash map
+    /// asks for a spill, the next write spills, and every row reads back the same (fails if
+    /// range reads never spill: a pile-up would then sort the same rows once per page).
+    #[test]
+    fn a_large_hashed_range_read_spills_the_memtable_at_the_next_write() {
+        let mut memtable = Memtable::new(std::sync::Arc::from(vec![b"h".to_vec()]));
+        let rows = super::HASHED_RANGE_ROWS_MAX + 1;
+        assert!(
+            rows <= super::HASHED_ENTRIES_MAX,
+            "the count alone does not spill"
+        );
+        for index in 0..rows as u8 {
+            memtable.insert(&[b'h', index], Some(&[index]));
+        }
+        memtable.insert(b"o", Some(b"ordered"));
+        let read = |memtable: &Memtable| -> Vec<(Vec<u8>, Vec<u8>)> {
+            let mut rows = Vec::new();
+            for source in memtable.range_sources(b"a", b"z", false) {
+                for entry in source {
+                    let (key, value) = entry.expect("memory");
+                    rows.push((key.into_owned(), value.expect("no tombstones").into_owned()));
+                }
+            }
+            rows.sort();
+            rows
+        };
+        let before = read(&memtable);
+        assert_eq!(before.len(), rows + 1);
+        assert!(!memtable.spilled, "a read alone changes nothing");
+        memtable.spill_if_wanted();
+        assert!(memtable.spilled, "the read asked for a spill");
+        assert!(memtable.hashed.is_empty());
+        assert_eq!(read(&memtable), before);
+        assert_eq!(memtable.lookup(&[b'h', 0]), Some(Some(&[0u8][..])));
+    }
+
+    proptest! {
         /// The word-at-a-time comparison orders keys exactly as `[u8]` does, shared
         /// prefixes, tails of every length and zero bytes included.
         #[test]
