@@ -191,6 +191,20 @@ pub fn user_owners_prefix() -> Vec<u8> {
     pack(&(CONTROL, USER_OWNER))
 }
 
+/// Prefix of every slot's owner record.
+pub fn slot_owners_prefix() -> Vec<u8> {
+    pack(&(CONTROL, SLOT_OWNER))
+}
+
+/// Prefixes of the records nearly every commit reads: the owner records of slots and of
+/// whitelisted users (a money commit's fence). They are few (at most one per slot, plus
+/// the whitelist). The embedded store keeps them in memory as well, so a fence check never
+/// walks its memtables or reads its checkpoint
+/// ([`crate::store::embedded::EmbeddedOptions::pinned_prefixes`]).
+pub fn pinned_prefixes() -> Vec<Vec<u8>> {
+    vec![slot_owners_prefix(), user_owners_prefix()]
+}
+
 /// Unpacks the user of a whitelist key.
 pub fn user_owner_user(key: &[u8]) -> Option<UserId> {
     let (_, _, user): (i64, i64, String) = foundationdb_tuple::unpack(key).ok()?;

@@ -545,6 +545,61 @@ impl Transient {
     }
 }
 
+/// Most keys [`Pinned`] keeps; past it the store stops pinning (until it is reopened) and
+/// reads of those keys go through the layers like any other. Tessera pins at most one key
+/// per slot (65,536) plus the whitelist.
+pub(crate) const PINNED_KEYS_MAX: usize = if cfg!(test) { 16 } else { 1_048_576 };
+
+/// Every visible key under the pinned prefixes ([`super::EmbeddedOptions::pinned_prefixes`])
+/// with its value: loaded from the checkpoint at open, then changed by every applied write
+/// (the log's replay included), so it always equals what the layers below the group overlay
+/// say for those keys. A point read of a pinned key (present or absent) is answered here.
+/// Reported as `tessera_store_pinned_keys` (gauge) and `tessera_store_pinning_stopped_total`.
+#[derive(Debug, Default)]
+pub(crate) struct Pinned {
+    prefixes: Vec<Vec<u8>>,
+    rows: HashMap<Vec<u8>, Vec<u8>, foldhash::fast::RandomState>,
+}
+
+impl Pinned {
+    /// Reads the pinned keys the checkpoint holds; `None` when nothing is pinned (no
+    /// prefixes, or more than [`PINNED_KEYS_MAX`] keys).
+    pub(crate) fn load(
+        prefixes: Vec<Vec<u8>>,
+        checkpoint: &fjall::Keyspace,
+    ) -> Result<Option<Pinned>, StoreError> {
+        if prefixes.is_empty() {
+            return Ok(None);
+        }
+        let mut rows = HashMap::default();
+        for prefix in &prefixes {
+            for guard in checkpoint.prefix(prefix) {
+                let (key, value) = guard.into_inner().map_err(fjall_error)?;
+                rows.insert(key.to_vec(), value.to_vec());
+                if rows.len() > PINNED_KEYS_MAX {
+                    stop_pinning();
+                    return Ok(None);
+                }
+            }
+        }
+        metrics::gauge!("tessera_store_pinned_keys").set(rows.len() as f64);
+        Ok(Some(Pinned { prefixes, rows }))
+    }
+
+    fn covers(&self, key: &[u8]) -> bool {
+        self.prefixes.iter().any(|prefix| key.starts_with(prefix))
+    }
+}
+
+fn stop_pinning() {
+    metrics::counter!("tessera_store_pinning_stopped_total").increment(1);
+    metrics::gauge!("tessera_store_pinned_keys").set(0.0);
+    tracing::warn!(
+        max = PINNED_KEYS_MAX,
+        "more pinned keys than the store keeps in memory; their reads walk the layers until it reopens"
+    );
+}
+
 /// See [`Transient::changes`].
 #[derive(Debug, Default)]
 pub(crate) struct TransientChanges {
@@ -561,16 +616,47 @@ pub(crate) struct Tables {
     /// True until the first checkpoint: reads skip fjall and clears need no tombstones.
     pub(crate) checkpoint_empty: bool,
     pub(crate) transient: Transient,
+    /// The pinned keys; `None` when nothing is pinned.
+    pinned: Option<Pinned>,
 }
 
 impl Tables {
-    pub(crate) fn new(checkpoint_empty: bool, transient: Transient) -> Self {
+    pub(crate) fn new(
+        checkpoint_empty: bool,
+        transient: Transient,
+        pinned: Option<Pinned>,
+    ) -> Self {
         let hashed: HashedPrefixes = transient.prefixes.clone().into();
         Tables {
             active: Memtable::new(hashed),
             frozen: None,
             checkpoint_empty,
             transient,
+            pinned,
+        }
+    }
+
+    /// Keeps the pinned keys in step with a write of `key` (`None`: a clear).
+    fn pin(&mut self, key: &[u8], value: Option<&[u8]>) {
+        let Some(pinned) = &mut self.pinned else {
+            return;
+        };
+        if !pinned.covers(key) {
+            return;
+        }
+        match value {
+            Some(value) => {
+                pinned.rows.insert(key.to_vec(), value.to_vec());
+            }
+            None => {
+                pinned.rows.remove(key);
+            }
+        }
+        if pinned.rows.len() > PINNED_KEYS_MAX {
+            self.pinned = None;
+            stop_pinning();
+        } else {
+            metrics::gauge!("tessera_store_pinned_keys").set(pinned.rows.len() as f64);
         }
     }
 
@@ -603,6 +689,7 @@ impl Tables {
     ) -> View<'a> {
         View {
             overlay,
+            pinned: self.pinned.as_ref(),
             active: &self.active,
             frozen: self.frozen.as_deref(),
             checkpoint: (!self.checkpoint_empty).then_some(checkpoint),
@@ -622,7 +709,10 @@ impl Tables {
         self.active.spill_if_wanted();
         for write in writes.iter() {
             match write {
-                Write::Set(key, value) => self.active.insert(key, Some(value)),
+                Write::Set(key, value) => {
+                    self.pin(key, Some(value));
+                    self.active.insert(key, Some(value));
+                }
                 Write::Clear(key) => self.clear(key),
                 Write::ClearRange(begin, end) => self.clear_range(checkpoint, begin, end)?,
             }
@@ -631,6 +721,7 @@ impl Tables {
     }
 
     fn clear(&mut self, key: &[u8]) {
+        self.pin(key, None);
         if self.older_layers_empty() || self.only_active_may_hold(key) {
             self.active.remove(key);
         } else {
@@ -681,6 +772,7 @@ type Source<'a> = Box<dyn Iterator<Item = Result<Entry<'a>, StoreError>> + 'a>;
 /// One consistent state of every layer, newest first.
 pub(crate) struct View<'a> {
     overlay: Option<&'a Overlay<'a>>,
+    pinned: Option<&'a Pinned>,
     active: &'a Memtable,
     frozen: Option<&'a Memtable>,
     checkpoint: Option<&'a fjall::Keyspace>,
@@ -691,6 +783,12 @@ impl<'a> View<'a> {
     pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Cow<'a, [u8]>>, StoreError> {
         if let Some(value) = self.overlay.and_then(|overlay| overlay.get(key)) {
             return Ok(value.map(Cow::Borrowed));
+        }
+        if let Some(pinned) = self.pinned.filter(|pinned| pinned.covers(key)) {
+            return Ok(pinned
+                .rows
+                .get(key)
+                .map(|value| Cow::Borrowed(value.as_slice())));
         }
         for memtable in std::iter::once(self.active).chain(self.frozen) {
             if let Some(value) = memtable.lookup(key) {

@@ -144,6 +144,14 @@ pub struct EmbeddedOptions {
     /// them to keys with few live entries). Any prefixes are correct; they only change what
     /// is kept and what costs what. Default: [`crate::keys::transient_prefixes`].
     pub transient_prefixes: Vec<Vec<u8>>,
+    /// Prefixes of keys that are few and read by most commits (Tessera's fences: the owner
+    /// records). The store keeps every key under them in a hash map beside the layers, loaded
+    /// from the checkpoint at open and kept in step by every write, so a point read of one
+    /// (present or absent) costs one hash lookup: no walk down the memtables' B-trees and no
+    /// checkpoint read. Past [`memtable::PINNED_KEYS_MAX`] keys the store stops pinning
+    /// until it is reopened. Any prefixes are correct; they only change what costs what.
+    /// Default: [`crate::keys::pinned_prefixes`].
+    pub pinned_prefixes: Vec<Vec<u8>>,
     /// Most time the committer waits, after a group's sync began, before syncing the next
     /// group; the wait grows only after slow syncs and decays while syncs are fast (see
     /// [`pacer`]). Zero (the default) turns pacing off. At most [`pacer::GAP_MAX_LIMIT`].
@@ -162,6 +170,7 @@ impl Default for EmbeddedOptions {
             transaction_duration_ms_max: TRANSACTION_DURATION_MS_MAX,
             failpoint: None,
             transient_prefixes: crate::keys::transient_prefixes(),
+            pinned_prefixes: crate::keys::pinned_prefixes(),
             sync_gap_max: std::time::Duration::ZERO,
         }
     }
@@ -256,7 +265,8 @@ impl EmbeddedStore {
         let position = checkpoint::read_position(dir)?;
         let checkpoint_empty = position == 0 && keyspace.is_empty().map_err(checkpoint::fjall)?;
         let transient = memtable::Transient::load(options.transient_prefixes.clone(), &keyspace)?;
-        let mut tables = Tables::new(checkpoint_empty, transient);
+        let pinned = memtable::Pinned::load(options.pinned_prefixes.clone(), &keyspace)?;
+        let mut tables = Tables::new(checkpoint_empty, transient, pinned);
         let replay = wal::replay(dir, position, &mut tables, &keyspace)?;
         let elapsed = started.elapsed();
         metrics::histogram!("tessera_store_recovery_seconds").record(elapsed.as_secs_f64());
