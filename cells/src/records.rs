@@ -115,6 +115,8 @@ pub const BLOCK_POSTINGS_MAX: usize = 256;
 /// Largest encoded posting: a source tag, an id of at most 64 bytes with its length, a
 /// varint amount (at most 10 bytes) and a counterparty of at most 64 bytes with its length.
 pub const POSTING_BYTES_MAX: usize = 1 + 1 + 64 + 10 + 1 + 64;
+/// Bytes of a typical encoded posting (ids of 10–20 characters), for sizing a block.
+const POSTING_BYTES_TYPICAL: usize = 48;
 
 const _: () =
     assert!(BLOCK_POSTINGS_MAX * POSTING_BYTES_MAX + 10 <= crate::store::limits::VALUE_BYTES_MAX);
@@ -148,6 +150,13 @@ impl PostingBlock {
         self.postings = postcard::to_extend(posting, buffer).expect("records always serialize");
         debug_assert!(self.postings.len() - before <= POSTING_BYTES_MAX);
         self.count += 1;
+    }
+
+    /// Makes room for about `postings` more (at most a block's worth), so that a draft's
+    /// block is sized once instead of grown by doubling.
+    pub fn reserve(&mut self, postings: usize) {
+        let postings = postings.min(BLOCK_POSTINGS_MAX - self.count.min(BLOCK_POSTINGS_MAX));
+        self.postings.reserve(postings * POSTING_BYTES_TYPICAL);
     }
 
     pub fn len(&self) -> usize {

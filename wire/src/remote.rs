@@ -840,6 +840,13 @@ impl Transaction for RemoteTransaction {
         self.size_bytes
     }
 
+    fn reserve(&mut self, bytes: usize) {
+        // One block for writes and preconditions, sized once (bounded by the transaction
+        // limit whatever the hint says): grown by doubling, it was copied about twice over
+        // per draft.
+        self.mutations.reserve(bytes.min(TRANSACTION_BYTES_MAX));
+    }
+
     fn commit(mut self: Box<Self>) -> BoxFuture<'static, Result<u64, CommitError>> {
         let (transaction, generation) = match std::mem::replace(&mut self.held, Held::Nothing) {
             Held::Nothing => (None, None),

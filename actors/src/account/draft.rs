@@ -169,6 +169,8 @@ impl<'a> Draft<'a> {
         let count = items.count();
         self.delta.results.reserve(count);
         txn.reserve(count * ITEM_BYTES_TYPICAL + 256);
+        // Every transfer and credit posts once.
+        self.block.reserve(transfers + credits);
         self.expire_due_holds(txn.as_mut());
         for job in jobs {
             for item in &job.items {
