@@ -1,5 +1,6 @@
-//! The in-memory tables (active and frozen memtables) and the layered view that answers
-//! every read: group overlay (committer only) → active → frozen → checkpoint.
+//! The in-memory tables (active and frozen memtables, the pinned keys) and the layered view
+//! that answers every read: group overlay (committer only) → pinned keys (point reads of
+//! keys under the pinned prefixes, which it holds in full) → active → frozen → checkpoint.
 //!
 //! A memtable maps a key to `Some(value)` or to a tombstone (`None`) that hides older
 //! layers. While no older layer exists, clears remove entries instead of leaving tombstones.
