@@ -546,10 +546,11 @@ impl Transient {
     }
 }
 
-/// Most keys [`Pinned`] keeps; past it the store stops pinning (until it is reopened) and
-/// reads of those keys go through the layers like any other. Tessera pins at most one key
-/// per slot (65,536) plus the whitelist.
-pub(crate) const PINNED_KEYS_MAX: usize = if cfg!(test) { 16 } else { 1_048_576 };
+/// Most keys [`Pinned`] keeps (about 13 MB of small records); past it the store stops
+/// pinning (until it is reopened) and reads of those keys go through the layers like any
+/// other. Tessera pins at most one key per slot (65,536) plus the whitelist (at most
+/// [`crate::ownership::WHITELIST_USERS_MAX`] users).
+pub(crate) const PINNED_KEYS_MAX: usize = if cfg!(test) { 16 } else { 131_072 };
 
 /// Every visible key under the pinned prefixes ([`super::EmbeddedOptions::pinned_prefixes`])
 /// with its value: loaded from the checkpoint at open, then changed by every applied write

@@ -153,7 +153,7 @@ pub struct EmbeddedOptions {
     /// records). The store keeps every key under them in a hash map beside the layers, loaded
     /// from the checkpoint at open and kept in step by every write, so a point read of one
     /// (present or absent) costs one hash lookup: no walk down the memtables' B-trees and no
-    /// checkpoint read. Past 1,048,576 keys the store stops pinning
+    /// checkpoint read. Past 131,072 keys the store stops pinning
     /// until it is reopened. Any prefixes are correct; they only change what costs what.
     /// Default: [`crate::keys::pinned_prefixes`].
     pub pinned_prefixes: Vec<Vec<u8>>,
