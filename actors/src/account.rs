@@ -355,7 +355,8 @@ impl AccountActor {
         let Some(state) = self.state.as_ref() else {
             return;
         };
-        let mut jobs = Vec::new();
+        // Sized once (the pending queue is bounded): grown by doubling it was moved repeatedly.
+        let mut jobs = Vec::with_capacity(self.pending.len());
         let mut items = 0;
         while let Some(job) = self.pending.front() {
             assert!(

@@ -156,16 +156,19 @@ impl<'a> Draft<'a> {
             .map_err(|_| ErrorCode::Unavailable)?;
         let items = jobs.iter().flat_map(|job| &job.items);
         // Only client transfers enter `batch_transfers` (a payee's draft of credits has none).
-        let (mut transfers, mut credits) = (0, 0);
+        let (mut transfers, mut credits, mut holds) = (0, 0, 0);
         for item in items.clone() {
             match item.work {
                 Work::Client(AccountCommand::Transfer(_)) => transfers += 1,
                 Work::Credit(_) => credits += 1,
+                Work::Client(AccountCommand::Hold(_)) => holds += 1,
                 _ => {}
             }
         }
         self.batch_transfers.reserve(transfers);
         self.batch_credits.reserve(credits);
+        self.batch_holds.reserve(holds);
+        self.delta.holds_added.reserve(holds);
         let count = items.count();
         self.delta.results.reserve(count);
         txn.reserve(count * ITEM_BYTES_TYPICAL + 256);
