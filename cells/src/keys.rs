@@ -266,6 +266,29 @@ pub fn posting_account(key: &[u8]) -> Option<AccountId> {
 mod tests {
     use super::*;
 
+    /// The pinned prefixes cover exactly the fence keys (every slot's and every
+    /// whitelisted user's owner record) and nothing a transfer writes; if they drifted from
+    /// the fence keys, fence checks would silently walk the store's layers again.
+    #[test]
+    fn pinned_prefixes_cover_the_fence_keys_only() {
+        let pinned = pinned_prefixes();
+        let covered = |key: &[u8]| pinned.iter().any(|prefix| key.starts_with(prefix));
+        for slot in [0u16, 1, 255, 256, 65_535] {
+            assert!(covered(&slot_owner(Slot::new(slot))), "slot {slot}");
+        }
+        let user = UserId::new("alice").unwrap();
+        assert!(covered(&user_owner(&user)));
+        let account = AccountId::new("alice.main").unwrap();
+        let transfer = TransferId::new("t-1").unwrap();
+        for space in [Keyspace::Real, Keyspace::Shadow] {
+            assert!(!covered(&space.account(&account)));
+            assert!(!covered(&space.posting(&account, 7)));
+            assert!(!covered(&space.transfer(&transfer)));
+        }
+        assert!(!covered(&table_version()));
+        assert!(!covered(&ownership_change(3)));
+    }
+
     #[test]
     fn postings_sort_by_sequence_within_an_account() {
         let account = AccountId::new("a").unwrap();
