@@ -732,7 +732,6 @@ fn fill(results: Vec<Option<CommandResult>>, code: ErrorCode) -> Vec<CommandResu
         .collect()
 }
 
-/// Marks every repeat of an id within the batch (the first occurrence runs).
 /// The accounts whose specs `command` needs to be routed and checked (a capture's payer
 /// comes from its hold record).
 fn named_accounts(command: &Command) -> impl Iterator<Item = &AccountId> {
@@ -746,6 +745,7 @@ fn named_accounts(command: &Command) -> impl Iterator<Item = &AccountId> {
     named.into_iter().flatten()
 }
 
+/// Marks every repeat of an id within the batch (the first occurrence runs).
 fn mark_duplicate_ids(commands: &[Command], results: &mut [Option<CommandResult>]) {
     let mut seen: HashSet<(u8, &str)> = HashSet::with_capacity(commands.len());
     for (index, command) in commands.iter().enumerate() {

@@ -155,7 +155,7 @@ impl PostingBlock {
     /// Makes room for about `postings` more (at most a block's worth), so that a draft's
     /// block is sized once instead of grown by doubling.
     pub fn reserve(&mut self, postings: usize) {
-        let postings = postings.min(BLOCK_POSTINGS_MAX - self.count.min(BLOCK_POSTINGS_MAX));
+        let postings = postings.min(BLOCK_POSTINGS_MAX - self.count);
         self.postings.reserve(postings * POSTING_BYTES_TYPICAL);
     }
 

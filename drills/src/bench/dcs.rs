@@ -180,9 +180,10 @@ impl Population {
         self.accounts.len() as u64
     }
 
-    fn user_of(&self, account: &AccountId) -> Option<&UserId> {
-        let n = customer_number(account)?;
-        self.users.get(usize::try_from(n).ok()?)
+    /// Whether customers `a` and `b` (indexes) are owned by different DCs under `table`.
+    fn cross(&self, table: &OwnershipTable, a: usize, b: usize) -> bool {
+        let owner = |n: usize| table.owner_of(&self.users[n]).map(|owner| &owner.dc);
+        owner(a) != owner(b)
     }
 }
 
@@ -343,56 +344,37 @@ impl Tally {
     }
 }
 
-/// Customer `a-n` belongs to user `u-n`.
-fn customer_number(account: &AccountId) -> Option<u64> {
-    account.as_str().strip_prefix("a-")?.parse().ok()
-}
-
-/// Which of `commands` are transfers between users of different DCs (by `table`).
-fn crossing(table: &OwnershipTable, people: &Population, commands: &[Command]) -> Vec<bool> {
-    commands
-        .iter()
-        .map(|command| match command {
-            Command::Transfer(request) => crosses(table, people, &request.from, &request.to),
-            _ => false,
-        })
-        .collect()
-}
-
-fn crosses(table: &OwnershipTable, people: &Population, from: &AccountId, to: &AccountId) -> bool {
-    let owner = |account: &AccountId| {
-        people
-            .user_of(account)
-            .and_then(|user| table.owner_of(user))
-            .map(|owner| &owner.dc)
-    };
-    owner(from) != owner(to)
-}
-
+/// A batch of random transfers between customers, and for each whether it crosses DCs
+/// under `table` (decided from the customers' indexes, before sending).
 fn random_batch(
     rng: &mut StdRng,
     people: &Population,
+    table: &OwnershipTable,
     tag: &str,
     first: u64,
     count: u64,
-) -> Vec<Command> {
+) -> (Vec<Command>, Vec<bool>) {
     let accounts = people.len();
-    let account = |n: u64| people.accounts[usize::try_from(n).expect("fits")].clone();
+    let index = |n: u64| usize::try_from(n).expect("fits");
     let prefix = format!("{tag}-");
-    (first..first + count)
+    let mut crossing = Vec::with_capacity(usize::try_from(count).expect("fits"));
+    let commands = (first..first + count)
         .map(|n| {
-            let from = rng.random_range(0..accounts);
+            let from = index(rng.random_range(0..accounts));
             let offset = rng.random_range(1..accounts);
+            let to = index((from as u64 + offset) % accounts);
+            crossing.push(people.cross(table, from, to));
             super::numbered(&prefix, n, |id| {
                 transfer(
                     id,
-                    account(from),
-                    account((from + offset) % accounts),
+                    people.accounts[from].clone(),
+                    people.accounts[to].clone(),
                     rng.random_range(1..=TRANSFER_UNITS_MAX),
                 )
             })
         })
-        .collect()
+        .collect();
+    (commands, crossing)
 }
 
 /// The throughput phase's closed loop.
@@ -415,9 +397,9 @@ async fn load_worker(
         let count = (config.batch_size as u64).min(config.transfers - first);
         let mut rng =
             StdRng::seed_from_u64(config.seed ^ batch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let commands = random_batch(&mut rng, &people, "t", first, count);
         // The table does not change during this phase: crossings are counted before sending.
-        let crossing = crossing(&routing.table(), &people, &commands);
+        let (commands, crossing) =
+            random_batch(&mut rng, &people, &routing.table(), "t", first, count);
         let started = Instant::now();
         let (results, stats) = routing.execute(Keyspace::Real, commands).await;
         histogram.saturating_record((started.elapsed().as_micros() as u64).max(1));
@@ -470,9 +452,9 @@ async fn background_load(
     let mut rng = StdRng::seed_from_u64(seed ^ (worker + 1).wrapping_mul(0xA5A5_5A5A));
     let mut n = 0;
     while !stop.load(Ordering::Relaxed) {
-        let commands = random_batch(&mut rng, &people, &format!("h{worker}"), n, 256);
+        let tag = format!("h{worker}");
+        let (commands, crossing) = random_batch(&mut rng, &people, &routing.table(), &tag, n, 256);
         n += 256;
-        let crossing = crossing(&routing.table(), &people, &commands);
         let (results, _) = routing.execute(Keyspace::Real, commands).await;
         tally.record(&crossing, &results);
     }

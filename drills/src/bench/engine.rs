@@ -8,8 +8,6 @@
 //! fsyncs and bytes from the store's own counters.
 
 use std::str::FromStr;
-
-use super::numbered;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,6 +21,8 @@ use cells::ledger::{
 use cells::money::{Amount, Currency};
 use cells::records::{AccountKind, AccountSpec, HotMode};
 use hdrhistogram::Histogram;
+
+use super::numbered;
 use indicatif::ProgressBar;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

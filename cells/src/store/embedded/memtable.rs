@@ -282,7 +282,7 @@ impl Memtable {
     }
 
     fn is_hashed(&self, key: &[u8]) -> bool {
-        !self.spilled && self.prefixes.iter().any(|prefix| key.starts_with(prefix))
+        !self.spilled && under_any(&self.prefixes, key)
     }
 
     /// Moves the hash map's entries into the B-tree (see [`HASHED_ENTRIES_MAX`]).
@@ -460,6 +460,11 @@ fn gather_in_order<'a, V>(
     rows
 }
 
+/// Whether `key` starts with one of `prefixes` (the hashed, transient and pinned sets).
+fn under_any(prefixes: &[Vec<u8>], key: &[u8]) -> bool {
+    prefixes.iter().any(|prefix| key.starts_with(prefix))
+}
+
 /// Whether keys starting with `prefix` can fall in `[begin, end)`.
 /// (An over-approximation is harmless: the gathered rows are filtered by the range.)
 fn overlaps(prefix: &[u8], begin: &[u8], end: &[u8]) -> bool {
@@ -523,7 +528,7 @@ impl Transient {
     }
 
     fn covers(&self, key: &[u8]) -> bool {
-        self.prefixes.iter().any(|prefix| key.starts_with(prefix))
+        under_any(&self.prefixes, key)
     }
 
     /// The checkpoint now also holds `memtable`: its transient values are in it, and its
@@ -589,7 +594,7 @@ impl Pinned {
     }
 
     fn covers(&self, key: &[u8]) -> bool {
-        self.prefixes.iter().any(|prefix| key.starts_with(prefix))
+        under_any(&self.prefixes, key)
     }
 }
 
