@@ -214,7 +214,7 @@ impl Job {
         }
     }
 
-    fn answer(self, results: Vec<CommandResult>) {
+    fn answer(self, results: impl IntoIterator<Item = CommandResult>) {
         if let Origin::Client(reply) = self.origin {
             // The caller may have given up; its slots are then written for nobody.
             reply.answer(self.items.iter().map(|item| item.index).zip(results));
@@ -222,7 +222,7 @@ impl Job {
     }
 
     fn fail(self, code: ErrorCode) {
-        let results = vec![Err(code); self.items.len()];
+        let results = std::iter::repeat_n(Err(code), self.items.len());
         self.answer(results);
     }
 }
@@ -458,7 +458,7 @@ impl AccountActor {
         metrics::counter!("tessera_actors_credits_committed_total").increment(credits_applied);
         let mut results = results.into_iter();
         for job in jobs {
-            let answers: Vec<_> = results.by_ref().take(job.items.len()).collect();
+            let answers = results.by_ref().take(job.items.len());
             job.answer(answers);
         }
         if !credits.is_empty() {

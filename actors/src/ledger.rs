@@ -355,7 +355,7 @@ impl Ledger {
     }
 
     async fn dispatch(&self, routed: Routed, results: &mut [Option<CommandResult>]) {
-        // One set of result slots for every actor of the batch (not a channel each).
+        // One list of answers for every actor of the batch (not a channel each).
         let answers = BatchAnswers::new(results.len());
         let places = self.shared.reserve_many(routed.keys());
         for ((_, commands), place) in routed.into_iter().zip(places) {
@@ -374,12 +374,10 @@ impl Ledger {
                     .for_each(|(i, _)| results[*i] = Some(Err(code)));
             }
         }
-        let answered = answers.all().await;
-        for (slot, answer) in results.iter_mut().zip(answered) {
-            if let Some(answer) = answer {
-                debug_assert!(slot.is_none(), "a command answered twice");
-                *slot = Some(answer);
-            }
+        for (index, answer) in answers.all().await {
+            let slot = &mut results[index];
+            assert!(slot.is_none(), "command {index} answered twice");
+            *slot = Some(answer);
         }
     }
 

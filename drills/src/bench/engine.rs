@@ -260,7 +260,7 @@ async fn wait_settled(ledger: &Ledger) -> Result<(), BenchError> {
 
 /// Shared progress of the driver.
 struct Progress {
-    next_batch: AtomicU64,
+    next_transfer: AtomicU64,
     accepted: AtomicU64,
     retried: AtomicU64,
     rejected: Mutex<std::collections::BTreeMap<String, u64>>,
@@ -277,7 +277,7 @@ pub async fn run(
     setup(ledger, config).await?;
     let bar = super::transfers_bar(config.transfers, config.progress);
     let progress = Arc::new(Progress {
-        next_batch: AtomicU64::new(0),
+        next_transfer: AtomicU64::new(0),
         accepted: AtomicU64::new(0),
         retried: AtomicU64::new(0),
         rejected: Mutex::new(Default::default()),
@@ -355,34 +355,45 @@ pub async fn run(
     })
 }
 
-/// One closed loop: takes the next batch number, builds and runs it, until none are left.
+/// One closed loop. Every call to the ledger carries up to `batch_size` commands: the
+/// follow-ups (capture or release) of the holds its previous call created, then as many new
+/// transfers as fit, taken from the shared counter. A held transfer thus rides in two
+/// consecutive calls of one worker, as a client sends captures among its new work; every
+/// call but a worker's last is a full batch. It ends once no transfers are left and its
+/// follow-ups are done.
 async fn worker(ledger: Ledger, config: EngineBenchConfig, progress: Arc<Progress>) {
-    let batches = config.transfers.div_ceil(config.batch_size as u64);
+    let mut carried: Vec<Command> = Vec::new();
     loop {
-        let batch = progress.next_batch.fetch_add(1, Ordering::Relaxed);
-        if batch >= batches {
+        let room = (config.batch_size - carried.len()) as u64;
+        let first = progress
+            .next_transfer
+            .fetch_add(room, Ordering::Relaxed)
+            .min(config.transfers);
+        let count = room.min(config.transfers - first);
+        if count == 0 && carried.is_empty() {
             return;
         }
-        let first = batch * config.batch_size as u64;
-        let count = (config.batch_size as u64).min(config.transfers - first);
         let mut rng =
-            StdRng::seed_from_u64(config.seed ^ batch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let (commands, follow_ups) = build_batch(&config, &mut rng, first, count);
+            StdRng::seed_from_u64(config.seed ^ first.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let settling = carried.len();
+        let mut commands = std::mem::take(&mut carried);
+        let follow_ups = build_batch(&config, &mut rng, first, count, &mut commands);
         let started = Instant::now();
-        let mut results = execute_retrying(&ledger, commands, &progress).await;
-        let (positions, second): (Vec<usize>, Vec<Command>) = follow_ups
-            .into_iter()
-            .filter(|(position, _)| {
-                matches!(results.get(*position), Some(Ok(Outcome::HoldCreated)))
-            })
-            .unzip();
-        if !second.is_empty() {
-            let second = execute_retrying(&ledger, second, &progress).await;
-            for (position, result) in positions.into_iter().zip(second) {
-                results[position] = result;
+        let results = execute_retrying(&ledger, commands, &progress).await;
+        // A hold that was refused ends its transfer here; one that was created ends in the
+        // next call, with its follow-up's result.
+        let mut ended = Vec::with_capacity(results.len());
+        let mut follow_ups = follow_ups.into_iter().peekable();
+        for (position, result) in results.into_iter().enumerate() {
+            match follow_ups.next_if(|(held, _)| *held == position) {
+                Some((_, follow_up)) if matches!(result, Ok(Outcome::HoldCreated)) => {
+                    carried.push(follow_up)
+                }
+                _ => ended.push(result),
             }
         }
-        record(&progress, &results, started.elapsed());
+        debug_assert!(settling <= ended.len(), "follow-ups end their transfers");
+        record(&progress, &ended, started.elapsed());
     }
 }
 
@@ -434,15 +445,16 @@ fn record(progress: &Progress, results: &[CommandResult], latency: Duration) {
     progress.bar.inc(results.len() as u64);
 }
 
-/// Commands of batch transfers `first..first + count`, and the follow-ups of its holds
-/// (with the position of their hold).
+/// Appends the commands of transfers `first..first + count` to `commands`, and returns the
+/// follow-ups of its holds with the position of their hold in `commands`, in order.
 fn build_batch(
     config: &EngineBenchConfig,
     rng: &mut StdRng,
     first: u64,
     count: u64,
-) -> (Vec<Command>, Vec<(usize, Command)>) {
-    let mut commands = Vec::with_capacity(count as usize);
+    commands: &mut Vec<Command>,
+) -> Vec<(usize, Command)> {
+    commands.reserve(count as usize);
     let mut follow_ups = Vec::new();
     for n in first..first + count {
         let units = rng.random_range(1..=TRANSFER_UNITS_MAX);
@@ -486,5 +498,5 @@ fn build_batch(
             currency: currency(),
         }));
     }
-    (commands, follow_ups)
+    follow_ups
 }
