@@ -98,6 +98,15 @@ impl Ledger {
         let relay =
             OutboxRelay::start_in_arbiter(&relay_arbiter, move |_| OutboxRelay::new(relay_shared));
         shared.set_relay(relay);
+        for (index, arbiter) in shared.arbiters().iter().enumerate() {
+            let keeper_shared = Arc::clone(&shared);
+            crate::account::Housekeeper::start_in_arbiter(arbiter, move |_| {
+                crate::account::Housekeeper {
+                    shared: keeper_shared,
+                    arbiter: index,
+                }
+            });
+        }
         Ledger {
             shared,
             _arbiters: Arc::new(arbiters),

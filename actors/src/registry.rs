@@ -30,6 +30,8 @@ pub(crate) type Specs = HashMap<AccountId, Option<Arc<AccountSpec>>>;
 struct Live {
     addr: Addr<AccountActor>,
     counters: Arc<Counters>,
+    /// Index of the arbiter the actor runs on.
+    arbiter: usize,
 }
 
 /// What a live actor shares with its senders, in one allocation: the bound on what is
@@ -341,7 +343,8 @@ impl Shared {
     }
 
     fn start(self: &Arc<Self>, account: &AccountId) -> Live {
-        let arbiter = &self.arbiters[self.arbiter_index(account)];
+        let index = self.arbiter_index(account);
+        let arbiter = &self.arbiters[index];
         let shared = Arc::clone(self);
         let id = account.clone();
         let counters = Arc::new(Counters::default());
@@ -352,7 +355,29 @@ impl Shared {
             ctx.set_mailbox_capacity(WAKES_QUEUED_MAX);
             AccountActor::new(id, shared, actor_counters)
         });
-        Live { addr, counters }
+        Live {
+            addr,
+            counters,
+            arbiter: index,
+        }
+    }
+
+    /// The arbiters account actors run on.
+    pub(crate) fn arbiters(&self) -> &[ArbiterHandle] {
+        &self.arbiters
+    }
+
+    /// Addresses of the live account actors on arbiter `arbiter` (for the housekeeping
+    /// tick; at most `active_accounts_max`).
+    pub(crate) fn live_on(&self, arbiter: usize) -> Vec<Addr<AccountActor>> {
+        match self.actors.lock() {
+            Ok(actors) => actors
+                .values()
+                .filter(|live| live.arbiter == arbiter)
+                .map(|live| live.addr.clone())
+                .collect(),
+            Err(_) => Vec::new(),
+        }
     }
 
     /// Removes `account`'s entry if it still points at `addr` and, when `only_if_idle`,
