@@ -97,7 +97,10 @@ impl Reply {
         let mut state = answers.lock();
         let commands = state.commands;
         for (index, result) in results {
-            assert!(index < commands, "an actor answers only indexes of its batch");
+            assert!(
+                index < commands,
+                "an actor answers only indexes of its batch"
+            );
             // Each index is answered at most once (the caller checks), so the list never
             // outgrows the room `new` made for it.
             state.answered.push((index, result));

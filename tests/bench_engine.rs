@@ -1,0 +1,75 @@
+//! `tessera bench engine` end to end, small: every scenario runs through the real binary
+//! and prints the JSON report whose field names are a stable interface. Every transfer
+//! is counted once: a held transfer ends with its capture or release, which rides in the
+//! worker's next call, so a follow-up lost or counted twice shows as `accepted` off
+//! `transfers`.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+/// The fields the checks read, with the type each must have.
+const STABLE_FIELDS: [&str; 8] = [
+    "scenario",
+    "transfers",
+    "completed_per_second",
+    "acknowledged_per_second",
+    "commit_latency_ms_p50",
+    "commit_latency_ms_p99",
+    "fsyncs_per_second",
+    "peak_rss_bytes",
+];
+
+fn bench(scenario: &str, transfers: u64, batch_size: u64) -> Value {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let output = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["bench", "engine", "--scenario", scenario])
+        .args(["--transfers", &transfers.to_string()])
+        .args(["--batch-size", &batch_size.to_string()])
+        .args([
+            "--accounts",
+            "500",
+            "--in-flight",
+            "4",
+            "--json",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .output()
+        .expect("run tessera bench engine");
+    assert!(
+        output.status.success(),
+        "{scenario}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("one JSON object")
+}
+
+#[test]
+fn every_scenario_reports_each_transfer_once_under_the_stable_field_names() {
+    for scenario in ["uniform", "hot-credit", "hot-debit", "holds"] {
+        // 1,000 per batch over 4 workers: many calls each, so holds' follow-ups ride in
+        // later calls and the last ones are sent on their own.
+        let report = bench(scenario, 12_345, 1_000);
+        for field in STABLE_FIELDS {
+            assert!(report.get(field).is_some(), "{scenario}: no field {field}");
+        }
+        assert_eq!(report["scenario"], scenario);
+        assert_eq!(report["transfers"], 12_345);
+        assert_eq!(report["accepted"], 12_345, "{scenario}: {report}");
+        assert_eq!(report["rejected"], 0, "{scenario}: {report}");
+        assert!(report["completed_per_second"].as_f64().unwrap() > 0.0);
+        assert!(report["fsyncs_per_second"].as_f64().unwrap() > 0.0);
+        assert!(report["peak_rss_bytes"].as_u64().unwrap() > 0);
+    }
+}
+
+#[test]
+fn holds_with_batches_of_one_command_still_end_every_transfer() {
+    // A call whose one command is a follow-up leaves no room for a new transfer: the
+    // worker must send it alone and go on.
+    let report = bench("holds", 300, 1);
+    assert_eq!(report["accepted"], 300, "{report}");
+    assert_eq!(report["rejected"], 0, "{report}");
+}
