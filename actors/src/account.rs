@@ -323,7 +323,6 @@ impl AccountActor {
 
     /// Queues a job for the next commit (the caller seals).
     fn enqueue(&mut self, job: Job) {
-        self.last_active = Instant::now();
         if let Some(code) = self.load_error {
             self.refuse(job, code);
             return;
@@ -378,8 +377,11 @@ impl AccountActor {
         self.pending_items -= items;
         self.publish_pending();
         self.credits_left(&jobs);
-        let now_ms = now_ms();
-        let draft = Draft::new(state, &self.shared, &self.recent_final, now_ms);
+        // Every job taken in is sealed (or refused) in the same turn: activity is dated
+        // here, once per commit.
+        let started = Instant::now();
+        self.last_active = started;
+        let draft = Draft::new(state, &self.shared, &self.recent_final);
         let Sealed { commit, outcome } = match draft.build(&jobs) {
             Ok(sealed) => sealed,
             Err(code) => {
@@ -388,7 +390,6 @@ impl AccountActor {
             }
         };
         self.in_flight = true;
-        let started = Instant::now();
         ctx.spawn(commit.into_actor(self).map(move |result, actor, ctx| {
             actor.in_flight = false;
             actor.shared.stats.record_commit(started.elapsed());

@@ -96,7 +96,8 @@ pub(crate) struct Draft<'a> {
     shared: &'a Shared,
     recent_final: &'a HashMap<HoldId, HoldState>,
     space: Keyspace,
-    now_ms: u64,
+    /// The wall clock in ms, read once and only by a draft that needs it (holds).
+    now_ms: Option<u64>,
     delta: Delta,
     /// Transfers drafted so far, borrowed from the jobs (a second request under an id
     /// gets the first one's result, or `transfer_exists_with_different_fields`).
@@ -116,14 +117,13 @@ impl<'a> Draft<'a> {
         base: &'a Loaded,
         shared: &'a Shared,
         recent_final: &'a HashMap<HoldId, HoldState>,
-        now_ms: u64,
     ) -> Self {
         Draft {
             base,
             shared,
             recent_final,
             space: shared.space,
-            now_ms,
+            now_ms: None,
             delta: Delta {
                 balance: base.balance,
                 frozen: base.frozen,
@@ -221,6 +221,10 @@ impl<'a> Draft<'a> {
                 Ok(Outcome::AccountCreated)
             }
         }
+    }
+
+    fn now_ms(&mut self) -> u64 {
+        *self.now_ms.get_or_insert_with(super::now_ms)
     }
 
     fn spec(&self) -> &AccountSpec {
@@ -394,7 +398,7 @@ impl<'a> Draft<'a> {
                 account: request.account.clone(),
                 amount: request.amount,
                 currency: request.currency,
-                expires_at_ms: request.expires_in_ms.map(|ms| self.now_ms + ms),
+                expires_at_ms: request.expires_in_ms.map(|ms| self.now_ms() + ms),
                 state: HoldState::Active,
             };
             set(txn, &key, &records::encode(&record));
@@ -499,7 +503,11 @@ impl<'a> Draft<'a> {
     }
 
     fn expire_due_holds(&mut self, txn: &mut dyn Transaction) {
-        for hold in self.base.due_holds(self.now_ms, EXPIRIES_PER_DRAFT_MAX) {
+        if self.base.expiries.is_empty() {
+            return;
+        }
+        let now_ms = self.now_ms();
+        for hold in self.base.due_holds(now_ms, EXPIRIES_PER_DRAFT_MAX) {
             self.finish_hold(txn, &hold, HoldState::Released { expired: true });
         }
     }

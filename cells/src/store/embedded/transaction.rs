@@ -357,7 +357,8 @@ impl Transaction for EmbeddedTransaction {
     fn commit(self: Box<Self>) -> BoxFuture<'static, Result<u64, CommitError>> {
         let this = *self;
         let max_ms = this.shared.options.transaction_duration_ms_max;
-        if this.begun.elapsed().as_millis() > u128::from(max_ms) {
+        let committing = Instant::now();
+        if committing.duration_since(this.begun).as_millis() > u128::from(max_ms) {
             return ready(Err(CommitError::Rejected(StoreError::TransactionTooOld {
                 max_ms,
             })));
@@ -375,7 +376,7 @@ impl Transaction for EmbeddedTransaction {
             reads: this.reads,
             requires: this.requires,
             begun: this.begun,
-            committing: Instant::now(),
+            committing,
             size_bytes: this.size_bytes,
             reply: Some(reply),
         };
