@@ -40,6 +40,12 @@ fn pack<T: TuplePack>(tuple: &T) -> Vec<u8> {
     })
 }
 
+/// Packs a tuple into `out`, replacing what it held (for keys a caller copies and drops).
+fn pack_into<T: TuplePack>(tuple: &T, out: &mut Vec<u8>) {
+    out.clear();
+    foundationdb_tuple::pack_into(tuple, out);
+}
+
 use crate::ids::{AccountId, DcId, HoldId, TransferId, UserId};
 use crate::records::OutboxKind;
 use crate::slot::Slot;
@@ -82,6 +88,11 @@ impl Keyspace {
         pack(&(self.tag(), ACCOUNT, account.as_str()))
     }
 
+    /// [`Keyspace::account`], written into `out`.
+    pub fn account_into(self, account: &AccountId, out: &mut Vec<u8>) {
+        pack_into(&(self.tag(), ACCOUNT, account.as_str()), out)
+    }
+
     /// Prefix of every account record (for audits).
     pub fn accounts_prefix(self) -> Vec<u8> {
         pack(&(self.tag(), ACCOUNT))
@@ -91,6 +102,11 @@ impl Keyspace {
     /// posting has sequence number `seq`.
     pub fn posting(self, account: &AccountId, seq: u64) -> Vec<u8> {
         pack(&(self.tag(), POSTING, account.as_str(), seq))
+    }
+
+    /// [`Keyspace::posting`], written into `out`.
+    pub fn posting_into(self, account: &AccountId, seq: u64, out: &mut Vec<u8>) {
+        pack_into(&(self.tag(), POSTING, account.as_str(), seq), out)
     }
 
     /// Range of an account's statement blocks that start at `seq >= from_seq` (the block
@@ -109,6 +125,11 @@ impl Keyspace {
         pack(&(self.tag(), TRANSFER, transfer.as_str()))
     }
 
+    /// [`Keyspace::transfer`], written into `out`.
+    pub fn transfer_into(self, transfer: &TransferId, out: &mut Vec<u8>) {
+        pack_into(&(self.tag(), TRANSFER, transfer.as_str()), out)
+    }
+
     /// Prefix of every transfer record (for audits).
     pub fn transfers_prefix(self) -> Vec<u8> {
         pack(&(self.tag(), TRANSFER))
@@ -118,6 +139,11 @@ impl Keyspace {
         pack(&(self.tag(), HOLD, hold.as_str()))
     }
 
+    /// [`Keyspace::hold`], written into `out`.
+    pub fn hold_into(self, hold: &HoldId, out: &mut Vec<u8>) {
+        pack_into(&(self.tag(), HOLD, hold.as_str()), out)
+    }
+
     /// Prefix of every hold record (for audits).
     pub fn holds_prefix(self) -> Vec<u8> {
         pack(&(self.tag(), HOLD))
@@ -125,6 +151,14 @@ impl Keyspace {
 
     pub fn account_hold(self, account: &AccountId, hold: &HoldId) -> Vec<u8> {
         pack(&(self.tag(), ACCOUNT_HOLD, account.as_str(), hold.as_str()))
+    }
+
+    /// [`Keyspace::account_hold`], written into `out`.
+    pub fn account_hold_into(self, account: &AccountId, hold: &HoldId, out: &mut Vec<u8>) {
+        pack_into(
+            &(self.tag(), ACCOUNT_HOLD, account.as_str(), hold.as_str()),
+            out,
+        )
     }
 
     /// Prefix of an account's active-hold index.
@@ -269,6 +303,26 @@ mod tests {
     /// The pinned prefixes cover exactly the fence keys (every slot's and every
     /// whitelisted user's owner record) and nothing a transfer writes; if they drifted from
     /// the fence keys, fence checks would silently walk the store's layers again.
+    #[test]
+    fn keys_written_into_a_used_buffer_are_the_same_keys() {
+        let account = AccountId::new("acct-7").unwrap();
+        let transfer = TransferId::new("t-42").unwrap();
+        let hold = HoldId::new("h:9").unwrap();
+        for space in [Keyspace::Real, Keyspace::Shadow] {
+            let mut out = b"stale bytes from an earlier key".to_vec();
+            space.account_into(&account, &mut out);
+            assert_eq!(out, space.account(&account));
+            space.posting_into(&account, 1 << 40, &mut out);
+            assert_eq!(out, space.posting(&account, 1 << 40));
+            space.transfer_into(&transfer, &mut out);
+            assert_eq!(out, space.transfer(&transfer));
+            space.hold_into(&hold, &mut out);
+            assert_eq!(out, space.hold(&hold));
+            space.account_hold_into(&account, &hold, &mut out);
+            assert_eq!(out, space.account_hold(&account, &hold));
+        }
+    }
+
     #[test]
     fn pinned_prefixes_cover_the_fence_keys_only() {
         let pinned = pinned_prefixes();

@@ -20,6 +20,15 @@ pub struct RecordError {
 }
 
 /// Encodes a record.
+/// Encodes `record` into `out`, replacing what it held (for values a caller copies and
+/// drops: no allocation once `out` has grown).
+pub fn encode_into<T: Serialize>(record: &T, out: &mut Vec<u8>) {
+    out.clear();
+    let buffer = std::mem::take(out);
+    // Serializing these plain structs into a Vec cannot fail.
+    *out = postcard::to_extend(record, buffer).expect("records always serialize");
+}
+
 pub fn encode<T: Serialize>(record: &T) -> Vec<u8> {
     thread_local! {
         static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -179,11 +188,19 @@ impl PostingBlock {
     /// The encoded block; leaves this one empty.
     pub fn take(&mut self) -> Vec<u8> {
         let mut value = Vec::with_capacity(self.postings.len() + 2);
-        value = postcard::to_extend(&self.count, value).expect("a count always serializes");
-        value.extend_from_slice(&self.postings);
+        self.write_into(&mut value);
+        value
+    }
+
+    /// Writes the encoded block into `out` (replacing what it held); leaves this one empty
+    /// with its buffer kept for the next block.
+    pub fn write_into(&mut self, out: &mut Vec<u8>) {
+        out.clear();
+        let buffer = std::mem::take(out);
+        *out = postcard::to_extend(&self.count, buffer).expect("a count always serializes");
+        out.extend_from_slice(&self.postings);
         self.postings.clear();
         self.count = 0;
-        value
     }
 }
 
@@ -315,6 +332,16 @@ mod tests {
             prop_assert!(block.is_empty());
             prop_assert!(bytes.len() <= crate::store::limits::VALUE_BYTES_MAX);
             prop_assert_eq!(&bytes, &encode(&postings));
+            // Written into a used buffer instead (what drafts do), and encoded into one.
+            for p in &postings {
+                block.push(p);
+            }
+            let mut reused = b"stale bytes".to_vec();
+            block.write_into(&mut reused);
+            prop_assert!(block.is_empty());
+            prop_assert_eq!(&reused, &bytes);
+            encode_into(&postings, &mut reused);
+            prop_assert_eq!(&reused, &bytes);
             prop_assert_eq!(decode_postings(&bytes).unwrap(), postings);
         }
     }

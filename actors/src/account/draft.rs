@@ -40,6 +40,42 @@ const _: () = assert!(
         <= TRANSACTION_BYTES_MAX
 );
 
+/// Buffers a draft writes keys and values through before the transaction copies them in,
+/// and its statement block. Every draft of a thread reuses the same ones (taken when the
+/// draft starts, given back when it is sealed), so a record written costs no allocation
+/// of its own: drafts allocated and freed several key and value buffers per transfer.
+#[derive(Default)]
+struct Scratch {
+    key: Vec<u8>,
+    value: Vec<u8>,
+    block_key: Vec<u8>,
+    block_value: Vec<u8>,
+    block: PostingBlock,
+}
+
+/// Largest buffer the thread keeps for the next draft (a bigger one is dropped).
+const SCRATCH_KEPT_BYTES_MAX: usize = 1 << 20;
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+impl Scratch {
+    fn take() -> Scratch {
+        SCRATCH.with_borrow_mut(std::mem::take)
+    }
+
+    fn give_back(self) {
+        assert!(self.block.is_empty(), "a sealed draft wrote its last block");
+        let kept = [&self.key, &self.value, &self.block_key, &self.block_value]
+            .iter()
+            .all(|buffer| buffer.capacity() <= SCRATCH_KEPT_BYTES_MAX);
+        if kept {
+            SCRATCH.with_borrow_mut(|slot| *slot = self);
+        }
+    }
+}
+
 /// A built commit and what it will change once durable.
 pub(crate) struct Sealed {
     pub commit: BoxFuture<'static, Result<u64, CommitError>>,
@@ -106,9 +142,10 @@ pub(crate) struct Draft<'a> {
     /// Outbox keys of the credit legs drafted so far, borrowed from the jobs.
     batch_credits: HashSet<&'a [u8]>,
     net_requested: bool,
-    /// Postings of this commit not yet written (one statement block per
-    /// [`records::BLOCK_POSTINGS_MAX`]), and the sequence number of the block's first.
-    block: PostingBlock,
+    /// Key and value buffers, and the postings of this commit not yet written (one
+    /// statement block per [`records::BLOCK_POSTINGS_MAX`]).
+    scratch: Scratch,
+    /// The sequence number of the block's first posting.
     block_first_seq: u64,
 }
 
@@ -142,7 +179,7 @@ impl<'a> Draft<'a> {
             batch_holds: HashMap::new(),
             batch_credits: HashSet::new(),
             net_requested: false,
-            block: PostingBlock::default(),
+            scratch: Scratch::take(),
             block_first_seq: base.next_seq,
         }
     }
@@ -173,25 +210,26 @@ impl<'a> Draft<'a> {
         self.delta.results.reserve(count);
         txn.reserve(count * ITEM_BYTES_TYPICAL + 256);
         // Every transfer and credit posts once.
-        self.block.reserve(transfers + credits);
+        self.scratch.block.reserve(transfers + credits);
         self.expire_due_holds(txn.as_mut());
         for job in jobs {
             for item in &job.items {
                 // An item's postings wait in the block; it pays for them and, when it fills
                 // the block, for the block's key.
-                let before = txn.size_bytes() + self.block.bytes();
+                let before = txn.size_bytes() + self.scratch.block.bytes();
                 let result = match &item.settled {
                     Some(result) => result.clone(),
                     None => self.apply(txn.as_mut(), &item.work),
                 };
                 assert!(
-                    txn.size_bytes() + self.block.bytes() - before <= ITEM_BYTES_MAX,
+                    txn.size_bytes() + self.scratch.block.bytes() - before <= ITEM_BYTES_MAX,
                     "item exceeds ITEM_BYTES_MAX"
                 );
                 self.delta.results.push(result);
             }
         }
         self.finish(txn.as_mut());
+        self.scratch.give_back();
         Ok(Sealed {
             commit: txn.commit(),
             outcome: self.delta,
@@ -245,24 +283,30 @@ impl<'a> Draft<'a> {
     }
 
     fn post(&mut self, txn: &mut dyn Transaction, posting: &PostingRecord) {
-        if self.block.is_empty() {
+        if self.scratch.block.is_empty() {
             self.block_first_seq = self.delta.next_seq;
         }
-        self.block.push(posting);
+        self.scratch.block.push(posting);
         self.delta.next_seq += 1;
         self.delta.balance += i128::from(posting.amount);
-        if self.block.is_full() {
+        if self.scratch.block.is_full() {
             self.write_block(txn);
         }
     }
 
     /// Writes the postings collected so far as one statement block.
     fn write_block(&mut self, txn: &mut dyn Transaction) {
-        if self.block.is_empty() {
+        let scratch = &mut self.scratch;
+        if scratch.block.is_empty() {
             return;
         }
-        let key = self.space.posting(&self.base.spec.id, self.block_first_seq);
-        set_owned(txn, key, self.block.take());
+        self.space.posting_into(
+            &self.base.spec.id,
+            self.block_first_seq,
+            &mut scratch.block_key,
+        );
+        scratch.block.write_into(&mut scratch.block_value);
+        set(txn, &scratch.block_key, &scratch.block_value);
     }
 
     fn transfer(
@@ -280,8 +324,8 @@ impl<'a> Draft<'a> {
                 Err(ErrorCode::TransferExistsWithDifferentFields)
             };
         }
-        let key = self.space.transfer(&request.id);
-        require(txn, &key, None);
+        self.space.transfer_into(&request.id, &mut self.scratch.key);
+        require(txn, &self.scratch.key, None);
         let amount = request.amount.signed();
         let (outcome, result) = if within_limit(self.spec(), self.available() - i128::from(amount))
         {
@@ -306,7 +350,9 @@ impl<'a> Draft<'a> {
             currency: request.currency,
             outcome,
         };
-        set_owned(txn, key, records::encode(&record));
+        // The key is still the transfer's: a debit writes through the block's buffers.
+        records::encode_into(&record, &mut self.scratch.value);
+        set(txn, &self.scratch.key, &self.scratch.value);
         self.batch_transfers
             .insert(&request.id, (request, result.clone()));
         result
@@ -390,8 +436,8 @@ impl<'a> Draft<'a> {
         }
         // The id must be new even when the hold is refused: if it exists (released or
         // captured earlier), the precondition fails and the retry gets the original outcome.
-        let key = self.space.hold(&request.id);
-        require(txn, &key, None);
+        self.space.hold_into(&request.id, &mut self.scratch.key);
+        require(txn, &self.scratch.key, None);
         let amount = i128::from(request.amount.signed());
         let result = if within_limit(self.spec(), self.available() - amount) {
             let record = HoldRecord {
@@ -401,12 +447,11 @@ impl<'a> Draft<'a> {
                 expires_at_ms: request.expires_in_ms.map(|ms| self.now_ms() + ms),
                 state: HoldState::Active,
             };
-            set(txn, &key, &records::encode(&record));
-            set(
-                txn,
-                &self.space.account_hold(&request.account, &request.id),
-                &[],
-            );
+            records::encode_into(&record, &mut self.scratch.value);
+            set(txn, &self.scratch.key, &self.scratch.value);
+            self.space
+                .account_hold_into(&request.account, &request.id, &mut self.scratch.key);
+            set(txn, &self.scratch.key, &[]);
             self.delta.frozen += amount;
             self.delta
                 .holds_added
@@ -495,8 +540,12 @@ impl<'a> Draft<'a> {
         let mut record = active.record.clone();
         self.delta.frozen -= i128::from(record.amount.signed());
         record.state = state.clone();
-        set(txn, &self.space.hold(hold), &records::encode(&record));
-        clear(txn, &self.space.account_hold(&record.account, hold));
+        self.space.hold_into(hold, &mut self.scratch.key);
+        records::encode_into(&record, &mut self.scratch.value);
+        set(txn, &self.scratch.key, &self.scratch.value);
+        self.space
+            .account_hold_into(&record.account, hold, &mut self.scratch.key);
+        clear(txn, &self.scratch.key);
         self.delta.holds_added.remove(hold);
         self.delta.holds_removed.insert(hold.clone());
         self.delta.finalized.push((hold.clone(), state));
@@ -554,8 +603,10 @@ impl<'a> Draft<'a> {
                 balance: self.delta.balance,
                 balance_through_seq: self.delta.next_seq,
             };
-            let key = self.space.account(&self.base.spec.id);
-            set_owned(txn, key, records::encode(&record));
+            self.space
+                .account_into(&self.base.spec.id, &mut self.scratch.key);
+            records::encode_into(&record, &mut self.scratch.value);
+            set(txn, &self.scratch.key, &self.scratch.value);
         }
         // INV-4: the commit lands only while this DC still owns the user's slot (and
         // whitelist entry) exactly as when the actor loaded.
@@ -574,11 +625,6 @@ fn same_hold(record: &HoldRecord, request: &HoldRequest) -> bool {
 
 // Items are bounded (ITEM_BYTES_MAX) and a batch fits the transaction limit (checked at
 // compile time above), so the store's limit checks cannot fail here.
-fn set_owned(txn: &mut dyn Transaction, key: Vec<u8>, value: Vec<u8>) {
-    txn.set_owned(key, value)
-        .expect("bounded items fit the transaction limits");
-}
-
 fn set(txn: &mut dyn Transaction, key: &[u8], value: &[u8]) {
     txn.set(key, value)
         .expect("bounded items fit the transaction limits");
