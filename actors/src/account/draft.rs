@@ -76,6 +76,14 @@ impl Scratch {
     }
 }
 
+/// Which kinds of item a draft holds more than one of.
+#[derive(Default, Clone, Copy)]
+struct Dedup {
+    transfers: bool,
+    holds: bool,
+    credits: bool,
+}
+
 /// A built commit and what it will change once durable.
 pub(crate) struct Sealed {
     pub commit: BoxFuture<'static, Result<u64, CommitError>>,
@@ -141,6 +149,9 @@ pub(crate) struct Draft<'a> {
     batch_holds: HashMap<HoldId, (HoldRequest, CommandResult)>,
     /// Outbox keys of the credit legs drafted so far, borrowed from the jobs.
     batch_credits: HashSet<&'a [u8]>,
+    /// Whether the draft holds more than one transfer, hold or credit leg (with one, the
+    /// matching set above stays empty: nothing can repeat it).
+    dedup: Dedup,
     net_requested: bool,
     /// Key and value buffers, and the postings of this commit not yet written (one
     /// statement block per [`records::BLOCK_POSTINGS_MAX`]).
@@ -178,6 +189,7 @@ impl<'a> Draft<'a> {
             batch_transfers: HashMap::new(),
             batch_holds: HashMap::new(),
             batch_credits: HashSet::new(),
+            dedup: Dedup::default(),
             net_requested: false,
             scratch: Scratch::take(),
             block_first_seq: base.next_seq,
@@ -202,9 +214,20 @@ impl<'a> Draft<'a> {
                 _ => {}
             }
         }
-        self.batch_transfers.reserve(transfers);
-        self.batch_credits.reserve(credits);
-        self.batch_holds.reserve(holds);
+        self.dedup = Dedup {
+            transfers: transfers > 1,
+            holds: holds > 1,
+            credits: credits > 1,
+        };
+        if self.dedup.transfers {
+            self.batch_transfers.reserve(transfers);
+        }
+        if self.dedup.credits {
+            self.batch_credits.reserve(credits);
+        }
+        if self.dedup.holds {
+            self.batch_holds.reserve(holds);
+        }
         self.delta.holds_added.reserve(holds);
         let count = items.count();
         self.delta.results.reserve(count);
@@ -353,8 +376,10 @@ impl<'a> Draft<'a> {
         // The key is still the transfer's: a debit writes through the block's buffers.
         records::encode_into(&record, &mut self.scratch.value);
         set(txn, &self.scratch.key, &self.scratch.value);
-        self.batch_transfers
-            .insert(&request.id, (request, result.clone()));
+        if self.dedup.transfers {
+            self.batch_transfers
+                .insert(&request.id, (request, result.clone()));
+        }
         result
     }
 
@@ -460,8 +485,10 @@ impl<'a> Draft<'a> {
         } else {
             Err(ErrorCode::InsufficientFunds)
         };
-        self.batch_holds
-            .insert(request.id.clone(), (request.clone(), result.clone()));
+        if self.dedup.holds {
+            self.batch_holds
+                .insert(request.id.clone(), (request.clone(), result.clone()));
+        }
         result
     }
 
@@ -562,7 +589,7 @@ impl<'a> Draft<'a> {
     }
 
     fn credit(&mut self, txn: &mut dyn Transaction, leg: &'a CreditLeg) -> CommandResult {
-        if !self.batch_credits.insert(&leg.key) {
+        if self.dedup.credits && !self.batch_credits.insert(&leg.key) {
             return Ok(Outcome::TransferAccepted);
         }
         assert_eq!(
