@@ -233,6 +233,22 @@ impl Job {
     }
 }
 
+/// Gives each job its share of a commit's results (one per item, in job order). Every
+/// job's share is consumed whether or not anyone waits for it: an internal job (credit
+/// legs, expiries) has no reply, and its results must not fall to the job after it.
+fn answer_jobs(jobs: Vec<Job>, results: Vec<CommandResult>) {
+    debug_assert_eq!(
+        results.len(),
+        jobs.iter().map(|job| job.items.len()).sum::<usize>()
+    );
+    let mut results = results.into_iter();
+    for job in jobs {
+        let mut share = results.by_ref().take(job.items.len());
+        job.answer(&mut share);
+        share.for_each(drop);
+    }
+}
+
 /// Snapshot of an account actor for metrics and the console.
 #[derive(Debug, Clone)]
 pub struct AccountSnapshot {
@@ -463,11 +479,7 @@ impl AccountActor {
             .fetch_add(credits_applied, std::sync::atomic::Ordering::AcqRel);
         metrics::counter!("tessera_actors_debits_committed_total").increment(debits);
         metrics::counter!("tessera_actors_credits_committed_total").increment(credits_applied);
-        let mut results = results.into_iter();
-        for job in jobs {
-            let answers = results.by_ref().take(job.items.len());
-            job.answer(answers);
-        }
+        answer_jobs(jobs, results);
         if !credits.is_empty() {
             self.deliver(credits);
         }
@@ -670,6 +682,11 @@ impl Handler<Tick> for AccountActor {
 
     fn handle(&mut self, _: Tick, ctx: &mut Self::Context) {
         self.tick(ctx);
+        // Ticks share the mailbox with wake-ups: a delivery whose wake-up found the
+        // mailbox full of ticks is taken here.
+        if ctx.state() == ActorState::Running {
+            self.pump(ctx);
+        }
     }
 }
 
@@ -805,5 +822,69 @@ impl AccountActor {
             origin: Origin::Internal,
             items,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::answers::BatchAnswers;
+    use cells::ledger::Outcome;
+    use futures::executor::block_on;
+
+    fn item(index: usize, work: Work) -> Item {
+        Item {
+            index,
+            work,
+            settled: None,
+        }
+    }
+
+    /// Regression: a client job after an internal one (credit legs, expiries, netting)
+    /// in the same commit got the internal job's results, so a refused transfer could be
+    /// acknowledged. Each job gets exactly its own share.
+    #[test]
+    fn a_client_job_after_an_internal_one_gets_its_own_results() {
+        let answers = BatchAnswers::new(8);
+        let jobs = vec![
+            Job {
+                origin: Origin::Internal,
+                items: vec![item(0, Work::Net), item(0, Work::Net)],
+            },
+            Job {
+                origin: Origin::Client(answers.reply()),
+                items: vec![
+                    item(5, Work::Client(AccountCommand::Lookup)),
+                    item(2, Work::Client(AccountCommand::Lookup)),
+                ],
+            },
+            Job {
+                origin: Origin::Internal,
+                items: vec![item(0, Work::Net)],
+            },
+            Job {
+                origin: Origin::Client(answers.reply()),
+                items: vec![item(7, Work::Client(AccountCommand::Lookup))],
+            },
+        ];
+        let results = vec![
+            Ok(Outcome::AccountCreated),
+            Ok(Outcome::AccountCreated),
+            Err(ErrorCode::InsufficientFunds),
+            Ok(Outcome::TransferAccepted),
+            Ok(Outcome::AccountCreated),
+            Err(ErrorCode::CurrencyMismatch),
+        ];
+        answer_jobs(jobs, results);
+        let mut answered = block_on(answers.all());
+        answered.sort_by_key(|(index, _)| *index);
+        assert_eq!(
+            answered,
+            vec![
+                (2, Ok(Outcome::TransferAccepted)),
+                (5, Err(ErrorCode::InsufficientFunds)),
+                (7, Err(ErrorCode::CurrencyMismatch)),
+            ]
+        );
     }
 }

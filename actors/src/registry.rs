@@ -150,15 +150,17 @@ impl Reserved {
         if wake && self.live.addr.try_send(Wake).is_err() {
             // Either the actor is stopping (once stopped it closes the inbox and answers
             // what it finds there, this delivery included) or its mailbox already holds
-            // [`WAKES_QUEUED_MAX`] wake-ups, any of which takes this delivery.
+            // [`WAKES_QUEUED_MAX`] wake-ups and housekeeping ticks, any of which takes
+            // this delivery.
             metrics::counter!("tessera_actors_wake_failed_total").increment(1);
         }
         Ok(())
     }
 }
 
-/// Wake-ups an account actor's mailbox holds (a backstop: an actor is sent one when its
-/// inbox is disarmed, and disarming needs the actor to run in between).
+/// Messages an account actor's mailbox holds: wake-ups (a backstop: an actor is sent one
+/// when its inbox is disarmed, and disarming needs the actor to run in between) and
+/// housekeeping ticks (one a tick period, skipped while the mailbox is full).
 const WAKES_QUEUED_MAX: usize = 64;
 
 /// What every actor of one ledger shares.
@@ -350,8 +352,8 @@ impl Shared {
         let counters = Arc::new(Counters::default());
         let actor_counters = Arc::clone(&counters);
         let addr = AccountActor::start_in_arbiter(arbiter, move |ctx| {
-            // Only wake-ups travel through the mailbox (deliveries go to the inbox, bounded
-            // by the reservation count above): a few at a time at most.
+            // Only wake-ups and ticks travel through the mailbox (deliveries go to the
+            // inbox, bounded by the reservation count above): a few at a time at most.
             ctx.set_mailbox_capacity(WAKES_QUEUED_MAX);
             AccountActor::new(id, shared, actor_counters)
         });
