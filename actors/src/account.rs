@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use actix::WeakAddr;
 use cells::ids::{AccountId, HoldId};
 use cells::ledger::{
     AccountView, CaptureRequest, CommandResult, ErrorCode, HoldRequest, TransferRequest,
@@ -697,22 +698,45 @@ impl Handler<Tick> for AccountActor {
 /// context each time the actor is woken, so a per-actor interval was polled at every
 /// delivery and commit completion (about 2 % of all CPU in `bench engine` hot-credit;
 /// BENCHMARKS.md).
+///
+/// Keeps its own list of the arbiter's actors (the registry hands it those started since
+/// the last tick), so ticking takes no lock the senders need; actors that stopped leave
+/// the list at the next tick. The list holds weak addresses: it keeps no actor alive.
 pub(crate) struct Housekeeper {
-    pub shared: Arc<Shared>,
-    pub arbiter: usize,
+    shared: Arc<Shared>,
+    arbiter: usize,
+    /// The arbiter's actors: at most the live ones and those started in one tick period.
+    actors: Vec<WeakAddr<AccountActor>>,
+}
+
+impl Housekeeper {
+    pub(crate) fn new(shared: Arc<Shared>, arbiter: usize) -> Self {
+        Housekeeper {
+            shared,
+            arbiter,
+            actors: Vec::new(),
+        }
+    }
+
+    fn tick(&mut self) {
+        self.actors.extend(self.shared.take_newcomers(self.arbiter));
+        self.actors.retain(|weak| match weak.upgrade() {
+            // Within the mailbox bound: an actor whose mailbox is full is busy (its
+            // wake-ups are queued) and gets the next tick.
+            Some(actor) if actor.connected() => {
+                let _ = actor.try_send(Tick);
+                true
+            }
+            _ => false,
+        });
+    }
 }
 
 impl Actor for Housekeeper {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.run_interval(self.shared.config.tick, |keeper, _| {
-            // Within the mailbox bound: an actor whose mailbox is full is busy (its
-            // wake-ups are queued) and gets the next tick.
-            for actor in keeper.shared.live_on(keeper.arbiter) {
-                let _ = actor.try_send(Tick);
-            }
-        });
+        ctx.run_interval(self.shared.config.tick, |keeper, _| keeper.tick());
     }
 }
 

@@ -101,10 +101,7 @@ impl Ledger {
         for (index, arbiter) in shared.arbiters().iter().enumerate() {
             let keeper_shared = Arc::clone(&shared);
             crate::account::Housekeeper::start_in_arbiter(arbiter, move |_| {
-                crate::account::Housekeeper {
-                    shared: keeper_shared,
-                    arbiter: index,
-                }
+                crate::account::Housekeeper::new(keeper_shared, index)
             });
         }
         Ledger {

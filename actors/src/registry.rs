@@ -9,7 +9,7 @@ use foldhash::{HashMap, HashMapExt};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 
-use actix::{Actor, Addr, ArbiterHandle};
+use actix::{Actor, Addr, ArbiterHandle, WeakAddr};
 use cells::ids::{AccountId, DcId};
 use cells::keys::Keyspace;
 use cells::ledger::ErrorCode;
@@ -30,8 +30,6 @@ pub(crate) type Specs = HashMap<AccountId, Option<Arc<AccountSpec>>>;
 struct Live {
     addr: Addr<AccountActor>,
     counters: Arc<Counters>,
-    /// Index of the arbiter the actor runs on.
-    arbiter: usize,
 }
 
 /// What a live actor shares with its senders, in one allocation: the bound on what is
@@ -171,6 +169,9 @@ pub struct Shared {
     pub stats: Arc<LedgerStats>,
     arbiters: Vec<ArbiterHandle>,
     actors: Mutex<HashMap<AccountId, Arc<Live>>>,
+    /// Per arbiter: actors started since its housekeeper last looked (taken every tick, so
+    /// at most the actors started in one tick period).
+    newcomers: Vec<Mutex<Vec<WeakAddr<AccountActor>>>>,
     relay: OnceLock<Addr<OutboxRelay>>,
     rescan_outbox: AtomicBool,
     directory: Mutex<HashMap<AccountId, Arc<AccountSpec>>>,
@@ -209,6 +210,7 @@ impl Shared {
             space: config.keyspace,
             config,
             stats: Arc::new(LedgerStats::default()),
+            newcomers: arbiters.iter().map(|_| Mutex::new(Vec::new())).collect(),
             arbiters,
             actors: Mutex::new(HashMap::new()),
             relay: OnceLock::new(),
@@ -357,11 +359,10 @@ impl Shared {
             ctx.set_mailbox_capacity(WAKES_QUEUED_MAX);
             AccountActor::new(id, shared, actor_counters)
         });
-        Live {
-            addr,
-            counters,
-            arbiter: index,
+        if let Ok(mut newcomers) = self.newcomers[index].lock() {
+            newcomers.push(addr.downgrade());
         }
+        Live { addr, counters }
     }
 
     /// The arbiters account actors run on.
@@ -369,15 +370,11 @@ impl Shared {
         &self.arbiters
     }
 
-    /// Addresses of the live account actors on arbiter `arbiter` (for the housekeeping
-    /// tick; at most `active_accounts_max`).
-    pub(crate) fn live_on(&self, arbiter: usize) -> Vec<Addr<AccountActor>> {
-        match self.actors.lock() {
-            Ok(actors) => actors
-                .values()
-                .filter(|live| live.arbiter == arbiter)
-                .map(|live| live.addr.clone())
-                .collect(),
+    /// Takes the actors started on arbiter `arbiter` since the last call (for its
+    /// housekeeper, which keeps its own list: the registry's lock is not held to tick).
+    pub(crate) fn take_newcomers(&self, arbiter: usize) -> Vec<WeakAddr<AccountActor>> {
+        match self.newcomers[arbiter].lock() {
+            Ok(mut newcomers) => std::mem::take(&mut *newcomers),
             Err(_) => Vec::new(),
         }
     }
