@@ -121,8 +121,11 @@ fn in_system<Fut: std::future::Future<Output = ()>>(body: impl FnOnce() -> Fut) 
 
 #[derive(Debug, Default)]
 struct ClientLog {
-    /// Accepted transfers: (id, payer, amount).
+    /// Accepted transfers to "shop": (id, payer, amount).
     accepted: Vec<(String, usize, i128)>,
+    /// Accepted transfers between payers: (id, payer, payee, amount). They put credit legs
+    /// into the payers' own commits, beside the clients' debits.
+    moved: Vec<(String, usize, usize, i128)>,
     /// Transfers refused for funds: (id, payer).
     rejected: Vec<(String, usize)>,
     /// Holds created and still active: (id, payer, amount).
@@ -139,9 +142,9 @@ fn expect_one(result: Vec<CommandResult>) -> CommandResult {
     result.into_iter().next().unwrap()
 }
 
-/// One client: transfers to "shop", holds it later releases or captures to "shop2", and
-/// now and then several transfers from different payers in one batch. Every answer must
-/// be a success or `insufficient_funds`.
+/// One client: transfers to "shop" (a quarter of them to another payer instead), holds it
+/// later releases or captures to "shop2", and now and then several transfers from
+/// different payers in one batch. Every answer must be a success or `insufficient_funds`.
 async fn client(ledger: Ledger, number: usize) -> ClientLog {
     let mut rng = StdRng::seed_from_u64(number as u64);
     let mut log = ClientLog::default();
@@ -176,17 +179,23 @@ async fn client(ledger: Ledger, number: usize) -> ClientLog {
             let payer = rng.random_range(0..PAYERS.len());
             let units = rng.random_range(50..=1_500u64);
             let id = format!("c{number}-s{step}-{part}");
+            let to_payer = (!is_hold && rng.random_bool(0.25))
+                .then(|| (payer + rng.random_range(1..PAYERS.len())) % PAYERS.len());
             commands.push(if is_hold {
                 hold(&id, PAYERS[payer], units, None)
             } else {
-                common::transfer(&id, PAYERS[payer], "shop", units)
+                let to = to_payer.map_or("shop", |to| PAYERS[to]);
+                common::transfer(&id, PAYERS[payer], to, units)
             });
-            meta.push((id, payer, i128::from(units)));
+            meta.push((id, payer, to_payer, i128::from(units)));
         }
         let results = run(&ledger, commands).await;
-        for (result, (id, payer, units)) in results.into_iter().zip(meta) {
+        for (result, (id, payer, to_payer, units)) in results.into_iter().zip(meta) {
             match (is_hold, result) {
-                (false, Ok(Outcome::TransferAccepted)) => log.accepted.push((id, payer, units)),
+                (false, Ok(Outcome::TransferAccepted)) => match to_payer {
+                    Some(to) => log.moved.push((id, payer, to, units)),
+                    None => log.accepted.push((id, payer, units)),
+                },
                 (false, Err(ErrorCode::InsufficientFunds)) => log.rejected.push((id, payer)),
                 (true, Ok(Outcome::HoldCreated)) => {
                     log.holds_created += 1;
@@ -225,6 +234,10 @@ async fn check_outcome(ledger: &Ledger, store: &dyn Store, logs: &[ClientLog]) {
             left[*payer] += units;
             shop += units;
         }
+        for (_, payer, to, units) in &log.moved {
+            left[*payer] += units;
+            left[*to] -= units;
+        }
         for (payer, units) in &log.captured {
             left[*payer] += units;
             shop2 += units;
@@ -236,7 +249,7 @@ async fn check_outcome(ledger: &Ledger, store: &dyn Store, logs: &[ClientLog]) {
         for (_, payer) in &log.rejected {
             rejected[*payer] += 1;
         }
-        transfers += log.accepted.len() + log.rejected.len();
+        transfers += log.accepted.len() + log.moved.len() + log.rejected.len();
         holds += log.holds_created;
         assert_eq!(
             log.holds_created,
@@ -264,7 +277,11 @@ async fn check_outcome(ledger: &Ledger, store: &dyn Store, logs: &[ClientLog]) {
     assert_eq!(views[3].0, shop);
     assert_eq!(views[4].0, shop2);
     assert_eq!(views[5].0, -FUNDING * 3);
-    let accepted: usize = logs.iter().map(|l| l.accepted.len()).sum();
+    let accepted: usize = logs.iter().map(|l| l.accepted.len() + l.moved.len()).sum();
+    assert!(
+        logs.iter().any(|l| !l.moved.is_empty()),
+        "no transfer between payers was accepted: their commits held no credit legs"
+    );
     assert_eq!(
         ledger.stats().debits(),
         (PAYERS.len() + accepted) as u64 + captures
@@ -284,6 +301,9 @@ async fn check_transfer_lookups(ledger: &Ledger, logs: &[ClientLog]) {
     let mut expected = HashMap::new();
     for log in logs {
         for (id, _, _) in &log.accepted {
+            expected.insert(id.clone(), TransferStatus::Completed);
+        }
+        for (id, _, _, _) in &log.moved {
             expected.insert(id.clone(), TransferStatus::Completed);
         }
         for (id, _) in &log.rejected {
