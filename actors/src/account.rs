@@ -223,7 +223,7 @@ impl Job {
 
     fn answer(self, results: impl IntoIterator<Item = CommandResult>) {
         if let Origin::Client(reply) = self.origin {
-            // The caller may have given up; its slots are then written for nobody.
+            // The caller may have given up; its answers are then kept for nobody.
             reply.answer(self.items.iter().map(|item| item.index).zip(results));
         }
     }

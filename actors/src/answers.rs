@@ -11,7 +11,7 @@
 //!
 //! Must never: let a reply answer twice, or leave the caller waiting for a reply that was
 //! dropped: a reply dropped unanswered (its message never delivered, or its actor stopped)
-//! counts as answered and leaves its slots empty, which the caller reports as
+//! counts as answered and leaves its commands without answers, which the caller reports as
 //! `outcome_unknown`.
 
 use std::future::Future;

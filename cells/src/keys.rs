@@ -27,15 +27,19 @@
 
 use foundationdb_tuple::TuplePack;
 
-/// Packs a tuple into an exact-size key (through a reused buffer: keys are written by the
-/// million, and kept by the store's log and memtable).
+/// Packs a tuple into an exact-size key.
 fn pack<T: TuplePack>(tuple: &T) -> Vec<u8> {
+    exact(|out| pack_into(tuple, out))
+}
+
+/// The key `write` puts into a buffer, as an exact-size allocation (through a reused
+/// buffer: keys are written by the million, and kept by the store's log and memtable).
+fn exact(write: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
     thread_local! {
         static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
     SCRATCH.with_borrow_mut(|scratch| {
-        scratch.clear();
-        foundationdb_tuple::pack_into(tuple, scratch);
+        write(scratch);
         scratch.as_slice().to_vec()
     })
 }
@@ -85,7 +89,7 @@ impl Keyspace {
     }
 
     pub fn account(self, account: &AccountId) -> Vec<u8> {
-        pack(&(self.tag(), ACCOUNT, account.as_str()))
+        exact(|out| self.account_into(account, out))
     }
 
     /// [`Keyspace::account`], written into `out`.
@@ -101,7 +105,7 @@ impl Keyspace {
     /// The key of the statement block ([`crate::records::PostingBlock`]) whose first
     /// posting has sequence number `seq`.
     pub fn posting(self, account: &AccountId, seq: u64) -> Vec<u8> {
-        pack(&(self.tag(), POSTING, account.as_str(), seq))
+        exact(|out| self.posting_into(account, seq, out))
     }
 
     /// [`Keyspace::posting`], written into `out`.
@@ -122,7 +126,7 @@ impl Keyspace {
     }
 
     pub fn transfer(self, transfer: &TransferId) -> Vec<u8> {
-        pack(&(self.tag(), TRANSFER, transfer.as_str()))
+        exact(|out| self.transfer_into(transfer, out))
     }
 
     /// [`Keyspace::transfer`], written into `out`.
@@ -136,7 +140,7 @@ impl Keyspace {
     }
 
     pub fn hold(self, hold: &HoldId) -> Vec<u8> {
-        pack(&(self.tag(), HOLD, hold.as_str()))
+        exact(|out| self.hold_into(hold, out))
     }
 
     /// [`Keyspace::hold`], written into `out`.
@@ -150,7 +154,7 @@ impl Keyspace {
     }
 
     pub fn account_hold(self, account: &AccountId, hold: &HoldId) -> Vec<u8> {
-        pack(&(self.tag(), ACCOUNT_HOLD, account.as_str(), hold.as_str()))
+        exact(|out| self.account_hold_into(account, hold, out))
     }
 
     /// [`Keyspace::account_hold`], written into `out`.

@@ -19,7 +19,6 @@ pub struct RecordError {
     pub source: postcard::Error,
 }
 
-/// Encodes a record.
 /// Encodes `record` into `out`, replacing what it held (for values a caller copies and
 /// drops: no allocation once `out` has grown).
 pub fn encode_into<T: Serialize>(record: &T, out: &mut Vec<u8>) {
@@ -29,6 +28,7 @@ pub fn encode_into<T: Serialize>(record: &T, out: &mut Vec<u8>) {
     *out = postcard::to_extend(record, buffer).expect("records always serialize");
 }
 
+/// Encodes a record.
 pub fn encode<T: Serialize>(record: &T) -> Vec<u8> {
     thread_local! {
         static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -37,10 +37,7 @@ pub fn encode<T: Serialize>(record: &T) -> Vec<u8> {
     // lives on in the store's memtable, and growth slack there is memory the process keeps
     // touching (most records are 20–80 bytes).
     SCRATCH.with_borrow_mut(|scratch| {
-        scratch.clear();
-        let scratch_buffer = std::mem::take(scratch);
-        // Serializing these plain structs into a Vec cannot fail.
-        *scratch = postcard::to_extend(record, scratch_buffer).expect("records always serialize");
+        encode_into(record, scratch);
         scratch.as_slice().to_vec()
     })
 }
