@@ -435,15 +435,8 @@ impl Memtable {
             .range::<KeyBytes, _>((Bound::Included(KeyBytes::new(prefix)), Bound::Unbounded))
             .take_while(move |(key, _)| self.spilled && key.as_slice().starts_with(prefix))
             .map(|(key, value)| (key.as_slice(), *value));
-        // Only a class whose prefixes can share keys with `prefix` is walked.
         self.hashed
             .iter()
-            .filter(move |class| {
-                class
-                    .prefixes
-                    .iter()
-                    .any(|own| own.starts_with(prefix) || prefix.starts_with(own))
-            })
             .flat_map(HashedKeys::iter)
             .filter(move |(key, _)| key.starts_with(prefix))
             .chain(ordered)
