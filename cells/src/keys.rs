@@ -187,17 +187,6 @@ impl Keyspace {
     }
 }
 
-/// Prefixes of the records that are written by the million and read by key, almost never
-/// by range: the transfer and hold records of both keyspaces (audits scan them). The
-/// embedded store keeps them in hash maps
-/// ([`crate::store::embedded::EmbeddedOptions::point_prefixes`]).
-pub fn point_prefixes() -> Vec<Vec<u8>> {
-    [Keyspace::Real, Keyspace::Shadow]
-        .into_iter()
-        .flat_map(|space| [space.transfers_prefix(), space.holds_prefix()])
-        .collect()
-}
-
 /// Prefixes of the records that are written once and cleared soon after: the outbox
 /// entries of both keyspaces (a credit leg lives there from the payer's commit to the
 /// payee's). The embedded store clears them without tombstones

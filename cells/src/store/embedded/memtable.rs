@@ -4,10 +4,9 @@
 //!
 //! A memtable maps a key to `Some(value)` or to a tombstone (`None`) that hides older
 //! layers. While no older layer exists, clears remove entries instead of leaving tombstones.
-//! Keys under the transient prefixes (the outbox) and under the point prefixes (transfer and
-//! hold records) live in hash maps beside the ordered B-tree, one set of maps per class:
-//! they are set and looked up by key far more often than they are range-read. Range reads
-//! and checkpoints merge them with the B-tree in key order.
+//! Keys under the transient prefixes (the outbox) live in a hash map beside the ordered
+//! B-tree: they are set, looked up and cleared once each, far more often than they are
+//! range-read. Range reads and checkpoints merge the two in key order.
 
 use std::borrow::{Borrow, Cow};
 use std::cmp::Ordering;
@@ -217,121 +216,42 @@ impl Arena {
     }
 }
 
-/// The key prefixes a memtable keeps in hash maps, one list per class: the store's transient
-/// prefixes, then its point prefixes. Each class has maps of its own, so a range read over
-/// one class never walks the other's keys.
-pub(crate) type HashedPrefixes = Arc<[Arc<[Vec<u8>]>]>;
+/// The key prefixes a memtable keeps in its hash map (the store's transient prefixes).
+pub(crate) type HashedPrefixes = Arc<[Vec<u8>]>;
 
-/// Most entries a memtable's hash maps hold under the transient prefixes. A range read over
-/// the transient prefixes gathers and sorts the map's entries in its range (an outbox rescan
-/// does so per page), which is cheap while few entries are alive, as in normal operation.
-/// When legs pile up (a peer DC down for long), the memtable moves them into its B-tree once
-/// and keeps hashed keys there until it is replaced, so such reads stay O(log n) per page.
+/// Most entries a memtable's hash map holds. A range read over the transient prefixes
+/// gathers and sorts the map's entries in its range (an outbox rescan does so per page),
+/// which is cheap while few entries are alive, as in normal operation. When legs pile up
+/// (a peer DC down for long), the memtable moves them into its B-tree once and keeps
+/// transient keys there until it is replaced, so such reads stay O(log n) per page.
 ///
-/// The maps spill when a range read gathers more than [`HASHED_RANGE_ROWS_MAX`] rows from
-/// them (what a pile-up costs, or an audit's scan of the point prefixes), or at this many
-/// transient entries whatever the reads. Under full load the credit legs in flight alone are
-/// ~130,000 (with the tombstones of those a frozen memtable holds, twice that), and spilling
-/// them made every later leg's set and clear a B-tree walk: 4 % more of all CPU in
-/// `bench dcs` from then on. Point keys have no count of their own: the memtable's byte
-/// limit bounds them.
+/// The map spills when a range read gathers more than [`HASHED_RANGE_ROWS_MAX`] rows from
+/// it (what a pile-up costs), or at this many entries whatever the reads. Under full load
+/// the credit legs in flight alone are ~130,000 (with the tombstones of those a frozen
+/// memtable holds, twice that), and spilling them made every later leg's set and clear a
+/// B-tree walk: 4 % more of all CPU in `bench dcs` from then on.
 const HASHED_ENTRIES_MAX: usize = if cfg!(test) { 4 } else { 1_048_576 };
 
-/// Rows a range read may gather from a memtable's hash maps before it asks the memtable to
+/// Rows a range read may gather from a memtable's hash map before it asks the memtable to
 /// spill (see [`HASHED_ENTRIES_MAX`]): one DC's outbox rescan gathers its own slots' legs,
 /// about a third of those in flight at full load.
 const HASHED_RANGE_ROWS_MAX: usize = if cfg!(test) { 2 } else { 131_072 };
 
-/// Hash maps one class of hashed keys is split over. Growing a map rehashes its keys while
-/// a commit waits; with a million point keys in one map, one doubling moved all of them.
-const HASHED_SHARDS: usize = if cfg!(test) { 2 } else { 16 };
-
-/// Seed of the hash that picks a key's map (the maps hash with seeds of their own, so the
-/// bits that picked the map still tell keys apart inside it).
-const SHARD_SEED: u64 = 0x7e55_e2a5_0c1d_9b4f;
-
-type HashedMap = HashMap<MemKey, Option<ValueRef>, foldhash::fast::RandomState>;
-
-/// The keys of one class of hashed prefixes, in [`HASHED_SHARDS`] hash maps.
-#[derive(Debug)]
-struct HashedKeys {
-    prefixes: Arc<[Vec<u8>]>,
-    shards: Box<[HashedMap]>,
-    len: usize,
-}
-
-impl HashedKeys {
-    fn new(prefixes: Arc<[Vec<u8>]>) -> Self {
-        HashedKeys {
-            prefixes,
-            shards: (0..HASHED_SHARDS).map(|_| HashedMap::default()).collect(),
-            len: 0,
-        }
-    }
-
-    fn covers(&self, key: &[u8]) -> bool {
-        under_any(&self.prefixes, key)
-    }
-
-    fn shard(&self, key: &[u8]) -> usize {
-        use std::hash::BuildHasher;
-        let hash = foldhash::fast::FixedState::with_seed(SHARD_SEED).hash_one(key);
-        (hash >> 32) as usize % HASHED_SHARDS
-    }
-
-    fn get(&self, key: &[u8]) -> Option<&Option<ValueRef>> {
-        self.shards[self.shard(key)].get(key)
-    }
-
-    /// The entry of `key`, and whether it is new.
-    fn entry(
-        &mut self,
-        key: &[u8],
-    ) -> std::collections::hash_map::Entry<'_, MemKey, Option<ValueRef>> {
-        let shard = self.shard(key);
-        let entry = self.shards[shard].entry(MemKey::new(key));
-        if matches!(entry, std::collections::hash_map::Entry::Vacant(_)) {
-            self.len += 1;
-        }
-        entry
-    }
-
-    fn remove(&mut self, key: &[u8]) -> bool {
-        let shard = self.shard(key);
-        let removed = self.shards[shard].remove(key).is_some();
-        self.len -= usize::from(removed);
-        removed
-    }
-
-    fn iter(&self) -> impl Iterator<Item = (&[u8], Option<ValueRef>)> {
-        self.shards
-            .iter()
-            .flatten()
-            .map(|(key, value)| (key.as_slice(), *value))
-    }
-
-    fn drain(&mut self) -> impl Iterator<Item = (MemKey, Option<ValueRef>)> + '_ {
-        self.len = 0;
-        self.shards.iter_mut().flat_map(std::mem::take)
-    }
-}
-
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct Memtable {
     /// Every key not under a hashed prefix, in order.
     map: BTreeMap<MemKey, Option<ValueRef>>,
-    /// Keys under the hashed prefixes, one [`HashedKeys`] per class of
-    /// [`HashedPrefixes`]: the transient outbox entries (each set once, looked up once and
-    /// cleared, by the hundred thousand a second, few alive at a time), and the point keys
-    /// (transfer and hold records: set by the million, read by key, range-read only by
-    /// audits). A hash map makes those operations O(1) instead of walks down a B-tree of
+    /// Keys under the hashed prefixes (the transient outbox entries: each set once, looked
+    /// up once and cleared, by the hundred thousand a second, and few alive at a time).
+    /// A hash map makes those three operations O(1) instead of three walks down a B-tree of
     /// millions of entries; range reads, rare on these prefixes, gather and sort them.
-    hashed: Box<[HashedKeys]>,
-    /// Set once the transient keys passed [`HASHED_ENTRIES_MAX`], or a range read asked for
-    /// it: every key is in the B-tree.
+    hashed: HashMap<MemKey, Option<ValueRef>, foldhash::fast::RandomState>,
+    prefixes: HashedPrefixes,
+    /// Set once the hash map passed [`HASHED_ENTRIES_MAX`], or a range read asked for it:
+    /// every key is in the B-tree.
     spilled: bool,
     /// Set by a range read that gathered more than [`HASHED_RANGE_ROWS_MAX`] rows from the
-    /// hash maps (readers hold the tables shared); the next write spills.
+    /// hash map (readers hold the tables shared); the next write spills.
     spill_wanted: AtomicBool,
     values: Arena,
     /// Bytes held: keys, entry overhead, and every value ever written (an overwritten
@@ -340,26 +260,17 @@ pub(crate) struct Memtable {
 }
 
 impl Memtable {
-    /// An empty memtable that keeps keys under `prefixes` in its hash maps.
+    /// An empty memtable that keeps keys under `prefixes` in its hash map.
     pub(crate) fn new(prefixes: HashedPrefixes) -> Self {
         Memtable {
-            map: BTreeMap::new(),
-            hashed: prefixes.iter().cloned().map(HashedKeys::new).collect(),
-            spilled: false,
-            spill_wanted: AtomicBool::new(false),
-            values: Arena::default(),
-            bytes: 0,
+            prefixes,
+            ..Memtable::default()
         }
     }
 
     /// An empty memtable with the same hashed prefixes (the next active one).
     pub(crate) fn successor(&self) -> Self {
-        Memtable::new(
-            self.hashed
-                .iter()
-                .map(|class| Arc::clone(&class.prefixes))
-                .collect(),
-        )
+        Memtable::new(Arc::clone(&self.prefixes))
     }
 
     pub(crate) fn bytes(&self) -> usize {
@@ -367,28 +278,22 @@ impl Memtable {
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.map.len() + self.hashed.iter().map(|class| class.len).sum::<usize>()
+        self.map.len() + self.hashed.len()
     }
 
-    /// The class of hashed keys `key` belongs to, if any (none once spilled).
-    fn class_of(&self, key: &[u8]) -> Option<usize> {
-        if self.spilled {
-            return None;
-        }
-        self.hashed.iter().position(|class| class.covers(key))
+    fn is_hashed(&self, key: &[u8]) -> bool {
+        !self.spilled && under_any(&self.prefixes, key)
     }
 
-    /// Moves the hash maps' entries into the B-tree (see [`HASHED_ENTRIES_MAX`]).
+    /// Moves the hash map's entries into the B-tree (see [`HASHED_ENTRIES_MAX`]).
     fn spill(&mut self) {
         self.spilled = true;
         metrics::counter!("tessera_store_memtable_transient_spills_total").increment(1);
         tracing::info!(
-            entries = self.hashed.iter().map(|class| class.len).sum::<usize>(),
-            "memtable keeps hashed keys in its B-tree from now on"
+            entries = self.hashed.len(),
+            "memtable keeps transient keys in its B-tree from now on"
         );
-        for class in self.hashed.iter_mut() {
-            self.map.extend(class.drain());
-        }
+        self.map.extend(std::mem::take(&mut self.hashed));
     }
 
     fn value(&self, value: Option<ValueRef>) -> Option<&[u8]> {
@@ -398,7 +303,9 @@ impl Memtable {
     /// Every entry in key order (the checkpoint ingests them in order).
     pub(crate) fn entries(&self) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
         let hashed = gather_in_order(
-            self.hashed.iter().flat_map(HashedKeys::iter),
+            self.hashed
+                .iter()
+                .map(|(key, value)| (key.as_slice(), *value)),
             |_| true,
             false,
         );
@@ -408,7 +315,7 @@ impl Memtable {
             .map(|(key, value)| (key.as_slice(), *value))
             .peekable();
         let mut hashed = hashed.into_iter().peekable();
-        // The B-tree and the hash maps hold disjoint keys: take the smaller head each time.
+        // The two maps hold disjoint keys: take the smaller head each time.
         std::iter::from_fn(move || {
             let from_hashed = match (ordered.peek(), hashed.peek()) {
                 (Some(a), Some(b)) => compare_keys(b.0, a.0) == Ordering::Less,
@@ -425,7 +332,7 @@ impl Memtable {
     }
 
     /// The entries whose keys start with `prefix`, a hashed prefix (in no particular order):
-    /// in the hash maps, or in the B-tree once the memtable spilled.
+    /// in the hash map, or in the B-tree once the memtable spilled.
     fn with_hashed_prefix<'a>(
         &'a self,
         prefix: &'a [u8],
@@ -433,25 +340,24 @@ impl Memtable {
         let ordered = self
             .map
             .range::<KeyBytes, _>((Bound::Included(KeyBytes::new(prefix)), Bound::Unbounded))
-            .take_while(move |(key, _)| self.spilled && key.as_slice().starts_with(prefix))
-            .map(|(key, value)| (key.as_slice(), *value));
+            .take_while(move |(key, _)| self.spilled && key.as_slice().starts_with(prefix));
         self.hashed
             .iter()
-            .flat_map(HashedKeys::iter)
-            .filter(move |(key, _)| key.starts_with(prefix))
+            .filter(move |(key, _)| key.as_slice().starts_with(prefix))
             .chain(ordered)
-            .map(|(key, value)| (key, self.value(value)))
+            .map(|(key, value)| (key.as_slice(), self.value(*value)))
     }
 
     pub(crate) fn lookup(&self, key: &[u8]) -> Option<Option<&[u8]>> {
-        let value = match self.class_of(key) {
-            Some(class) => self.hashed[class].get(key),
-            None => self.map.get(KeyBytes::new(key)),
+        let value = if self.is_hashed(key) {
+            self.hashed.get(key)
+        } else {
+            self.map.get(KeyBytes::new(key))
         };
         value.map(|value| self.value(*value))
     }
 
-    /// Spills the hash maps if a range read asked for it (see [`HASHED_RANGE_ROWS_MAX`]).
+    /// Spills the hash map if a range read asked for it (see [`HASHED_RANGE_ROWS_MAX`]).
     fn spill_if_wanted(&mut self) {
         if *self.spill_wanted.get_mut() && !self.spilled {
             self.spill();
@@ -460,26 +366,24 @@ impl Memtable {
 
     fn insert(&mut self, key: &[u8], value: Option<&[u8]>) {
         use std::collections::{btree_map, hash_map};
-        let class = self.class_of(key);
+        let hashed = self.is_hashed(key);
         let values = &mut self.values;
-        let added = match class {
-            Some(class) => {
-                let added = match self.hashed[class].entry(key) {
-                    hash_map::Entry::Occupied(entry) => {
-                        overwrite_entry(values, entry.into_mut(), value)
-                    }
-                    hash_map::Entry::Vacant(entry) => {
-                        entry.insert(value.map(|value| values.push(value)));
-                        new_entry_bytes(key, value)
-                    }
-                };
-                // Only the transient class (the first) counts: see HASHED_ENTRIES_MAX.
-                if class == 0 && self.hashed[class].len > HASHED_ENTRIES_MAX {
-                    self.spill();
+        let added = if hashed {
+            let added = match self.hashed.entry(MemKey::new(key)) {
+                hash_map::Entry::Occupied(entry) => {
+                    overwrite_entry(values, entry.into_mut(), value)
                 }
-                added
+                hash_map::Entry::Vacant(entry) => {
+                    entry.insert(value.map(|value| values.push(value)));
+                    new_entry_bytes(key, value)
+                }
+            };
+            if self.hashed.len() > HASHED_ENTRIES_MAX {
+                self.spill();
             }
-            None => match self.map.entry(MemKey::new(key)) {
+            added
+        } else {
+            match self.map.entry(MemKey::new(key)) {
                 btree_map::Entry::Occupied(entry) => {
                     overwrite_entry(values, entry.into_mut(), value)
                 }
@@ -487,15 +391,16 @@ impl Memtable {
                     entry.insert(value.map(|value| values.push(value)));
                     new_entry_bytes(key, value)
                 }
-            },
+            }
         };
         self.bytes += added;
     }
 
     fn remove(&mut self, key: &[u8]) {
-        let removed = match self.class_of(key) {
-            Some(class) => self.hashed[class].remove(key),
-            None => self.map.remove(KeyBytes::new(key)).is_some(),
+        let removed = if self.is_hashed(key) {
+            self.hashed.remove(key).is_some()
+        } else {
+            self.map.remove(KeyBytes::new(key)).is_some()
         };
         if removed {
             self.bytes -= key.len() + ENTRY_OVERHEAD_BYTES;
@@ -503,7 +408,7 @@ impl Memtable {
     }
 
     /// The entries of `[begin, end)`: the ordered map's and, when the range reaches a
-    /// class of hashed prefixes, that class's (gathered and sorted): sources of disjoint keys.
+    /// hashed prefix, the hashed ones (gathered and sorted), as two sources of disjoint keys.
     fn range_sources<'a>(&'a self, begin: &[u8], end: &[u8], reverse: bool) -> Vec<Source<'a>> {
         let bounds = (
             Bound::Included(KeyBytes::new(begin)),
@@ -517,17 +422,20 @@ impl Memtable {
             ))
         };
         let ordered = range.map(|(key, value)| (key.as_slice(), *value));
-        let mut sources: Vec<Source<'a>> = Vec::with_capacity(3);
+        let mut sources: Vec<Source<'a>> = Vec::with_capacity(2);
         if reverse {
             sources.push(Box::new(ordered.rev().map(entry)));
         } else {
             sources.push(Box::new(ordered.map(entry)));
         }
-        for class in self.hashed.iter() {
-            if class.len == 0 || !class.prefixes.iter().any(|p| overlaps(p, begin, end)) {
-                continue;
-            }
-            let rows = gather_in_order(class.iter(), |key| key >= begin && key < end, reverse);
+        if !self.hashed.is_empty() && self.prefixes.iter().any(|p| overlaps(p, begin, end)) {
+            let rows = gather_in_order(
+                self.hashed
+                    .iter()
+                    .map(|(key, value)| (key.as_slice(), *value)),
+                |key| key >= begin && key < end,
+                reverse,
+            );
             if rows.len() > HASHED_RANGE_ROWS_MAX {
                 self.spill_wanted.store(true, AtomicOrdering::Relaxed);
             }
@@ -720,16 +628,12 @@ pub(crate) struct Tables {
 }
 
 impl Tables {
-    /// Tables whose memtables hash the keys under the transient prefixes and under
-    /// `point_prefixes` (see [`super::EmbeddedOptions::point_prefixes`]).
     pub(crate) fn new(
         checkpoint_empty: bool,
         transient: Transient,
-        point_prefixes: Vec<Vec<u8>>,
         pinned: Option<Pinned>,
     ) -> Self {
-        let hashed: HashedPrefixes =
-            Arc::from([transient.prefixes.clone().into(), point_prefixes.into()]);
+        let hashed: HashedPrefixes = transient.prefixes.clone().into();
         Tables {
             active: Memtable::new(hashed),
             frozen: None,
@@ -1038,22 +942,19 @@ mod tests {
 
     proptest! {
         /// Overwrites in place (a value no longer than the one it replaces) and appended
-        /// ones read back exactly as a model map says, in the B-tree and in both classes of
-        /// hashed keys, through lookups and the ordered entries.
+        /// ones read back exactly as a model map says, in the B-tree and in the hashed
+        /// part, through lookups and the ordered entries.
         #[test]
         fn overwrites_read_back_as_written(
             ops in proptest::collection::vec(
-                (0usize..3, 0u8..6, proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40))),
+                (any::<bool>(), 0u8..6, proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40))),
                 1..200,
             ),
         ) {
-            let mut memtable = Memtable::new(std::sync::Arc::from([
-                std::sync::Arc::from(vec![b"h".to_vec()]),
-                std::sync::Arc::from(vec![b"p".to_vec()]),
-            ]));
+            let mut memtable = Memtable::new(std::sync::Arc::from(vec![b"h".to_vec()]));
             let mut model: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
-            for (class, index, value) in ops {
-                let key = vec![[b'h', b'p', b'o'][class], index];
+            for (hashed, index, value) in ops {
+                let key = vec![if hashed { b'h' } else { b'o' }, index];
                 memtable.insert(&key, value.as_deref());
                 model.insert(key, value);
                 for (key, value) in &model {
@@ -1079,10 +980,7 @@ mod tests {
     /// range reads never spill: a pile-up would then sort the same rows once per page).
     #[test]
     fn a_large_hashed_range_read_spills_the_memtable_at_the_next_write() {
-        let mut memtable = Memtable::new(std::sync::Arc::from([
-            std::sync::Arc::from(vec![b"h".to_vec()]),
-            std::sync::Arc::from(vec![b"p".to_vec()]),
-        ]));
+        let mut memtable = Memtable::new(std::sync::Arc::from(vec![b"h".to_vec()]));
         let rows = super::HASHED_RANGE_ROWS_MAX + 1;
         assert!(
             rows <= super::HASHED_ENTRIES_MAX,
@@ -1108,43 +1006,9 @@ mod tests {
         assert!(!memtable.spilled, "a read alone changes nothing");
         memtable.spill_if_wanted();
         assert!(memtable.spilled, "the read asked for a spill");
-        assert!(memtable
-            .hashed
-            .iter()
-            .all(|class| class.len == 0 && class.iter().next().is_none()));
+        assert!(memtable.hashed.is_empty());
         assert_eq!(read(&memtable), before);
         assert_eq!(memtable.lookup(&[b'h', 0]), Some(Some(&[0u8][..])));
-    }
-
-    /// Point keys have no count limit (the memtable's bytes bound them): past
-    /// `HASHED_ENTRIES_MAX` of them the memtable still hashes them (fails if the count of
-    /// point keys spilled), and a range read of the point class alone returns its keys in
-    /// order, none of the transient class.
-    #[test]
-    fn point_keys_stay_hashed_past_the_transient_count() {
-        let mut memtable = Memtable::new(std::sync::Arc::from([
-            std::sync::Arc::from(vec![b"h".to_vec()]),
-            std::sync::Arc::from(vec![b"p".to_vec()]),
-        ]));
-        let count = super::HASHED_ENTRIES_MAX as u8 * 2;
-        for index in (0..count).rev() {
-            memtable.insert(&[b'p', index], Some(&[index]));
-        }
-        memtable.insert(b"h1", Some(b"transient"));
-        assert!(!memtable.spilled, "point keys do not count toward a spill");
-        assert_eq!(memtable.hashed[1].len, usize::from(count));
-        assert!(memtable.map.is_empty());
-        let sources = memtable.range_sources(b"p", b"q", false);
-        let keys: Vec<Vec<u8>> = sources
-            .into_iter()
-            .flatten()
-            .map(|entry| entry.expect("memory").0.into_owned())
-            .collect();
-        let expected: Vec<Vec<u8>> = (0..count).map(|index| vec![b'p', index]).collect();
-        assert_eq!(keys, expected);
-        memtable.remove(&[b'p', 0]);
-        assert_eq!(memtable.lookup(&[b'p', 0]), None);
-        assert_eq!(memtable.len(), usize::from(count));
     }
 
     proptest! {

@@ -149,17 +149,6 @@ pub struct EmbeddedOptions {
     /// them to keys with few live entries). Any prefixes are correct; they only change what
     /// is kept and what costs what. Default: [`crate::keys::transient_prefixes`].
     pub transient_prefixes: Vec<Vec<u8>>,
-    /// Prefixes of keys that are written by the million, read by key and almost never by
-    /// range (Tessera's transfer and hold records: every transfer writes one, and checks
-    /// that its id is new). Memtables keep these keys in hash maps of their own, not the
-    /// ordered B-tree: setting or reading one costs a hash lookup instead of a walk down a
-    /// B-tree of millions of entries, which was the commit thread's largest cost. A range
-    /// read that reaches these prefixes (an audit) gathers and sorts the memtable's keys in
-    /// its range, and past 131,072 rows makes the memtable move its hashed keys into its
-    /// B-tree at the next write (a pause of the committer proportional to their number, once
-    /// per memtable). Checkpoints sort them. Any prefixes are correct; they only change what
-    /// costs what. Default: [`crate::keys::point_prefixes`].
-    pub point_prefixes: Vec<Vec<u8>>,
     /// Prefixes of keys that are few and read by most commits (Tessera's fences: the owner
     /// records). The store keeps every key under them in a hash map beside the layers, loaded
     /// from the checkpoint at open and kept in step by every write, so a point read of one
@@ -186,7 +175,6 @@ impl Default for EmbeddedOptions {
             transaction_duration_ms_max: TRANSACTION_DURATION_MS_MAX,
             failpoint: None,
             transient_prefixes: crate::keys::transient_prefixes(),
-            point_prefixes: crate::keys::point_prefixes(),
             pinned_prefixes: crate::keys::pinned_prefixes(),
             sync_gap_max: std::time::Duration::ZERO,
         }
@@ -283,12 +271,7 @@ impl EmbeddedStore {
         let checkpoint_empty = position == 0 && keyspace.is_empty().map_err(checkpoint::fjall)?;
         let transient = memtable::Transient::load(options.transient_prefixes.clone(), &keyspace)?;
         let pinned = memtable::Pinned::load(options.pinned_prefixes.clone(), &keyspace)?;
-        let mut tables = Tables::new(
-            checkpoint_empty,
-            transient,
-            options.point_prefixes.clone(),
-            pinned,
-        );
+        let mut tables = Tables::new(checkpoint_empty, transient, pinned);
         let replay = wal::replay(dir, position, &mut tables, &keyspace)?;
         let elapsed = started.elapsed();
         metrics::histogram!("tessera_store_recovery_seconds").record(elapsed.as_secs_f64());

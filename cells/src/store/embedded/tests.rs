@@ -542,8 +542,8 @@ fn apply(
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
-    /// Transient prefixes (clears without tombstones), point prefixes (keys in hash maps of
-    /// their own) and pinned prefixes (keys kept in memory beside the layers; past `PINNED_KEYS_MAX`, 16 in tests, pinning stops) cover
+    /// Transient prefixes (clears without tombstones) and pinned prefixes (keys kept in
+    /// memory beside the layers; past `PINNED_KEYS_MAX`, 16 in tests, pinning stops) cover
     /// none, some or all of the model's keys; checkpoints run beside the commits and reopens
     /// rebuild what the store knows of the checkpoint's transient and pinned keys.
     #[test]
@@ -555,12 +555,11 @@ proptest! {
             Just(vec![b"m".to_vec()]),
             Just(vec![vec![b'm', 3], vec![b'm', 17], vec![b'm', 30]]),
         ],
-        point_prefixes in point_prefixes(),
         pinned_prefixes in pinned_prefixes(),
     ) {
         let dir = tempfile::tempdir().expect("dir");
         let options = EmbeddedOptions { memtable_bytes_max: 2048, wal_bytes_max: 4096,
-            transient_prefixes, point_prefixes, pinned_prefixes, ..tiny_options() };
+            transient_prefixes, pinned_prefixes, ..tiny_options() };
         let mut store = open(dir.path(), options.clone());
         let mut model = BTreeMap::new();
         for (operations, reopen) in &transactions {
@@ -582,16 +581,6 @@ proptest! {
 
 /// Pinned prefixes for the model tests: none, a few keys (always pinned), or all of them
 /// (more than `PINNED_KEYS_MAX` in tests, so pinning may stop midway, or at a reopen).
-/// Point prefixes (keys in hash maps of their own) over none, some or all of the model's
-/// keys, and overlapping the transient ones (the transient class then takes the key).
-fn point_prefixes() -> impl Strategy<Value = Vec<Vec<u8>>> {
-    prop_oneof![
-        Just(Vec::new()),
-        Just(vec![vec![b'm', 2], vec![b'm', 3], vec![b'm', 20]]),
-        Just(vec![b"m".to_vec()]),
-    ]
-}
-
 fn pinned_prefixes() -> impl Strategy<Value = Vec<Vec<u8>>> {
     prop_oneof![
         Just(Vec::new()),
@@ -659,12 +648,11 @@ proptest! {
             Just(vec![b"m".to_vec()]),
             Just(vec![vec![b'm', 3], vec![b'm', 7], vec![b'm', 11]]),
         ],
-        point_prefixes in point_prefixes(),
         pinned_prefixes in pinned_prefixes(),
     ) {
         let dir = tempfile::tempdir().expect("dir");
         let options = EmbeddedOptions { memtable_bytes_max: 2048, wal_bytes_max: 4096,
-            transient_prefixes, point_prefixes, pinned_prefixes, ..tiny_options() };
+            transient_prefixes, pinned_prefixes, ..tiny_options() };
         let store = open(dir.path(), options);
         let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
         for wave in &waves {
