@@ -84,10 +84,7 @@ pub struct CreditLeg {
 pub(crate) enum Delivery {
     /// Commands of a client batch (with their indexes in it); the reply is written once
     /// they are durable.
-    Execute {
-        commands: Vec<(usize, AccountCommand)>,
-        reply: Reply,
-    },
+    Execute { items: Vec<Item>, reply: Reply },
     /// Credit legs from the outbox (sent by the relay).
     Credits(Vec<CreditLeg>),
 }
@@ -95,7 +92,7 @@ pub(crate) enum Delivery {
 impl Delivery {
     pub(crate) fn items(&self) -> usize {
         match self {
-            Delivery::Execute { commands, .. } => commands.len(),
+            Delivery::Execute { items, .. } => items.len(),
             Delivery::Credits(legs) => legs.len(),
         }
     }
@@ -276,7 +273,13 @@ pub struct AccountActor {
     /// relay before it sends, lowered here when a job holding them leaves `pending`, into a
     /// draft or refused, and when a rescanned leg turns out to be applied already).
     counters: Arc<Counters>,
+    /// An empty buffer that `pump` swaps into the inbox for senders to fill (so a delivery
+    /// costs them no allocation), taking the inbox's filled one.
+    spare_deliveries: Vec<Delivery>,
 }
+
+/// Largest spare inbox buffer an actor keeps (in deliveries).
+const SPARE_DELIVERIES_MAX: usize = 64;
 
 impl AccountActor {
     pub(crate) fn new(id: AccountId, shared: Arc<Shared>, counters: Arc<Counters>) -> Self {
@@ -291,6 +294,7 @@ impl AccountActor {
             last_active: Instant::now(),
             recent_final: HashMap::new(),
             counters,
+            spare_deliveries: Vec::new(),
         }
     }
 
@@ -656,8 +660,8 @@ impl Actor for AccountActor {
         // here, and the closed inbox refuses every later delivery to its sender.
         for delivery in self.counters.close() {
             match delivery {
-                Delivery::Execute { commands, reply } => {
-                    reply.answer(commands.into_iter().map(|(index, _)| (index, Err(code))))
+                Delivery::Execute { items, reply } => {
+                    reply.answer(items.into_iter().map(|item| (item.index, Err(code))))
                 }
                 Delivery::Credits(legs) => {
                     // They stay in the durable outbox.
@@ -746,12 +750,13 @@ impl AccountActor {
     /// the next delivery then wakes the actor. Called on a wake-up, when a commit (or
     /// the read after a failed one) completes, and once loaded.
     fn pump(&mut self, ctx: &mut Context<Self>) {
-        let mut deliveries = self.counters.inbox().take();
+        let mut deliveries = std::mem::take(&mut self.spare_deliveries);
+        self.counters.inbox().take_into(&mut deliveries);
         loop {
             self.counters
                 .queued
                 .fetch_sub(deliveries.len(), Ordering::AcqRel);
-            for delivery in deliveries {
+            for delivery in deliveries.drain(..) {
                 self.take(delivery, ctx);
             }
             self.seal(ctx);
@@ -764,7 +769,11 @@ impl AccountActor {
                 inbox.armed = false;
                 break;
             }
-            deliveries = inbox.take();
+            inbox.take_into(&mut deliveries);
+        }
+        // The drained buffer serves the next pump (a large one is let go).
+        if deliveries.capacity() <= SPARE_DELIVERIES_MAX {
+            self.spare_deliveries = deliveries;
         }
         self.stop_when_drained(ctx);
     }
@@ -772,15 +781,10 @@ impl AccountActor {
     /// Queues one delivery for the next commit (the caller seals).
     fn take(&mut self, delivery: Delivery, ctx: &mut Context<Self>) {
         match delivery {
-            Delivery::Execute { commands, reply } => {
-                let items = commands
-                    .into_iter()
-                    .map(|(index, command)| Item {
-                        index,
-                        work: Work::Client(command),
-                        settled: None,
-                    })
-                    .collect();
+            Delivery::Execute { items, reply } => {
+                debug_assert!(items
+                    .iter()
+                    .all(|item| matches!(item.work, Work::Client(_)) && item.settled.is_none()));
                 self.enqueue(Job {
                     origin: Origin::Client(reply),
                     items,

@@ -26,7 +26,7 @@ use cells::records::{
 use cells::slot::{slot_of, Slot};
 use cells::store::{CommitError, KeyValue, Store};
 
-use crate::account::{AccountCommand, CreditLeg, Delivery};
+use crate::account::{AccountCommand, CreditLeg, Delivery, Item, Work};
 use crate::answers::BatchAnswers;
 use crate::config::{LedgerConfig, CREATE_ATTEMPTS_MAX};
 use crate::registry::{CreditForwarder, Shared, Specs};
@@ -73,7 +73,9 @@ pub struct Ledger {
     _arbiters: Arc<Vec<Arbiter>>,
 }
 
-type Routed = HashMap<AccountId, Vec<(usize, AccountCommand)>>;
+/// Each account's share of a batch, as the items its actor drafts (built here, so the actor
+/// takes them without converting or copying them).
+type Routed = HashMap<AccountId, Vec<Item>>;
 
 impl Ledger {
     /// Starts the ledger's arbiters, relay and registry. Call inside a running actix system.
@@ -249,7 +251,11 @@ impl Ledger {
             }
             match self.route(command, &specs, &holds) {
                 Ok(Route::Actor(account, command)) => {
-                    routed.entry(account).or_default().push((index, command))
+                    routed.entry(account).or_default().push(Item {
+                        index,
+                        work: Work::Client(command),
+                        settled: None,
+                    })
                 }
                 Ok(Route::Here(command)) => {
                     results[index] = Some(self.lookup(&command, &specs).await)
@@ -300,8 +306,8 @@ impl Ledger {
                 .cloned()
                 .collect();
             for account in foreign {
-                for (index, _) in routed.remove(&account).unwrap_or_default() {
-                    results[index] = Some(Err(ErrorCode::NotOwner));
+                for item in routed.remove(&account).unwrap_or_default() {
+                    results[item.index] = Some(Err(ErrorCode::NotOwner));
                 }
             }
         }
@@ -330,8 +336,8 @@ impl Ledger {
                         .cloned()
                         .collect();
                     for account in frozen_accounts {
-                        for (index, _) in routed.remove(&account).unwrap_or_default() {
-                            results[index] = Some(Err(ErrorCode::Unavailable));
+                        for item in routed.remove(&account).unwrap_or_default() {
+                            results[item.index] = Some(Err(ErrorCode::Unavailable));
                         }
                     }
                     slots.retain(|slot| !frozen.contains(slot));
@@ -364,20 +370,20 @@ impl Ledger {
         // One list of answers for every actor of the batch (not a channel each).
         let answers = BatchAnswers::new(results.len());
         let places = self.shared.reserve_many(routed.keys());
-        for ((_, commands), place) in routed.into_iter().zip(places) {
+        for ((_, items), place) in routed.into_iter().zip(places) {
             let delivery = Delivery::Execute {
-                commands,
+                items,
                 reply: answers.reply(),
             };
             let refused = match place {
                 Ok(place) => place.send(delivery).err(),
                 Err(code) => Some((delivery, code)),
             };
-            if let Some((Delivery::Execute { commands, .. }, code)) = refused {
+            if let Some((Delivery::Execute { items, .. }, code)) = refused {
                 metrics::counter!("tessera_actors_overloaded_total").increment(1);
-                commands
+                items
                     .iter()
-                    .for_each(|(i, _)| results[*i] = Some(Err(code)));
+                    .for_each(|item| results[item.index] = Some(Err(code)));
             }
         }
         for (index, answer) in answers.all().await {

@@ -79,6 +79,15 @@ impl Inbox {
         std::mem::take(&mut self.deliveries)
     }
 
+    /// Takes every delivery waiting into `spare` (which must be empty), and keeps the
+    /// spare's buffer for the next ones: an actor that hands back its drained buffer spares
+    /// its senders an allocation per delivery.
+    pub(crate) fn take_into(&mut self, spare: &mut Vec<Delivery>) {
+        assert!(spare.is_empty(), "a spare inbox buffer is drained");
+        self.items = 0;
+        std::mem::swap(&mut self.deliveries, spare);
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.deliveries.is_empty()
     }

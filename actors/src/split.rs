@@ -40,11 +40,13 @@ pub fn part_for(id: &str, parts: u16) -> u16 {
     (xxhash_rust::xxh3::xxh3_64(id.as_bytes()) % u64::from(parts)) as u16
 }
 
-/// `A.p3` → `("A", 3)`.
+/// `A.p3` → `("A", 3)`. Called for every command routed: it looks for the last `.` (a
+/// byte search), not for the two-byte pattern (a substring searcher set up per call).
 pub fn parent_of(account: &AccountId) -> Option<(AccountId, u16)> {
-    let (parent, k) = account.as_str().rsplit_once(".p")?;
-    let k: u16 = k.parse().ok()?;
-    Some((AccountId::new(parent).ok()?, k))
+    let text = account.as_str();
+    let dot = text.rfind('.')?;
+    let k: u16 = text[dot + 1..].strip_prefix('p')?.parse().ok()?;
+    Some((AccountId::new(&text[..dot]).ok()?, k))
 }
 
 /// A rebalancing transfer's id: unique per (parent, batch nonce, source part).
@@ -98,6 +100,18 @@ mod tests {
         let spread: std::collections::HashSet<u16> =
             (0..200).map(|i| part_for(&format!("t-{i}"), 4)).collect();
         assert_eq!(spread.len(), 4, "ids spread over every part");
+    }
+
+    proptest::proptest! {
+        /// The byte search splits exactly as splitting at the last `.p` does.
+        #[test]
+        fn parent_of_splits_at_the_last_dot_p(id in "[a-p0-9.]{1,12}") {
+            let account = AccountId::new(&id).unwrap();
+            let expected = id.rsplit_once(".p").and_then(|(parent, k)| {
+                Some((AccountId::new(parent).ok()?, k.parse::<u16>().ok()?))
+            });
+            proptest::prop_assert_eq!(parent_of(&account), expected);
+        }
     }
 
     #[test]
