@@ -62,6 +62,20 @@ fn every_scenario_reports_each_transfer_once_under_the_stable_field_names() {
         assert!(report["completed_per_second"].as_f64().unwrap() > 0.0);
         assert!(report["fsyncs_per_second"].as_f64().unwrap() > 0.0);
         assert!(report["peak_rss_bytes"].as_u64().unwrap() > 0);
+        // The run's CPU is counted, by thread too (no thread spent more than the process,
+        // give or take the kernel's rounding of each counter).
+        let cpu = report["cpu_seconds"].as_f64().unwrap();
+        assert!(cpu > 0.0, "{scenario}: {report}");
+        let per_transfer = report["cpu_us_per_transfer"].as_f64().unwrap();
+        assert!((per_transfer - cpu * 1e6 / 12_345.0).abs() < 1e-6 * per_transfer.max(1.0));
+        let threads = report["cpu_seconds_by_thread"].as_object().unwrap();
+        assert!(!threads.is_empty(), "{scenario}: {report}");
+        for spent in threads.values() {
+            assert!(
+                spent.as_f64().unwrap() <= cpu + 0.05,
+                "{scenario}: {report}"
+            );
+        }
     }
 }
 

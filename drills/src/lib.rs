@@ -11,6 +11,7 @@
 //! and never run unbounded: every load has a count and stops by itself.
 
 pub mod bench;
+pub mod cpu;
 pub mod crashload;
 pub mod httpc;
 pub mod local;

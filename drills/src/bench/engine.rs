@@ -173,6 +173,17 @@ pub struct EngineBenchReport {
     pub transactions_per_fsync: f64,
     pub bytes_written_per_transfer: f64,
     pub peak_rss_bytes: u64,
+    /// CPU seconds (user + system) of the whole process from the first transfer to the last
+    /// credit leg: steadier than the rates on a shared machine, whose speed moves by the hour.
+    pub cpu_seconds: f64,
+    /// `cpu_seconds` per transfer, in microseconds.
+    pub cpu_us_per_transfer: f64,
+    /// CPU seconds by thread name over the same span: `tessera` is the driver (and the
+    /// account actors with `--arbiters 0`), `actix-rt|system` the account actors' arbiters
+    /// (the kernel keeps 15 characters of a name, so every arbiter shares this entry),
+    /// `store-commit` the embedded store's committer. A thread near `completed_seconds` is
+    /// the bottleneck; a sum near twice it means both cores are.
+    pub cpu_seconds_by_thread: std::collections::BTreeMap<String, f64>,
 }
 
 fn currency() -> Currency {
@@ -289,6 +300,7 @@ pub async fn run(
     let debits_before = ledger.stats().debits();
     ledger.stats().take_commit_latency();
     ledger.store().take_commit_latency();
+    let cpu_before = crate::cpu::snapshot();
     let started = Instant::now();
     let workers = (0..config.in_flight)
         .map(|_| worker(ledger.clone(), config.clone(), Arc::clone(&progress)));
@@ -296,6 +308,7 @@ pub async fn run(
     let acknowledged = started.elapsed();
     wait_settled(ledger).await?;
     let completed = started.elapsed();
+    let cpu = crate::cpu::snapshot().since(&cpu_before);
     progress.bar.finish_and_clear();
     let store_after = ledger.store().stats();
     let credits = ledger.stats().credits() - credits_before;
@@ -352,6 +365,9 @@ pub async fn run(
         bytes_written_per_transfer: (store_after.bytes_written - store.bytes_written) as f64
             / config.transfers as f64,
         peak_rss_bytes: crate::rss::peak_rss_bytes(),
+        cpu_us_per_transfer: cpu.seconds * 1e6 / config.transfers as f64,
+        cpu_seconds: cpu.seconds,
+        cpu_seconds_by_thread: cpu.by_thread,
     })
 }
 
