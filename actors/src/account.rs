@@ -82,8 +82,8 @@ pub struct CreditLeg {
 
 /// What senders put in an account actor's inbox (see [`crate::registry::Inbox`]).
 pub(crate) enum Delivery {
-    /// Commands of a client batch (with their indexes in it); the reply is written once
-    /// they are durable.
+    /// The commands of a client batch for this account, as items (each with its index in
+    /// the batch); the reply is written once they are durable.
     Execute { items: Vec<Item>, reply: Reply },
     /// Credit legs from the outbox (sent by the relay).
     Credits(Vec<CreditLeg>),
