@@ -304,9 +304,8 @@ pub fn posting_account(key: &[u8]) -> Option<AccountId> {
 mod tests {
     use super::*;
 
-    /// The pinned prefixes cover exactly the fence keys (every slot's and every
-    /// whitelisted user's owner record) and nothing a transfer writes; if they drifted from
-    /// the fence keys, fence checks would silently walk the store's layers again.
+    /// Every `*_into` form writes exactly the key its allocating form returns, whatever
+    /// the buffer held before.
     #[test]
     fn keys_written_into_a_used_buffer_are_the_same_keys() {
         let account = AccountId::new("acct-7").unwrap();
@@ -327,6 +326,9 @@ mod tests {
         }
     }
 
+    /// The pinned prefixes cover exactly the fence keys (every slot's and every
+    /// whitelisted user's owner record) and nothing a transfer writes; if they drifted from
+    /// the fence keys, fence checks would silently walk the store's layers again.
     #[test]
     fn pinned_prefixes_cover_the_fence_keys_only() {
         let pinned = pinned_prefixes();

@@ -265,11 +265,6 @@ pub trait Transaction: Send {
     ) -> BoxFuture<'_, Result<Vec<KeyValue>, StoreError>>;
     /// Writes `value` at `key`.
     fn set(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
-    /// Writes `value` at `key`, taking ownership (saves a copy where the backend keeps the
-    /// bytes; same checks and meaning as [`Transaction::set`]).
-    fn set_owned(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), StoreError> {
-        self.set(&key, &value)
-    }
     /// Removes `key`.
     fn clear(&mut self, key: &[u8]) -> Result<(), StoreError>;
     /// Removes every key in `[begin, end)`.

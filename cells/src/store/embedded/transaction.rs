@@ -310,10 +310,6 @@ impl Transaction for EmbeddedTransaction {
         Ok(())
     }
 
-    fn set_owned(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), StoreError> {
-        self.set(&key, &value)
-    }
-
     fn clear(&mut self, key: &[u8]) -> Result<(), StoreError> {
         check_key(key)?;
         self.charge_write(key.len())?;
