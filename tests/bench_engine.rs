@@ -87,3 +87,62 @@ fn holds_with_batches_of_one_command_still_end_every_transfer() {
     assert_eq!(report["accepted"], 300, "{report}");
     assert_eq!(report["rejected"], 0, "{report}");
 }
+
+#[test]
+fn a_paced_run_sends_on_schedule_and_reports_its_offered_rate() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["bench", "engine", "--scenario", "holds"])
+        .args([
+            "--transfers",
+            "10000",
+            "--batch-size",
+            "500",
+            "--rate",
+            "20000",
+        ])
+        .args([
+            "--accounts",
+            "500",
+            "--in-flight",
+            "4",
+            "--json",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("data"))
+        .output()
+        .expect("run tessera bench engine");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    assert_eq!(report["offered_per_second"], 20_000, "{report}");
+    assert_eq!(report["accepted"], 10_000, "{report}");
+    assert!(report["late_batches"].as_u64().is_some(), "{report}");
+    // The last batch's slot is transfer 9,500's: 0.475 s after the start. A run that
+    // ignored the schedule would finish 10,000 transfers far sooner on any machine.
+    let seconds = report["acknowledged_seconds"].as_f64().unwrap();
+    assert!(seconds >= 0.475, "sent ahead of its schedule: {report}");
+}
+
+#[test]
+fn a_closed_loop_run_reports_no_offered_rate_and_a_zero_rate_is_refused() {
+    let report = bench("uniform", 1_000, 100);
+    assert!(report["offered_per_second"].is_null(), "{report}");
+    assert_eq!(report["late_batches"], 0, "{report}");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["bench", "engine", "--rate", "0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .output()
+        .expect("run tessera bench engine");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--rate must be between 1"), "{stderr}");
+    assert!(
+        !dir.path().join("data").exists(),
+        "a refused run creates no store"
+    );
+}

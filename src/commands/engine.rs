@@ -28,6 +28,11 @@ pub struct EngineArgs {
     /// Batches in flight at once (default: 16; 2 for hot-debit and hot-credit).
     #[arg(long)]
     in_flight: Option<usize>,
+    /// Offered load in transfers per second (open loop: batches are sent on a schedule, and
+    /// a batch's latency counts from its slot). Default: closed loop, as fast as the ledger
+    /// answers.
+    #[arg(long)]
+    rate: Option<u64>,
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Data directory (must be empty or absent); default: a fresh temporary directory.
@@ -89,6 +94,7 @@ pub fn bench_engine(args: EngineArgs) -> Result<ExitCode> {
         accounts: args.accounts,
         batch_size: args.batch_size,
         in_flight: args.in_flight.unwrap_or(args.scenario.default_in_flight()),
+        rate: args.rate,
         seed: args.seed,
         progress: !args.json,
     };

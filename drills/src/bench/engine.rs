@@ -38,6 +38,11 @@ const COMPLETION_TIMEOUT: Duration = Duration::from_secs(300);
 const RETRIES_MAX: u32 = 200;
 /// Most batches in flight at once.
 pub const IN_FLIGHT_MAX: usize = 64;
+/// Highest offered rate `--rate` accepts (transfers per second): far above what one machine
+/// commits, and low enough that a batch's slot is a whole number of nanoseconds apart.
+pub const RATE_MAX: u64 = 100_000_000;
+/// A paced batch that starts this much after its slot counts as late.
+const LATE_AFTER: Duration = Duration::from_millis(1);
 
 /// The load shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -99,6 +104,12 @@ pub struct EngineBenchConfig {
     pub accounts: u64,
     pub batch_size: usize,
     pub in_flight: usize,
+    /// Offered load in transfers per second (open loop): transfer `n` is due at `n / rate`
+    /// seconds after the start, and its batch's latency counts from the slot of its first
+    /// transfer, so a run that falls behind shows it in its latencies (no coordinated
+    /// omission). `None`: closed loop, each worker sends its next batch when the last is
+    /// answered. Either way at most `in_flight` batches are outstanding.
+    pub rate: Option<u64>,
     pub seed: u64,
     pub progress: bool,
 }
@@ -119,6 +130,11 @@ impl EngineBenchConfig {
         if self.in_flight == 0 || self.in_flight > IN_FLIGHT_MAX {
             return Err(BenchError::Config(format!(
                 "--in-flight must be between 1 and {IN_FLIGHT_MAX}"
+            )));
+        }
+        if self.rate.is_some_and(|rate| rate == 0 || rate > RATE_MAX) {
+            return Err(BenchError::Config(format!(
+                "--rate must be between 1 and {RATE_MAX} transfers per second"
             )));
         }
         Ok(())
@@ -144,6 +160,11 @@ pub struct EngineBenchReport {
     pub accounts: u64,
     pub batch_size: usize,
     pub in_flight: usize,
+    /// The offered load (`--rate`), transfers per second; absent in a closed-loop run.
+    pub offered_per_second: Option<u64>,
+    /// Paced batches that started more than 1 ms after their slot because every worker was
+    /// busy: the offered load was more than the ledger took at that moment.
+    pub late_batches: u64,
     pub seed: u64,
     pub accepted: u64,
     pub rejected: u64,
@@ -274,6 +295,7 @@ struct Progress {
     next_transfer: AtomicU64,
     accepted: AtomicU64,
     retried: AtomicU64,
+    late_batches: AtomicU64,
     rejected: Mutex<std::collections::BTreeMap<String, u64>>,
     batch_latency_us: Mutex<Histogram<u64>>,
     bar: ProgressBar,
@@ -291,6 +313,7 @@ pub async fn run(
         next_transfer: AtomicU64::new(0),
         accepted: AtomicU64::new(0),
         retried: AtomicU64::new(0),
+        late_batches: AtomicU64::new(0),
         rejected: Mutex::new(Default::default()),
         batch_latency_us: Mutex::new(cells::store::latency_histogram()),
         bar,
@@ -302,8 +325,14 @@ pub async fn run(
     ledger.store().take_commit_latency();
     let cpu_before = crate::cpu::snapshot();
     let started = Instant::now();
-    let workers = (0..config.in_flight)
-        .map(|_| worker(ledger.clone(), config.clone(), Arc::clone(&progress)));
+    let workers = (0..config.in_flight).map(|_| {
+        worker(
+            ledger.clone(),
+            config.clone(),
+            Arc::clone(&progress),
+            started,
+        )
+    });
     futures::future::join_all(workers).await;
     let acknowledged = started.elapsed();
     wait_settled(ledger).await?;
@@ -331,6 +360,8 @@ pub async fn run(
         accounts: config.accounts,
         batch_size: config.batch_size,
         in_flight: config.in_flight,
+        offered_per_second: config.rate,
+        late_batches: progress.late_batches.load(Ordering::Relaxed),
         seed: config.seed,
         accepted,
         rejected: progress
@@ -376,8 +407,14 @@ pub async fn run(
 /// transfers as fit, taken from the shared counter. A held transfer thus rides in two
 /// consecutive calls of one worker, as a client sends captures among its new work; every
 /// call but a worker's last is a full batch. It ends once no transfers are left and its
-/// follow-ups are done.
-async fn worker(ledger: Ledger, config: EngineBenchConfig, progress: Arc<Progress>) {
+/// follow-ups are done. With a `rate`, a call waits for the slot of its first new transfer
+/// (one that carries only follow-ups goes at once), and its latency counts from that slot.
+async fn worker(
+    ledger: Ledger,
+    config: EngineBenchConfig,
+    progress: Arc<Progress>,
+    run_started: Instant,
+) {
     let mut carried: Vec<Command> = Vec::new();
     loop {
         let room = (config.batch_size - carried.len()) as u64;
@@ -394,7 +431,19 @@ async fn worker(ledger: Ledger, config: EngineBenchConfig, progress: Arc<Progres
         let settling = carried.len();
         let mut commands = std::mem::take(&mut carried);
         let follow_ups = build_batch(&config, &mut rng, first, count, &mut commands);
-        let started = Instant::now();
+        let started = match config.rate {
+            Some(rate) if count > 0 => {
+                let slot = run_started + slot_offset(first, rate);
+                let now = Instant::now();
+                if now < slot {
+                    actix_rt::time::sleep_until(slot.into()).await;
+                } else if now - slot > LATE_AFTER {
+                    progress.late_batches.fetch_add(1, Ordering::Relaxed);
+                }
+                slot
+            }
+            _ => Instant::now(),
+        };
         let results = execute_retrying(&ledger, commands, &progress).await;
         // A hold that was refused ends its transfer here; one that was created ends in the
         // next call, with its follow-up's result.
@@ -411,6 +460,12 @@ async fn worker(ledger: Ledger, config: EngineBenchConfig, progress: Arc<Progres
         debug_assert!(settling <= ended.len(), "follow-ups end their transfers");
         record(&progress, &ended, started.elapsed());
     }
+}
+
+/// When transfer `n` is due at `rate` transfers per second, from the start of the run.
+fn slot_offset(n: u64, rate: u64) -> Duration {
+    let nanos = u128::from(n) * 1_000_000_000 / u128::from(rate);
+    Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
 }
 
 /// Runs a batch as a well-behaved client does: commands refused with a retryable code
@@ -515,4 +570,45 @@ fn build_batch(
         }));
     }
     follow_ups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_spaced_by_the_rate_without_drift_or_overflow() {
+        assert_eq!(slot_offset(0, 1), Duration::ZERO);
+        assert_eq!(slot_offset(250_000, 250_000), Duration::from_secs(1));
+        // Computed from the transfer's number, not summed per batch: no rounding drift.
+        assert_eq!(slot_offset(3, 3_000_000), Duration::from_nanos(1_000));
+        assert_eq!(slot_offset(1, 3), Duration::from_nanos(333_333_333));
+        // Far past any run's length it saturates rather than wraps.
+        assert_eq!(
+            slot_offset(u64::MAX, RATE_MAX),
+            Duration::from_nanos(u64::MAX)
+        );
+        assert_eq!(slot_offset(u64::MAX, 1), Duration::from_nanos(u64::MAX));
+    }
+
+    #[test]
+    fn a_rate_outside_its_bounds_is_refused() {
+        let mut config = EngineBenchConfig {
+            scenario: Scenario::Uniform,
+            transfers: 10,
+            accounts: 10,
+            batch_size: 10,
+            in_flight: 1,
+            rate: Some(0),
+            seed: 1,
+            progress: false,
+        };
+        assert!(matches!(config.validate(), Err(BenchError::Config(_))));
+        config.rate = Some(RATE_MAX + 1);
+        assert!(matches!(config.validate(), Err(BenchError::Config(_))));
+        config.rate = Some(RATE_MAX);
+        assert!(config.validate().is_ok());
+        config.rate = None;
+        assert!(config.validate().is_ok());
+    }
 }
