@@ -19,6 +19,8 @@ const POSITION_FILE: &str = "checkpoint.position";
 const POSITION_FILE_TEMPORARY: &str = "checkpoint.position.tmp";
 /// fjall's block cache.
 const CHECKPOINT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// The checkpoint thread's nice value (0 is normal, 19 the lowest priority).
+const CHECKPOINT_NICE: i32 = 10;
 
 /// A frozen memtable to checkpoint: it holds every record before `next_version`.
 pub(crate) struct CheckpointJob {
@@ -87,6 +89,7 @@ pub(crate) fn spawn(
     let thread = std::thread::Builder::new()
         .name("store-checkpoint".to_string())
         .spawn(move || {
+            yield_to_commits();
             while let Ok(job) = jobs.recv() {
                 let span = tracing::info_span!("store_checkpoint", next_version = job.next_version);
                 let _entered = span.enter();
@@ -100,6 +103,33 @@ pub(crate) fn spawn(
         })?;
     Ok(thread)
 }
+
+/// Lowers the calling thread's scheduling priority to at least nice [`CHECKPOINT_NICE`]: a
+/// checkpoint is background work with a whole memtable's time to finish, and on a machine
+/// whose cores are busy it took them from the committer and the account actors, whose
+/// commits then waited behind it (BENCHMARKS.md, round 16). Linux keeps a nice value per
+/// thread; raising it needs no privilege, and a thread already nicer keeps its value. Where
+/// it fails, the thread runs at the priority it has.
+#[cfg(target_os = "linux")]
+fn yield_to_commits() {
+    // SAFETY: `gettid`, `getpriority` and `setpriority` take plain integers and touch no
+    // memory of ours.
+    let tid = unsafe { libc::gettid() } as libc::id_t;
+    // The whole range of nice values (-20..=19) is valid: -1 is no error here.
+    let current = unsafe { libc::getpriority(libc::PRIO_PROCESS, tid) };
+    if current >= CHECKPOINT_NICE {
+        return;
+    }
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, CHECKPOINT_NICE) } != 0 {
+        tracing::warn!(
+            error = %std::io::Error::last_os_error(),
+            "cannot lower the checkpoint thread's priority"
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn yield_to_commits() {}
 
 fn checkpoint(shared: &Shared, job: &CheckpointJob) -> Result<(), StoreError> {
     let started = Instant::now();
@@ -133,4 +163,38 @@ fn checkpoint(shared: &Shared, job: &CheckpointJob) -> Result<(), StoreError> {
         "checkpoint written"
     );
     Ok(())
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    /// The nice value of the calling thread, from the kernel's per-thread record.
+    fn own_nice() -> i32 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("thread stat");
+        // Fields after the name (which may hold spaces) start at the last `)`; nice is
+        // field 19, the 17th after it.
+        let rest = &stat[stat.rfind(')').expect("name") + 2..];
+        rest.split(' ')
+            .nth(16)
+            .expect("nice field")
+            .parse()
+            .expect("a number")
+    }
+
+    #[test]
+    fn the_checkpoint_thread_runs_below_normal_priority_and_others_keep_theirs() {
+        let before = std::thread::spawn(own_nice).join().expect("thread");
+        let lowered = std::thread::spawn(|| {
+            yield_to_commits();
+            own_nice()
+        })
+        .join()
+        .expect("thread");
+        let after = std::thread::spawn(own_nice).join().expect("thread");
+        assert_eq!(lowered, before.max(CHECKPOINT_NICE));
+        // Per thread: the process and threads started later keep their priority.
+        assert_eq!(after, before);
+        assert_eq!(own_nice(), before);
+    }
 }
