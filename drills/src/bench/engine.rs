@@ -39,7 +39,7 @@ const RETRIES_MAX: u32 = 200;
 /// Most batches in flight at once.
 pub const IN_FLIGHT_MAX: usize = 64;
 /// Highest offered rate `--rate` accepts (transfers per second): far above what one machine
-/// commits, and low enough that a batch's slot is a whole number of nanoseconds apart.
+/// commits (consecutive transfers' slots are still 10 ns apart).
 pub const RATE_MAX: u64 = 100_000_000;
 /// A paced batch that starts this much after its slot counts as late.
 const LATE_AFTER: Duration = Duration::from_millis(1);
@@ -107,7 +107,8 @@ pub struct EngineBenchConfig {
     /// Offered load in transfers per second (open loop): transfer `n` is due at `n / rate`
     /// seconds after the start, and its batch's latency counts from the slot of its first
     /// transfer, so a run that falls behind shows it in its latencies (no coordinated
-    /// omission). `None`: closed loop, each worker sends its next batch when the last is
+    /// omission; the latency also holds the timer's wake-up, within about 1 ms of the
+    /// slot). `None`: closed loop, each worker sends its next batch when the last is
     /// answered. Either way at most `in_flight` batches are outstanding.
     pub rate: Option<u64>,
     pub seed: u64,
