@@ -20,30 +20,39 @@ const STABLE_FIELDS: [&str; 8] = [
     "peak_rss_bytes",
 ];
 
-fn bench(scenario: &str, transfers: u64, batch_size: u64) -> Value {
+/// Runs `tessera bench engine` with `args` on a fresh data directory (removed after); also
+/// says whether the run created that directory.
+fn run_engine(args: &[&str]) -> (std::process::Output, bool) {
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path().join("data");
     let output = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["bench", "engine", "--scenario", scenario])
-        .args(["--transfers", &transfers.to_string()])
-        .args(["--batch-size", &batch_size.to_string()])
-        .args([
-            "--accounts",
-            "500",
-            "--in-flight",
-            "4",
-            "--json",
-            "--data-dir",
-        ])
+        .args(["bench", "engine"])
+        .args(args)
+        .arg("--data-dir")
         .arg(&data)
         .output()
         .expect("run tessera bench engine");
+    (output, data.exists())
+}
+
+/// A small run's JSON report: 500 accounts, 4 batches in flight, and `extra` arguments.
+fn report(scenario: &str, transfers: u64, batch_size: u64, extra: &[&str]) -> Value {
+    let (transfers, batch_size) = (transfers.to_string(), batch_size.to_string());
+    let mut args = vec!["--scenario", scenario, "--transfers", &transfers];
+    args.extend(["--batch-size", &batch_size, "--accounts", "500"]);
+    args.extend(["--in-flight", "4", "--json"]);
+    args.extend(extra);
+    let (output, _) = run_engine(&args);
     assert!(
         output.status.success(),
         "{scenario}: {}",
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_slice(&output.stdout).expect("one JSON object")
+}
+
+fn bench(scenario: &str, transfers: u64, batch_size: u64) -> Value {
+    report(scenario, transfers, batch_size, &[])
 }
 
 #[test]
@@ -90,34 +99,7 @@ fn holds_with_batches_of_one_command_still_end_every_transfer() {
 
 #[test]
 fn a_paced_run_sends_on_schedule_and_reports_its_offered_rate() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let output = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["bench", "engine", "--scenario", "holds"])
-        .args([
-            "--transfers",
-            "10000",
-            "--batch-size",
-            "500",
-            "--rate",
-            "20000",
-        ])
-        .args([
-            "--accounts",
-            "500",
-            "--in-flight",
-            "4",
-            "--json",
-            "--data-dir",
-        ])
-        .arg(dir.path().join("data"))
-        .output()
-        .expect("run tessera bench engine");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    let report = report("holds", 10_000, 500, &["--rate", "20000"]);
     assert_eq!(report["offered_per_second"], 20_000, "{report}");
     assert_eq!(report["accepted"], 10_000, "{report}");
     assert!(report["late_batches"].as_u64().is_some(), "{report}");
@@ -132,17 +114,9 @@ fn a_closed_loop_run_reports_no_offered_rate_and_a_zero_rate_is_refused() {
     let report = bench("uniform", 1_000, 100);
     assert!(report["offered_per_second"].is_null(), "{report}");
     assert_eq!(report["late_batches"], 0, "{report}");
-    let dir = tempfile::tempdir().expect("temp dir");
-    let output = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["bench", "engine", "--rate", "0", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .output()
-        .expect("run tessera bench engine");
+    let (output, created) = run_engine(&["--rate", "0"]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--rate must be between 1"), "{stderr}");
-    assert!(
-        !dir.path().join("data").exists(),
-        "a refused run creates no store"
-    );
+    assert!(!created, "a refused run creates no store");
 }
