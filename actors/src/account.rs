@@ -119,6 +119,8 @@ pub(crate) struct ActiveHold {
 #[derive(Debug, Clone)]
 pub(crate) struct Loaded {
     pub spec: Arc<AccountSpec>,
+    /// `spec`'s encoding, made once: every commit's balance record starts with it.
+    pub spec_bytes: Arc<[u8]>,
     pub slot: Slot,
     /// The ownership records this actor loaded under; every commit requires them.
     pub fence: Arc<Fence>,

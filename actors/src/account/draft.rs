@@ -15,8 +15,8 @@ use cells::ledger::{
     BATCH_COMMANDS_MAX, HOLD_EXPIRY_MS_MAX,
 };
 use cells::records::{
-    self, AccountRecord, AccountSpec, HoldRecord, HoldState, HotMode, OutboxRecord, PostingBlock,
-    PostingRecord, PostingSource, TransferOutcome, TransferRecord,
+    self, AccountSpec, HoldRecord, HoldState, HotMode, OutboxRecord, PostingBlock, PostingRecord,
+    PostingSource, TransferOutcome, TransferRecord,
 };
 use cells::store::{limits::TRANSACTION_BYTES_MAX, BoxFuture, CommitError, Transaction};
 
@@ -625,14 +625,15 @@ impl<'a> Draft<'a> {
         if write_record {
             self.delta.record_balance = self.delta.balance;
             self.delta.record_through_seq = self.delta.next_seq;
-            let record = AccountRecord {
-                spec: (*self.base.spec).clone(),
-                balance: self.delta.balance,
-                balance_through_seq: self.delta.next_seq,
-            };
             self.space
                 .account_into(&self.base.spec.id, &mut self.scratch.key);
-            records::encode_into(&record, &mut self.scratch.value);
+            // The `AccountRecord` of this spec and balance, from the spec's encoding.
+            records::encode_account_record_into(
+                &self.base.spec_bytes,
+                self.delta.balance,
+                self.delta.next_seq,
+                &mut self.scratch.value,
+            );
             set(txn, &self.scratch.key, &self.scratch.value);
         }
         // INV-4: the commit lands only while this DC still owns the user's slot (and

@@ -72,6 +72,7 @@ pub(crate) async fn load(shared: &Shared, id: &AccountId) -> Result<Loaded, Load
         .map(|h| i128::from(h.record.amount.signed()))
         .sum();
     Ok(Loaded {
+        spec_bytes: cells::records::encode(&record.spec).into(),
         spec: Arc::new(record.spec),
         slot,
         fence: Arc::new(fence),
