@@ -51,16 +51,12 @@ fn report(scenario: &str, transfers: u64, batch_size: u64, extra: &[&str]) -> Va
     serde_json::from_slice(&output.stdout).expect("one JSON object")
 }
 
-fn bench(scenario: &str, transfers: u64, batch_size: u64) -> Value {
-    report(scenario, transfers, batch_size, &[])
-}
-
 #[test]
 fn every_scenario_reports_each_transfer_once_under_the_stable_field_names() {
     for scenario in ["uniform", "hot-credit", "hot-debit", "holds"] {
         // 1,000 per batch over 4 workers: many calls each, so holds' follow-ups ride in
         // later calls and the last ones are sent on their own.
-        let report = bench(scenario, 12_345, 1_000);
+        let report = report(scenario, 12_345, 1_000, &[]);
         for field in STABLE_FIELDS {
             assert!(report.get(field).is_some(), "{scenario}: no field {field}");
         }
@@ -92,7 +88,7 @@ fn every_scenario_reports_each_transfer_once_under_the_stable_field_names() {
 fn holds_with_batches_of_one_command_still_end_every_transfer() {
     // A call whose one command is a follow-up leaves no room for a new transfer: the
     // worker must send it alone and go on.
-    let report = bench("holds", 300, 1);
+    let report = report("holds", 300, 1, &[]);
     assert_eq!(report["accepted"], 300, "{report}");
     assert_eq!(report["rejected"], 0, "{report}");
 }
@@ -111,7 +107,7 @@ fn a_paced_run_sends_on_schedule_and_reports_its_offered_rate() {
 
 #[test]
 fn a_closed_loop_run_reports_no_offered_rate_and_a_zero_rate_is_refused() {
-    let report = bench("uniform", 1_000, 100);
+    let report = report("uniform", 1_000, 100, &[]);
     assert!(report["offered_per_second"].is_null(), "{report}");
     assert_eq!(report["late_batches"], 0, "{report}");
     let (output, created) = run_engine(&["--rate", "0"]);
