@@ -2,7 +2,8 @@
 //!
 //! Owns the account's in-memory state (balance, active holds, next posting number), checks
 //! every command against it (idempotency, currency, INV-5 no overdraft), and commits what
-//! accumulated while its previous commit was in flight as one store transaction: postings,
+//! accumulated while its previous commit was in flight (or while it waited for a place in
+//! its thread's commit window, see [`window`]) as one store transaction: postings,
 //! idempotency records, hold records, outbox entries and the balance record, fenced by the
 //! slot epoch. Callers hear back only after the commit is durable (INV-2).
 //!
@@ -13,6 +14,7 @@
 
 mod draft;
 mod load;
+mod window;
 
 use std::collections::{BTreeSet, VecDeque};
 
@@ -278,6 +280,8 @@ pub struct AccountActor {
     /// An empty buffer that `pump` swaps into the inbox for senders to fill (so a delivery
     /// costs them no allocation), taking the inbox's filled one.
     spare_deliveries: Vec<Delivery>,
+    /// Its place in the queue for the thread's commit window, while it waits for one.
+    ticket: Option<window::Ticket>,
 }
 
 /// Largest spare inbox buffer an actor keeps (in deliveries).
@@ -297,6 +301,7 @@ impl AccountActor {
             recent_final: HashMap::new(),
             counters,
             spare_deliveries: Vec::new(),
+            ticket: None,
         }
     }
 
@@ -375,12 +380,27 @@ impl AccountActor {
             .store(self.pending_items, Ordering::Release);
     }
 
-    /// Takes what accumulated and commits it, unless a commit is already in flight.
+    /// Takes what accumulated and commits it, unless a commit is already in flight or the
+    /// thread's commit window is full (then it waits for its turn, taking items meanwhile;
+    /// see [`window`]).
     fn seal(&mut self, ctx: &mut Context<Self>) {
-        if self.in_flight || self.pending.is_empty() {
+        if self.in_flight {
+            return;
+        }
+        if self.pending.is_empty() {
+            // Nothing to commit: a place granted meanwhile passes on.
+            self.ticket = None;
             return;
         }
         let Some(state) = self.state.as_ref() else {
+            return;
+        };
+        let Some(place) = window::acquire(
+            self.shared.config.commit_window,
+            &mut self.ticket,
+            self.pending_items,
+            || ctx.address(),
+        ) else {
             return;
         };
         // Sized once (the pending queue is bounded): grown by doubling it was moved repeatedly.
@@ -414,6 +434,8 @@ impl AccountActor {
         };
         self.in_flight = true;
         ctx.spawn(commit.into_actor(self).map(move |result, actor, ctx| {
+            // Freed before this actor looks again: one waiting since earlier goes first.
+            drop(place);
             actor.in_flight = false;
             actor.shared.stats.record_commit(started.elapsed());
             actor.on_commit(result, jobs, outcome, ctx);
@@ -762,8 +784,9 @@ impl AccountActor {
                 self.take(delivery, ctx);
             }
             self.seal(ctx);
-            if self.in_flight {
-                // Its completion looks again.
+            if self.in_flight || self.ticket.is_some() {
+                // Its completion (or the grant of its place in the commit window) looks
+                // again; meanwhile the inbox stays armed, and deliveries wake nobody.
                 break;
             }
             let mut inbox = self.counters.inbox();

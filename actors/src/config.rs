@@ -17,6 +17,8 @@ pub const RELAY_RETRY_CREDITS_MAX: usize = 1_000_000;
 pub const DIRECTORY_ACCOUNTS_MAX: usize = 1_000_000;
 /// Attempts at creating a batch of accounts before giving up with `unavailable`.
 pub const CREATE_ATTEMPTS_MAX: usize = 8;
+/// Largest limit of commits in flight per arbiter thread a [`CommitWindow`] may set.
+pub const COMMIT_WINDOW_MAX: usize = 65_536;
 
 const _: () = assert!(RELAY_RETRY_CREDITS_MAX >= cells::ledger::BATCH_COMMANDS_MAX);
 
@@ -43,6 +45,48 @@ pub struct LedgerConfig {
     /// Rescan the outbox this often even when nothing asked for it. DC mode sets it: the
     /// rescan is what delivers legs another DC could not take when they were first sent.
     pub outbox_rescan_interval: Option<Duration>,
+    /// How many commits the account actors of one arbiter thread may have in flight.
+    pub commit_window: CommitWindow,
+}
+
+/// Bounds of the commit window of each arbiter thread: the limit of commits in flight
+/// starts at `initial` and adapts to commit latency between `min` and `max` (see
+/// `account::window`). A thread takes the bounds of the first ledger whose actor commits
+/// on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitWindow {
+    pub initial: usize,
+    pub min: usize,
+    pub max: usize,
+}
+
+impl Default for CommitWindow {
+    fn default() -> Self {
+        CommitWindow {
+            initial: 256,
+            min: 16,
+            max: 4_096,
+        }
+    }
+}
+
+impl CommitWindow {
+    /// A window that never adapts: always `limit` commits in flight at most.
+    pub fn fixed(limit: usize) -> Self {
+        CommitWindow {
+            initial: limit,
+            min: limit,
+            max: limit,
+        }
+    }
+
+    /// Whether `1 <= min <= initial <= max <= COMMIT_WINDOW_MAX`.
+    pub fn is_valid(&self) -> bool {
+        1 <= self.min
+            && self.min <= self.initial
+            && self.initial <= self.max
+            && self.max <= COMMIT_WINDOW_MAX
+    }
 }
 
 impl Default for LedgerConfig {
@@ -56,6 +100,7 @@ impl Default for LedgerConfig {
             tick: Duration::from_secs(1),
             dc: None,
             outbox_rescan_interval: None,
+            commit_window: CommitWindow::default(),
         }
     }
 }

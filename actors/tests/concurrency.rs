@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use actors::config::ACCOUNT_MAILBOX_CAPACITY;
+use actors::config::{CommitWindow, ACCOUNT_MAILBOX_CAPACITY};
 use actors::{Ledger, LedgerConfig};
 use cells::ids::{HoldId, TransferId};
 use cells::ledger::audit::{audit, AuditReport};
@@ -1044,6 +1044,73 @@ fn a_hot_payee_behind_its_payers_gets_every_credit_once_without_rescans() {
             rescans_before,
             "the relay fell back to rescans"
         );
+        assert_clean(store.as_ref(), &ledger);
+    });
+}
+
+/// The commit window: with commits held back, one thread's actors have exactly
+/// `WINDOW` commits in flight; the other payers wait their turn, taking
+/// further deliveries meanwhile, and every transfer lands once the commits go through
+/// (no place lost, nobody left waiting). Fails if the window does not bound commits in
+/// flight, or if a waiting actor is never woken.
+#[test]
+fn commits_beyond_the_window_wait_their_turn_and_all_land() {
+    const WINDOW: usize = 64;
+    const PAYERS: usize = WINDOW + 100;
+    in_system(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let store = gated_store(dir.path());
+        let config = LedgerConfig {
+            commit_window: CommitWindow::fixed(WINDOW),
+            ..LedgerConfig::default()
+        };
+        let ledger = Ledger::start(store.clone(), config);
+        let payers: Vec<String> = (0..PAYERS).map(|i| format!("payer-{i}")).collect();
+        let mut setup = vec![create_system("world"), create("shop")];
+        setup.extend(payers.iter().map(|p| create(p)));
+        assert!(run(&ledger, setup).await.iter().all(Result::is_ok));
+        let funding = payers
+            .iter()
+            .map(|p| common::transfer(&format!("fund-{p}"), "world", p, 10))
+            .collect();
+        assert!(run(&ledger, funding).await.iter().all(Result::is_ok));
+        settle(&ledger).await;
+        store.commits.set_open(false);
+        let round = |n: usize| {
+            let batch: Vec<Command> = payers
+                .iter()
+                .map(|p| common::transfer(&format!("{p}-{n}"), p, "shop", 1))
+                .collect();
+            let ledger = ledger.clone();
+            actix_rt::spawn(async move { run(&ledger, batch).await })
+        };
+        let first = round(1);
+        store.commits.wait_for_waiting(WINDOW).await;
+        // Deliveries to payers in flight and to payers waiting for a place.
+        let second = round(2);
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            store.commits.waiting.load(Ordering::Acquire),
+            WINDOW,
+            "commits in flight beyond the window"
+        );
+        store.commits.set_open(true);
+        let landed = |round: actix_rt::task::JoinHandle<Vec<CommandResult>>| async move {
+            actix_rt::time::timeout(Duration::from_secs(30), round)
+                .await
+                .expect("a waiting payer was never woken")
+                .unwrap()
+        };
+        for results in [landed(first).await, landed(second).await] {
+            assert_eq!(results.len(), PAYERS);
+            assert!(
+                results.iter().all(|r| *r == Ok(Outcome::TransferAccepted)),
+                "{results:?}"
+            );
+        }
+        settle(&ledger).await;
+        let shop = views(&ledger, &["shop"]).await[0];
+        assert_eq!(shop.0, 2 * PAYERS as i128, "the shop got every credit once");
         assert_clean(store.as_ref(), &ledger);
     });
 }
