@@ -82,7 +82,14 @@ impl Ledger {
     ///
     /// With `config.arbiters == 0` every actor runs on the calling arbiter: a caller on that
     /// same thread then talks to its actors without crossing threads.
+    ///
+    /// Panics if `config.commit_window` is out of range ([`crate::config::CommitWindow::is_valid`]).
     pub fn start(store: Arc<dyn Store>, config: LedgerConfig) -> Ledger {
+        assert!(
+            config.commit_window.is_valid(),
+            "commit window bounds out of range: {:?}",
+            config.commit_window
+        );
         let arbiters: Vec<Arbiter> = (0..config.arbiters).map(|_| Arbiter::new()).collect();
         for arbiter in &arbiters {
             // Account actors commit from these threads: a remote store (and the relay's

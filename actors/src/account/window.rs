@@ -364,6 +364,22 @@ mod tests {
             .all(|id| *id < small));
     }
 
+    /// The bounds a ledger accepts: at least one place, `min <= initial <= max`, and no
+    /// more than `COMMIT_WINDOW_MAX`.
+    #[test]
+    fn window_bounds_are_checked() {
+        assert!(CommitWindow::default().is_valid());
+        assert!(CommitWindow::fixed(1).is_valid());
+        assert!(!CommitWindow::fixed(0).is_valid());
+        assert!(!CommitWindow::fixed(crate::config::COMMIT_WINDOW_MAX + 1).is_valid());
+        let inverted = CommitWindow {
+            initial: 8,
+            min: 16,
+            max: 32,
+        };
+        assert!(!inverted.is_valid());
+    }
+
     /// A newcomer does not take a place while others wait, even when one is free.
     #[test]
     fn a_newcomer_queues_behind_those_waiting() {
