@@ -39,6 +39,7 @@ use actix::Addr;
 use super::{AccountActor, Wake};
 
 use crate::config::CommitWindow;
+
 /// A round whose slowest commit took longer shrinks the limit.
 pub(crate) const LATENCY_HIGH: Duration = Duration::from_millis(5);
 /// A round whose slowest commit took less grows it.
@@ -91,6 +92,7 @@ impl<W: Waker> Window<W> {
             bounds.is_valid(),
             "commit window bounds out of range: {bounds:?}"
         );
+        metrics::gauge!("tessera_actors_commit_window_limit").set(bounds.initial as f64);
         Window {
             bounds,
             limit: bounds.initial,
@@ -472,8 +474,8 @@ mod tests {
             }
             loop {
                 let mut progressed = false;
-                for who in 0..8 {
-                    if tickets[who].is_some() && window.acquire(&mut tickets[who], 1, || unreachable!()) {
+                for ticket in tickets.iter_mut() {
+                    if ticket.is_some() && window.acquire(ticket, 1, || unreachable!()) {
                         window.finish(Duration::ZERO);
                         progressed = true;
                     }
