@@ -422,7 +422,7 @@ impl AccountActor {
         self.credits_left(&jobs);
         // Every job taken in is sealed (or refused) in the same turn: activity is dated
         // here, once per commit.
-        let started = Instant::now();
+        let started = place.since();
         self.last_active = started;
         let draft = Draft::new(state, &self.shared, &self.recent_final);
         let Sealed { commit, outcome } = match draft.build(&jobs) {

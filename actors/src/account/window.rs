@@ -15,8 +15,8 @@
 //! The limit adapts to what commits cost: after each round (as many commits as the limit)
 //! it shrinks by a quarter if the round's slowest commit took over [`LATENCY_HIGH`], and
 //! grows by a quarter if it stayed under [`LATENCY_LOW`], within the bounds of
-//! [`crate::config::CommitWindow`]. Small commits (one item each) need many places to keep both cores busy;
-//! large ones need few to keep their latency down.
+//! [`crate::config::CommitWindow`]. Small commits (one item each) need many places to keep
+//! both cores busy; large ones need few to keep their latency down.
 //!
 //! An actor with at least [`LARGE_COMMIT_ITEMS`] items waiting (a hot account) queues
 //! ahead of the others: its commit carries many items for its one place, and behind a
@@ -41,15 +41,15 @@ use super::{AccountActor, Wake};
 use crate::config::CommitWindow;
 
 /// A round whose slowest commit took longer shrinks the limit.
-pub(crate) const LATENCY_HIGH: Duration = Duration::from_millis(5);
+const LATENCY_HIGH: Duration = Duration::from_millis(5);
 /// A round whose slowest commit took less grows it.
-pub(crate) const LATENCY_LOW: Duration = Duration::from_millis(2);
+const LATENCY_LOW: Duration = Duration::from_millis(2);
 
 /// Items an actor has waiting from which its commit queues ahead of smaller ones.
-pub(crate) const LARGE_COMMIT_ITEMS: usize = 256;
+const LARGE_COMMIT_ITEMS: usize = 256;
 /// Places granted to large commits in a row, while small ones wait, before one goes to a
 /// small one.
-pub(crate) const LARGE_STREAK_MAX: usize = 8;
+const LARGE_STREAK_MAX: usize = 8;
 
 /// How the window wakes an actor it granted a place to.
 pub(crate) trait Waker {
@@ -215,6 +215,14 @@ thread_local! {
 #[must_use]
 pub(crate) struct Place {
     since: Instant,
+}
+
+impl Place {
+    /// When the place was taken: the start of its commit, which the window's latency
+    /// rounds and the actor's commit latency both count from.
+    pub(crate) fn since(&self) -> Instant {
+        self.since
+    }
 }
 
 /// An actor's place in the thread's queue; dropped unused, it leaves the queue (or passes
