@@ -5,7 +5,9 @@
 //! accumulated while its previous commit was in flight (or while it waited for a place in
 //! its thread's commit window, see [`window`]) as one store transaction: postings,
 //! idempotency records, hold records, outbox entries and the balance record, fenced by the
-//! slot epoch. Callers hear back only after the commit is durable (INV-2).
+//! slot epoch. A commit takes at most [`COMMIT_CLIENT_ITEMS_MAX`] client commands; a larger
+//! job is split in order and each part answered when its commit is durable. Callers hear
+//! back only after the commit is durable (INV-2).
 //!
 //! Must never: let two commits of its own overlap (state would fork), update its state
 //! before the store says committed, or answer a caller before that. On an unknown commit
@@ -55,6 +57,19 @@ const _: () = assert!(EXPIRIES_PER_TICK_MAX <= BATCH_COMMANDS_MAX);
 /// Client items an account actor takes waiting for a commit (in its inbox and its queue):
 /// beyond it a delivery of client commands is answered `overloaded`.
 pub(crate) const CLIENT_ITEMS_MAX: usize = 4 * BATCH_COMMANDS_MAX;
+
+/// Client commands one commit of an account takes, at most (credit legs and expiries fill
+/// it up to [`BATCH_COMMANDS_MAX`]). A job with more is split, its rest committed next, each
+/// part answered when its commit is durable.
+///
+/// Callers wait for their commit, and a hot payer's commits are serial. On the 2-core
+/// machine (`bench engine` hot-debit, BENCHMARKS.md round 18) a commit of 8,190 debits took
+/// about 25 ms from seal to durable, 2,048 about 12–20 ms and 1,024 about 7 ms, at
+/// 280,000–350,000 debits/s. At 512 the payer's serial commits became the limit
+/// (205,000–215,000/s). A limit that adapted to each commit's latency chased noise: it
+/// grew whenever a few commits were fast, and the p99 rose to 10–16 ms.
+pub(crate) const COMMIT_CLIENT_ITEMS_MAX: usize = 1_024;
+const _: () = assert!(COMMIT_CLIENT_ITEMS_MAX <= BATCH_COMMANDS_MAX);
 
 /// Holds finalized in this incarnation remembered for idempotent replies.
 const RECENT_FINAL_HOLDS_MAX: usize = 65_536;
@@ -210,6 +225,22 @@ pub(crate) struct Job {
 }
 
 impl Job {
+    /// Splits off the job's first `count` items into a job of their own (answered on its
+    /// own reply, a share of this job's).
+    fn split_front(&mut self, count: usize) -> Job {
+        debug_assert!(count > 0 && count < self.items.len());
+        let rest = self.items.split_off(count);
+        let front = std::mem::replace(&mut self.items, rest);
+        let origin = match &self.origin {
+            Origin::Client(reply) => Origin::Client(reply.share()),
+            Origin::Internal => Origin::Internal,
+        };
+        Job {
+            origin,
+            items: front,
+        }
+    }
+
     /// Credit legs (from the relay) among the job's items.
     fn credit_legs(&self) -> usize {
         match self.origin {
@@ -249,6 +280,44 @@ fn answer_jobs(jobs: Vec<Job>, results: Vec<CommandResult>) {
         job.answer(&mut share);
         share.for_each(drop);
     }
+}
+
+/// Takes the jobs of the next commit off the front of `pending`, in order: at most
+/// [`BATCH_COMMANDS_MAX`] items, of which at most [`COMMIT_CLIENT_ITEMS_MAX`] client
+/// commands. A job that does not fit is split, its rest left at the front. Gives the jobs
+/// and their items.
+fn take_for_commit(pending: &mut VecDeque<Job>) -> (Vec<Job>, usize) {
+    // Sized once (the pending queue is bounded): grown by doubling it was moved repeatedly.
+    let mut jobs = Vec::with_capacity(pending.len());
+    let mut items = 0;
+    let mut client_items = 0;
+    while let Some(job) = pending.front_mut() {
+        assert!(
+            job.items.len() <= BATCH_COMMANDS_MAX,
+            "senders bound every job"
+        );
+        let client = matches!(job.origin, Origin::Client(_));
+        let room = if client {
+            (BATCH_COMMANDS_MAX - items).min(COMMIT_CLIENT_ITEMS_MAX - client_items)
+        } else {
+            BATCH_COMMANDS_MAX - items
+        };
+        let take = job.items.len().min(room);
+        if take == 0 {
+            break;
+        }
+        items += take;
+        if client {
+            client_items += take;
+        }
+        if take < job.items.len() {
+            // The rest waits for the next commit, answered on a share of the reply.
+            jobs.push(job.split_front(take));
+            break;
+        }
+        jobs.extend(pending.pop_front());
+    }
+    (jobs, items)
 }
 
 /// Snapshot of an account actor for metrics and the console.
@@ -403,20 +472,7 @@ impl AccountActor {
         ) else {
             return;
         };
-        // Sized once (the pending queue is bounded): grown by doubling it was moved repeatedly.
-        let mut jobs = Vec::with_capacity(self.pending.len());
-        let mut items = 0;
-        while let Some(job) = self.pending.front() {
-            assert!(
-                job.items.len() <= BATCH_COMMANDS_MAX,
-                "senders bound every job"
-            );
-            if items > 0 && items + job.items.len() > BATCH_COMMANDS_MAX {
-                break;
-            }
-            items += job.items.len();
-            jobs.extend(self.pending.pop_front());
-        }
+        let (jobs, items) = take_for_commit(&mut self.pending);
         self.pending_items -= items;
         self.publish_pending();
         self.credits_left(&jobs);
@@ -891,6 +947,98 @@ mod tests {
             work,
             settled: None,
         }
+    }
+
+    fn client_job(answers: &Arc<BatchAnswers>, indexes: std::ops::Range<usize>) -> Job {
+        Job {
+            origin: Origin::Client(answers.reply()),
+            items: indexes
+                .map(|index| item(index, Work::Client(AccountCommand::Lookup)))
+                .collect(),
+        }
+    }
+
+    fn internal_job(items: usize) -> Job {
+        Job {
+            origin: Origin::Internal,
+            items: (0..items).map(|_| item(0, Work::Net)).collect(),
+        }
+    }
+
+    fn indexes(jobs: &[Job]) -> Vec<usize> {
+        jobs.iter()
+            .flat_map(|job| job.items.iter().map(|item| item.index))
+            .collect()
+    }
+
+    /// A commit takes at most `COMMIT_CLIENT_ITEMS_MAX` client commands and
+    /// `BATCH_COMMANDS_MAX` items; jobs that do not fit are split in order, and every part
+    /// answers on its own share of the batch's reply.
+    #[test]
+    fn commits_take_bounded_parts_of_large_jobs_in_order() {
+        assert_eq!(COMMIT_CLIENT_ITEMS_MAX, 1_024);
+        let answers = BatchAnswers::new(2_100);
+        let mut pending: VecDeque<Job> = VecDeque::new();
+        pending.push_back(client_job(&answers, 0..1_500));
+        pending.push_back(internal_job(100));
+        pending.push_back(client_job(&answers, 1_500..2_100));
+        pending.push_back(internal_job(8_000));
+
+        let mut taken = Vec::new();
+        let (first, items) = take_for_commit(&mut pending);
+        assert_eq!(items, 1_024);
+        assert_eq!(indexes(&first), (0..1_024).collect::<Vec<_>>());
+        taken.push(first);
+
+        // The rest of the first job, the internal job, and what fits of the third.
+        let (second, items) = take_for_commit(&mut pending);
+        assert_eq!(items, 476 + 100 + 548);
+        assert_eq!(second.len(), 3);
+        let client: Vec<usize> = indexes(&second)
+            .into_iter()
+            .filter(|index| *index > 0)
+            .collect();
+        assert_eq!(
+            client,
+            (1_024..1_500).chain(1_500..2_048).collect::<Vec<_>>()
+        );
+        taken.push(second);
+
+        // Credit legs and expiries fill a commit up to the batch bound.
+        let (third, items) = take_for_commit(&mut pending);
+        assert_eq!(items, 52 + 8_000);
+        assert_eq!(
+            indexes(&third)[..52],
+            (2_048..2_100).collect::<Vec<_>>()[..]
+        );
+        taken.push(third);
+        assert!(pending.is_empty());
+        assert_eq!(take_for_commit(&mut pending).1, 0);
+
+        for jobs in taken {
+            let results: Vec<CommandResult> = jobs
+                .iter()
+                .flat_map(|job| &job.items)
+                .map(|_| Ok(Outcome::TransferAccepted))
+                .collect();
+            answer_jobs(jobs, results);
+        }
+        let mut answered: Vec<usize> = block_on(answers.all())
+            .into_iter()
+            .map(|(index, _)| index)
+            .collect();
+        answered.sort_unstable();
+        assert_eq!(answered, (0..2_100).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn an_internal_job_beyond_the_batch_bound_is_split() {
+        let mut pending: VecDeque<Job> = VecDeque::new();
+        pending.push_back(internal_job(8_000));
+        pending.push_back(internal_job(500));
+        assert_eq!(take_for_commit(&mut pending).1, BATCH_COMMANDS_MAX);
+        assert_eq!(take_for_commit(&mut pending).1, 8_500 - BATCH_COMMANDS_MAX);
+        assert!(pending.is_empty());
     }
 
     /// Regression: a client job after an internal one (credit legs, expiries, netting)

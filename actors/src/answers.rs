@@ -89,6 +89,16 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// Another reply for part of this one's commands (an actor that commits them in more
+    /// than one commit answers each part when its commit is durable). The batch resolves
+    /// once both have answered or been dropped.
+    pub fn share(&self) -> Reply {
+        match &self.answers {
+            Some(answers) => answers.reply(),
+            None => Reply { answers: None },
+        }
+    }
+
     /// Adds `(index, result)` pairs to the batch's answers.
     pub fn answer(mut self, results: impl IntoIterator<Item = (usize, CommandResult)>) {
         let Some(answers) = self.answers.take() else {
@@ -171,6 +181,34 @@ mod tests {
                 (0, Err(ErrorCode::Overloaded)),
                 (2, Err(ErrorCode::NotOwner)),
                 (3, Err(ErrorCode::UnknownAccount)),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_share_of_a_reply_is_waited_for_like_any_reply() {
+        let answers = BatchAnswers::new(3);
+        let reply = answers.reply();
+        let share = reply.share();
+        let waiter = std::thread::spawn({
+            let answers = Arc::clone(&answers);
+            move || block_on(answers.all())
+        });
+        share.answer([(0, Err(ErrorCode::Overloaded))]);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(
+            !waiter.is_finished(),
+            "resolved before the first reply answered"
+        );
+        reply.answer([(1, Err(ErrorCode::NotOwner)), (2, Err(ErrorCode::NotOwner))]);
+        let mut answered = waiter.join().unwrap();
+        answered.sort_by_key(|(index, _)| *index);
+        assert_eq!(
+            answered,
+            vec![
+                (0, Err(ErrorCode::Overloaded)),
+                (1, Err(ErrorCode::NotOwner)),
+                (2, Err(ErrorCode::NotOwner)),
             ]
         );
     }

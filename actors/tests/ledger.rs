@@ -370,3 +370,70 @@ async fn peer_legs_are_applied_at_most_once() {
     let report = audit(store.as_ref(), ledger.keyspace()).unwrap();
     assert!(report.is_clean(), "{:?}", report.discrepancies);
 }
+
+/// One batch of 3,000 debits from one payer spans three of its commits (a commit takes at
+/// most 1,024 client commands): each part is drafted on the state the part before it left,
+/// so exactly the first 2,000 fit the funds, every command is answered once with its own
+/// result, and money is conserved.
+#[actix_rt::test]
+async fn a_batch_larger_than_one_commit_is_committed_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    let ledger = ledger(store.clone());
+    run(
+        &ledger,
+        vec![create_system("world"), create("payer"), create("shop")],
+    )
+    .await;
+    run(&ledger, vec![transfer("fund", "world", "payer", 2_000)]).await;
+    settle(&ledger).await;
+    let commits_before = ledger
+        .stats()
+        .commits
+        .load(std::sync::atomic::Ordering::Acquire);
+    let batch: Vec<_> = (0..3_000)
+        .map(|n| transfer(&format!("t{n}"), "payer", "shop", 1))
+        .collect();
+    let results = run(&ledger, batch).await;
+    assert_eq!(results.len(), 3_000);
+    for (n, result) in results.iter().enumerate() {
+        let expected = if n < 2_000 {
+            Ok(Outcome::TransferAccepted)
+        } else {
+            Err(ErrorCode::InsufficientFunds)
+        };
+        assert_eq!(*result, expected, "transfer t{n}");
+    }
+    settle(&ledger).await;
+    let commits = ledger
+        .stats()
+        .commits
+        .load(std::sync::atomic::Ordering::Acquire)
+        - commits_before;
+    // Three of the payer's, at least one of the shop's.
+    assert!(commits >= 4, "{commits} commits");
+    assert_eq!(balance(&ledger, "payer").await, (0, 0));
+    assert_eq!(balance(&ledger, "shop").await, (2_000, 2_000));
+    // Retries of both parts return the original outcomes.
+    let retries = run(
+        &ledger,
+        vec![
+            transfer("t0", "payer", "shop", 1),
+            transfer("t1999", "payer", "shop", 1),
+            transfer("t2999", "payer", "shop", 1),
+        ],
+    )
+    .await;
+    assert_eq!(
+        retries,
+        vec![
+            Ok(Outcome::TransferAccepted),
+            Ok(Outcome::TransferAccepted),
+            Err(ErrorCode::InsufficientFunds)
+        ]
+    );
+    let report = audit(store.as_ref(), ledger.keyspace()).unwrap();
+    assert!(report.is_clean(), "{:?}", report.discrepancies);
+    // Refused transfers are recorded too (their retries return the refusal).
+    assert_eq!(report.transfers, 3_001);
+}
