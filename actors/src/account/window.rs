@@ -12,11 +12,18 @@
 //! lets queue in the store. While the window has room (light load) an actor commits at
 //! once, as before.
 //!
-//! The limit adapts to what commits cost: after each round (as many commits as the limit)
-//! it shrinks by a quarter if the round's slowest commit took over [`LATENCY_HIGH`], and
-//! grows by a quarter if it stayed under [`LATENCY_LOW`], within the bounds of
+//! The limit adapts to what commits cost, within the bounds of
 //! [`crate::config::CommitWindow`]. Small commits (one item each) need many places to keep
 //! both cores busy; large ones need few to keep their latency down.
+//! - The first commit slower than [`LATENCY_HIGH`] shrinks it by a quarter at once, and
+//!   starts a round (as many commits as the new limit) in which no other commit shrinks it:
+//!   those were mostly sent before the cut.
+//! - A round that ends without a cut, whose slowest commit stayed under [`LATENCY_LOW`],
+//!   grows it by a quarter, but only if the window was full at some point of the round (an
+//!   actor had to wait). Growing on fast rounds with room to spare took the limit from 46 to
+//!   879 in 25 ms as load began; the full load then met 879 commits in flight, and shrinking
+//!   a quarter per round of 600–900 slow commits left 3,000 commits over 8 ms in the run's
+//!   first 300 ms (BENCHMARKS.md round 18).
 //!
 //! An actor with at least [`LARGE_COMMIT_ITEMS`] items waiting (a hot account) queues
 //! ahead of the others: its commit carries many items for its one place, and behind a
@@ -40,9 +47,9 @@ use super::{AccountActor, Wake};
 
 use crate::config::CommitWindow;
 
-/// A round whose slowest commit took longer shrinks the limit.
+/// A commit that took longer shrinks the limit (once per round).
 const LATENCY_HIGH: Duration = Duration::from_millis(5);
-/// A round whose slowest commit took less grows it.
+/// A full round whose slowest commit took less grows it.
 const LATENCY_LOW: Duration = Duration::from_millis(2);
 
 /// Items an actor has waiting from which its commit queues ahead of smaller ones.
@@ -75,6 +82,11 @@ pub(crate) struct Window<W> {
     /// Commits finished in this round, and the slowest of them.
     round_done: usize,
     round_slowest: Duration,
+    /// Whether the limit was cut in this round (once per round).
+    round_cut: bool,
+    /// Whether an actor had to wait for a place in this round (the limit was what held
+    /// commits back, so it may grow).
+    round_full: bool,
     next_ticket: u64,
     /// Actors waiting for a place with a large commit, oldest first (served first).
     large: VecDeque<(u64, W)>,
@@ -99,6 +111,8 @@ impl<W: Waker> Window<W> {
             taken: 0,
             round_done: 0,
             round_slowest: Duration::ZERO,
+            round_cut: false,
+            round_full: false,
             next_ticket: 0,
             large: VecDeque::new(),
             waiting: VecDeque::new(),
@@ -129,6 +143,7 @@ impl<W: Waker> Window<W> {
             self.taken += 1;
             return true;
         }
+        self.round_full = true;
         let number = self.next_ticket;
         self.next_ticket += 1;
         let queue = if items >= LARGE_COMMIT_ITEMS {
@@ -144,23 +159,34 @@ impl<W: Waker> Window<W> {
     /// A commit that held a place for `elapsed` finished: adapts the limit and hands the
     /// free places on.
     pub(crate) fn finish(&mut self, elapsed: Duration) {
-        self.round_done += 1;
-        self.round_slowest = self.round_slowest.max(elapsed);
-        if self.round_done >= self.limit {
-            let before = self.limit;
-            if self.round_slowest > LATENCY_HIGH {
-                self.limit = (self.limit - self.limit / 4).max(self.bounds.min);
-            } else if self.round_slowest < LATENCY_LOW {
-                self.limit = (self.limit + self.limit / 4 + 1).min(self.bounds.max);
+        let before = self.limit;
+        if elapsed > LATENCY_HIGH && !self.round_cut {
+            self.limit = (self.limit - self.limit / 4).max(self.bounds.min);
+            self.start_round();
+            self.round_cut = true;
+        } else {
+            self.round_done += 1;
+            self.round_slowest = self.round_slowest.max(elapsed);
+            if self.round_done >= self.limit {
+                if !self.round_cut && self.round_full && self.round_slowest < LATENCY_LOW {
+                    self.limit = (self.limit + self.limit / 4 + 1).min(self.bounds.max);
+                }
+                self.start_round();
             }
-            if self.limit != before {
-                metrics::gauge!("tessera_actors_commit_window_limit").set(self.limit as f64);
-            }
-            self.round_done = 0;
-            self.round_slowest = Duration::ZERO;
+        }
+        if self.limit != before {
+            metrics::gauge!("tessera_actors_commit_window_limit").set(self.limit as f64);
         }
         self.taken -= 1;
         self.grant();
+    }
+
+    fn start_round(&mut self) {
+        self.round_done = 0;
+        self.round_slowest = Duration::ZERO;
+        self.round_cut = false;
+        // Actors still waiting keep the window full.
+        self.round_full = !self.large.is_empty() || !self.waiting.is_empty();
     }
 
     /// The actor holding `ticket` gives it up (it stopped, or has nothing to commit).
@@ -406,31 +432,80 @@ mod tests {
         assert!(window.acquire(&mut first, 1, || unreachable!()));
     }
 
-    /// Slow rounds shrink the limit to its floor, fast ones grow it to its ceiling, and
-    /// rounds in between leave it.
+    /// Finishes a round of the window's limit in commits that took `latency`; with `full`,
+    /// one more actor had to wait for a place meanwhile (it gets one and finishes too).
+    fn round(window: &mut Window<Fake>, latency: Duration, full: bool) {
+        let (actors, _) = fakes(1);
+        let n = window.limit;
+        for _ in 0..n {
+            assert!(window.acquire(&mut None, 1, || unreachable!()));
+        }
+        let mut ticket = None;
+        if full {
+            assert!(!window.acquire(&mut ticket, 1, || actors[0].clone()));
+        }
+        for _ in 0..n {
+            window.finish(latency);
+        }
+        if full {
+            assert!(window.acquire(&mut ticket, 1, || unreachable!("granted")));
+            window.finish(latency);
+        }
+    }
+
+    /// Slow commits shrink the limit to its floor, fast rounds of a full window grow it to
+    /// its ceiling, and rounds in between leave it.
     #[test]
     fn the_limit_follows_commit_latency() {
         let mut window: Window<Fake> = Window::new(CommitWindow::default());
-        let round = |window: &mut Window<Fake>, latency: Duration| {
-            let n = window.limit;
-            for _ in 0..n {
-                assert!(window.acquire(&mut None, 1, || unreachable!()));
-            }
-            for _ in 0..n {
-                window.finish(latency);
-            }
-        };
         for _ in 0..64 {
-            round(&mut window, LATENCY_HIGH + Duration::from_millis(1));
+            round(&mut window, LATENCY_HIGH + Duration::from_millis(1), true);
         }
         assert_eq!(window.limit, CommitWindow::default().min);
         let middle = (LATENCY_LOW + LATENCY_HIGH) / 2;
-        round(&mut window, middle);
+        round(&mut window, middle, true);
+        round(&mut window, middle, true);
         assert_eq!(window.limit, CommitWindow::default().min);
         for _ in 0..64 {
-            round(&mut window, Duration::from_micros(100));
+            round(&mut window, Duration::from_micros(100), true);
         }
         assert_eq!(window.limit, CommitWindow::default().max);
+    }
+
+    /// Fast commits while the window has room to spare (nobody waits) say nothing about a
+    /// larger limit: it stays.
+    #[test]
+    fn the_limit_grows_only_when_the_window_held_commits_back() {
+        let mut window: Window<Fake> = Window::new(CommitWindow::default());
+        let start = window.limit;
+        for _ in 0..16 {
+            round(&mut window, Duration::from_micros(100), false);
+        }
+        assert_eq!(window.limit, start);
+        round(&mut window, Duration::from_micros(100), true);
+        // The round the actor waited in grew it.
+        assert!(window.limit > start, "{} places", window.limit);
+    }
+
+    /// The first slow commit cuts the limit at once; the commits of the round that follows
+    /// (mostly sent before the cut) do not cut it again; the next slow one after it does.
+    #[test]
+    fn a_slow_commit_cuts_the_limit_once_per_round() {
+        let mut window: Window<Fake> = Window::new(CommitWindow::default());
+        let start = window.limit;
+        for _ in 0..start {
+            assert!(window.acquire(&mut None, 1, || unreachable!()));
+        }
+        let slow = LATENCY_HIGH + Duration::from_millis(1);
+        window.finish(slow);
+        let cut = start - start / 4;
+        assert_eq!(window.limit, cut);
+        for _ in 0..cut {
+            window.finish(slow);
+        }
+        assert_eq!(window.limit, cut, "cut once in a round");
+        window.finish(slow);
+        assert_eq!(window.limit, cut - cut / 4);
     }
 
     proptest! {
