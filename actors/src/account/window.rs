@@ -19,11 +19,12 @@
 //!   starts a round (as many commits as the new limit) in which no other commit shrinks it:
 //!   those were mostly sent before the cut.
 //! - A round that ends without a cut, whose slowest commit stayed under [`LATENCY_LOW`],
-//!   grows it by a quarter, but only if the window was full at some point of the round (an
-//!   actor had to wait). Growing on fast rounds with room to spare took the limit from 46 to
-//!   879 in 25 ms as load began; the full load then met 879 commits in flight, and shrinking
-//!   a quarter per round of 600–900 slow commits left 3,000 commits over 8 ms in the run's
-//!   first 300 ms (BENCHMARKS.md round 18).
+//!   grows it by an eighth, but only if the window was full at some point of the round (an
+//!   actor had to wait). Growing a quarter on fast rounds with room to spare took the limit
+//!   from 46 to 879 in 25 ms as load began; the full load then met 879 commits in flight,
+//!   and shrinking a quarter per round of 600–900 slow commits left 3,000 commits over 8 ms
+//!   in the run's first 300 ms (BENCHMARKS.md round 18). Growing by an eighth overshoots
+//!   less while the store's queue builds up behind fast early commits.
 //!
 //! An actor with at least [`LARGE_COMMIT_ITEMS`] items waiting (a hot account) queues
 //! ahead of the others: its commit carries many items for its one place, and behind a
@@ -169,7 +170,7 @@ impl<W: Waker> Window<W> {
             self.round_slowest = self.round_slowest.max(elapsed);
             if self.round_done >= self.limit {
                 if !self.round_cut && self.round_full && self.round_slowest < LATENCY_LOW {
-                    self.limit = (self.limit + self.limit / 4 + 1).min(self.bounds.max);
+                    self.limit = (self.limit + self.limit / 8 + 1).min(self.bounds.max);
                 }
                 self.start_round();
             }
