@@ -155,16 +155,28 @@ mod tests {
     use cells::ledger::ErrorCode;
     use futures::executor::block_on;
 
+    type Waiter = std::thread::JoinHandle<Vec<(usize, CommandResult)>>;
+
+    /// Waits for every answer of the batch on a thread of its own.
+    fn wait_in_thread(answers: &Arc<BatchAnswers>) -> Waiter {
+        let answers = Arc::clone(answers);
+        std::thread::spawn(move || block_on(answers.all()))
+    }
+
+    /// The waiter's answers, by command index.
+    fn joined_in_order(waiter: Waiter) -> Vec<(usize, CommandResult)> {
+        let mut answered = waiter.join().unwrap();
+        answered.sort_by_key(|(index, _)| *index);
+        answered
+    }
+
     #[test]
     fn every_reply_answers_or_is_dropped_before_the_batch_resolves() {
         let answers = BatchAnswers::new(4);
         let first = answers.reply();
         let second = answers.reply();
         let third = answers.reply();
-        let waiter = std::thread::spawn({
-            let answers = Arc::clone(&answers);
-            move || block_on(answers.all())
-        });
+        let waiter = wait_in_thread(&answers);
         first.answer([
             (0, Err(ErrorCode::Overloaded)),
             (2, Err(ErrorCode::NotOwner)),
@@ -173,10 +185,8 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(20));
         assert!(!waiter.is_finished(), "resolved with a reply outstanding");
         third.answer([(3, Err(ErrorCode::UnknownAccount))]);
-        let mut answered = waiter.join().unwrap();
-        answered.sort_by_key(|(index, _)| *index);
         assert_eq!(
-            answered,
+            joined_in_order(waiter),
             vec![
                 (0, Err(ErrorCode::Overloaded)),
                 (2, Err(ErrorCode::NotOwner)),
@@ -190,10 +200,7 @@ mod tests {
         let answers = BatchAnswers::new(3);
         let reply = answers.reply();
         let share = reply.share();
-        let waiter = std::thread::spawn({
-            let answers = Arc::clone(&answers);
-            move || block_on(answers.all())
-        });
+        let waiter = wait_in_thread(&answers);
         share.answer([(0, Err(ErrorCode::Overloaded))]);
         std::thread::sleep(std::time::Duration::from_millis(20));
         assert!(
@@ -201,10 +208,8 @@ mod tests {
             "resolved before the first reply answered"
         );
         reply.answer([(1, Err(ErrorCode::NotOwner)), (2, Err(ErrorCode::NotOwner))]);
-        let mut answered = waiter.join().unwrap();
-        answered.sort_by_key(|(index, _)| *index);
         assert_eq!(
-            answered,
+            joined_in_order(waiter),
             vec![
                 (0, Err(ErrorCode::Overloaded)),
                 (1, Err(ErrorCode::NotOwner)),

@@ -61,8 +61,15 @@ async fn transfer_moves_money_and_completes() {
     assert_eq!(report.transfers, 3);
 }
 
-#[actix_rt::test]
-async fn holds_freeze_release_and_capture() {
+/// A ledger on a fresh store with a system account `world`, a customer `payer` funded with
+/// `units` (settled) and a customer `shop`.
+async fn payer_and_shop(
+    units: u64,
+) -> (
+    tempfile::TempDir,
+    std::sync::Arc<dyn cells::store::Store>,
+    actors::Ledger,
+) {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path());
     let ledger = ledger(store.clone());
@@ -71,8 +78,14 @@ async fn holds_freeze_release_and_capture() {
         vec![create_system("world"), create("payer"), create("shop")],
     )
     .await;
-    run(&ledger, vec![transfer("fund", "world", "payer", 1_000)]).await;
+    run(&ledger, vec![transfer("fund", "world", "payer", units)]).await;
     settle(&ledger).await;
+    (dir, store, ledger)
+}
+
+#[actix_rt::test]
+async fn holds_freeze_release_and_capture() {
+    let (_dir, store, ledger) = payer_and_shop(1_000).await;
     let results = run(
         &ledger,
         vec![
@@ -377,16 +390,7 @@ async fn peer_legs_are_applied_at_most_once() {
 /// result, and money is conserved.
 #[actix_rt::test]
 async fn a_batch_larger_than_one_commit_is_committed_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open_store(dir.path());
-    let ledger = ledger(store.clone());
-    run(
-        &ledger,
-        vec![create_system("world"), create("payer"), create("shop")],
-    )
-    .await;
-    run(&ledger, vec![transfer("fund", "world", "payer", 2_000)]).await;
-    settle(&ledger).await;
+    let (_dir, store, ledger) = payer_and_shop(2_000).await;
     let commits_before = ledger
         .stats()
         .commits
