@@ -312,6 +312,7 @@ fn take_for_commit(pending: &mut VecDeque<Job>) -> (Vec<Job>, usize) {
         }
         if take < job.items.len() {
             // The rest waits for the next commit, answered on a share of the reply.
+            metrics::counter!("tessera_actors_jobs_split_total").increment(1);
             jobs.push(job.split_front(take));
             break;
         }
