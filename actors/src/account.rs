@@ -5,8 +5,9 @@
 //! accumulated while its previous commit was in flight (or while it waited for a place in
 //! its thread's commit window, see [`window`]) as one store transaction: postings,
 //! idempotency records, hold records, outbox entries and the balance record, fenced by the
-//! slot epoch. A commit takes at most [`COMMIT_CLIENT_ITEMS_MAX`] client commands; a larger
-//! job is split in order and each part answered when its commit is durable. Callers hear
+//! slot epoch. A commit takes at most [`crate::LedgerConfig::commit_client_items`] client
+//! commands; a larger job is split in order and each part answered when its commit is
+//! durable. Callers hear
 //! back only after the commit is durable (INV-2).
 //!
 //! Must never: let two commits of its own overlap (state would fork), update its state
@@ -57,19 +58,6 @@ const _: () = assert!(EXPIRIES_PER_TICK_MAX <= BATCH_COMMANDS_MAX);
 /// Client items an account actor takes waiting for a commit (in its inbox and its queue):
 /// beyond it a delivery of client commands is answered `overloaded`.
 pub(crate) const CLIENT_ITEMS_MAX: usize = 4 * BATCH_COMMANDS_MAX;
-
-/// Client commands one commit of an account takes, at most (credit legs and expiries fill
-/// it up to [`BATCH_COMMANDS_MAX`]). A job with more is split, its rest committed next, each
-/// part answered when its commit is durable.
-///
-/// Callers wait for their commit, and a hot payer's commits are serial. On the 2-core
-/// machine (`bench engine` hot-debit, BENCHMARKS.md round 18) a commit of 8,190 debits took
-/// about 25 ms from seal to durable, 2,048 about 12–20 ms and 1,024 about 7 ms, at
-/// 280,000–350,000 debits/s. At 512 the payer's serial commits became the limit
-/// (205,000–215,000/s). A limit that adapted to each commit's latency chased noise: it
-/// grew whenever a few commits were fast, and the p99 rose to 10–16 ms.
-pub(crate) const COMMIT_CLIENT_ITEMS_MAX: usize = 1_024;
-const _: () = assert!(COMMIT_CLIENT_ITEMS_MAX <= BATCH_COMMANDS_MAX);
 
 /// Holds finalized in this incarnation remembered for idempotent replies.
 const RECENT_FINAL_HOLDS_MAX: usize = 65_536;
@@ -283,10 +271,10 @@ fn answer_jobs(jobs: Vec<Job>, results: Vec<CommandResult>) {
 }
 
 /// Takes the jobs of the next commit off the front of `pending`, in order: at most
-/// [`BATCH_COMMANDS_MAX`] items, of which at most [`COMMIT_CLIENT_ITEMS_MAX`] client
-/// commands. A job that does not fit is split, its rest left at the front. Gives the jobs
-/// and their items.
-fn take_for_commit(pending: &mut VecDeque<Job>) -> (Vec<Job>, usize) {
+/// [`BATCH_COMMANDS_MAX`] items, of which at most `client_max` client commands. A job that
+/// does not fit is split, its rest left at the front. Gives the jobs and their items.
+fn take_for_commit(pending: &mut VecDeque<Job>, client_max: usize) -> (Vec<Job>, usize) {
+    assert!((1..=BATCH_COMMANDS_MAX).contains(&client_max));
     // Sized once (the pending queue is bounded): grown by doubling it was moved repeatedly.
     let mut jobs = Vec::with_capacity(pending.len());
     let mut items = 0;
@@ -298,7 +286,7 @@ fn take_for_commit(pending: &mut VecDeque<Job>) -> (Vec<Job>, usize) {
         );
         let client = matches!(job.origin, Origin::Client(_));
         let room = if client {
-            (BATCH_COMMANDS_MAX - items).min(COMMIT_CLIENT_ITEMS_MAX - client_items)
+            (BATCH_COMMANDS_MAX - items).min(client_max - client_items)
         } else {
             BATCH_COMMANDS_MAX - items
         };
@@ -473,7 +461,8 @@ impl AccountActor {
         ) else {
             return;
         };
-        let (jobs, items) = take_for_commit(&mut self.pending);
+        let (jobs, items) =
+            take_for_commit(&mut self.pending, self.shared.config.commit_client_items);
         self.pending_items -= items;
         self.publish_pending();
         self.credits_left(&jobs);
@@ -972,12 +961,13 @@ mod tests {
             .collect()
     }
 
-    /// A commit takes at most `COMMIT_CLIENT_ITEMS_MAX` client commands and
-    /// `BATCH_COMMANDS_MAX` items; jobs that do not fit are split in order, and every part
+    /// A commit takes at most `commit_client_items` client commands (the default, 1,024)
+    /// and `BATCH_COMMANDS_MAX` items; jobs that do not fit are split in order, and every part
     /// answers on its own share of the batch's reply.
     #[test]
     fn commits_take_bounded_parts_of_large_jobs_in_order() {
-        assert_eq!(COMMIT_CLIENT_ITEMS_MAX, 1_024);
+        let client_max = crate::LedgerConfig::default().commit_client_items;
+        assert_eq!(client_max, 1_024);
         let answers = BatchAnswers::new(2_100);
         let mut pending: VecDeque<Job> = VecDeque::new();
         pending.push_back(client_job(&answers, 0..1_500));
@@ -986,13 +976,13 @@ mod tests {
         pending.push_back(internal_job(8_000));
 
         let mut taken = Vec::new();
-        let (first, items) = take_for_commit(&mut pending);
+        let (first, items) = take_for_commit(&mut pending, client_max);
         assert_eq!(items, 1_024);
         assert_eq!(indexes(&first), (0..1_024).collect::<Vec<_>>());
         taken.push(first);
 
         // The rest of the first job, the internal job, and what fits of the third.
-        let (second, items) = take_for_commit(&mut pending);
+        let (second, items) = take_for_commit(&mut pending, client_max);
         assert_eq!(items, 476 + 100 + 548);
         assert_eq!(second.len(), 3);
         let client: Vec<usize> = indexes(&second)
@@ -1006,7 +996,7 @@ mod tests {
         taken.push(second);
 
         // Credit legs and expiries fill a commit up to the batch bound.
-        let (third, items) = take_for_commit(&mut pending);
+        let (third, items) = take_for_commit(&mut pending, client_max);
         assert_eq!(items, 52 + 8_000);
         assert_eq!(
             indexes(&third)[..52],
@@ -1014,7 +1004,7 @@ mod tests {
         );
         taken.push(third);
         assert!(pending.is_empty());
-        assert_eq!(take_for_commit(&mut pending).1, 0);
+        assert_eq!(take_for_commit(&mut pending, client_max).1, 0);
 
         for jobs in taken {
             let results: Vec<CommandResult> = jobs
@@ -1034,11 +1024,18 @@ mod tests {
 
     #[test]
     fn an_internal_job_beyond_the_batch_bound_is_split() {
+        let client_max = 1;
         let mut pending: VecDeque<Job> = VecDeque::new();
         pending.push_back(internal_job(8_000));
         pending.push_back(internal_job(500));
-        assert_eq!(take_for_commit(&mut pending).1, BATCH_COMMANDS_MAX);
-        assert_eq!(take_for_commit(&mut pending).1, 8_500 - BATCH_COMMANDS_MAX);
+        assert_eq!(
+            take_for_commit(&mut pending, client_max).1,
+            BATCH_COMMANDS_MAX
+        );
+        assert_eq!(
+            take_for_commit(&mut pending, client_max).1,
+            8_500 - BATCH_COMMANDS_MAX
+        );
         assert!(pending.is_empty());
     }
 

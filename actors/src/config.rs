@@ -47,6 +47,18 @@ pub struct LedgerConfig {
     pub outbox_rescan_interval: Option<Duration>,
     /// How many commits the account actors of one arbiter thread may have in flight.
     pub commit_window: CommitWindow,
+    /// Client commands one commit of an account takes, at most (1 to 8,190; credit legs
+    /// and expiries fill a commit up to 8,190). A larger share of a batch is split in order,
+    /// its rest committed next, each part answered when its commit is durable.
+    ///
+    /// Callers wait for their commit, and a hot payer's commits are serial. On the 2-core
+    /// machine (`bench engine` hot-debit, BENCHMARKS.md round 18) a commit of 8,190 debits
+    /// took about 25 ms from seal to durable, 2,048 about 12–20 ms and 1,024 (the default)
+    /// about 7 ms, at 280,000–400,000 debits/s. At 512 the payer's serial commits became
+    /// the limit (205,000–215,000/s). A limit that adapted to each commit's latency chased
+    /// noise: it grew whenever a few commits were fast, and the p99 rose to 10–16 ms. A
+    /// faster disk affords a larger one.
+    pub commit_client_items: usize,
 }
 
 /// Bounds of the commit window of each arbiter thread: the limit of commits in flight
@@ -101,6 +113,7 @@ impl Default for LedgerConfig {
             dc: None,
             outbox_rescan_interval: None,
             commit_window: CommitWindow::default(),
+            commit_client_items: 1_024,
         }
     }
 }

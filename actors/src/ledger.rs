@@ -83,12 +83,18 @@ impl Ledger {
     /// With `config.arbiters == 0` every actor runs on the calling arbiter: a caller on that
     /// same thread then talks to its actors without crossing threads.
     ///
-    /// Panics if `config.commit_window` is out of range ([`crate::config::CommitWindow::is_valid`]).
+    /// Panics if `config.commit_window` is out of range ([`crate::config::CommitWindow::is_valid`])
+    /// or `config.commit_client_items` is not within 1–8,190.
     pub fn start(store: Arc<dyn Store>, config: LedgerConfig) -> Ledger {
         assert!(
             config.commit_window.is_valid(),
             "commit window bounds out of range: {:?}",
             config.commit_window
+        );
+        assert!(
+            (1..=BATCH_COMMANDS_MAX).contains(&config.commit_client_items),
+            "commit_client_items out of range: {}",
+            config.commit_client_items
         );
         let arbiters: Vec<Arbiter> = (0..config.arbiters).map(|_| Arbiter::new()).collect();
         for arbiter in &arbiters {
