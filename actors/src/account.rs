@@ -7,8 +7,7 @@
 //! idempotency records, hold records, outbox entries and the balance record, fenced by the
 //! slot epoch. A commit takes at most [`crate::LedgerConfig::commit_client_items`] client
 //! commands; a larger job is split in order and each part answered when its commit is
-//! durable. Callers hear
-//! back only after the commit is durable (INV-2).
+//! durable. Callers hear back only after the commit is durable (INV-2).
 //!
 //! Must never: let two commits of its own overlap (state would fork), update its state
 //! before the store says committed, or answer a caller before that. On an unknown commit
@@ -274,7 +273,8 @@ fn answer_jobs(jobs: Vec<Job>, results: Vec<CommandResult>) {
 /// [`BATCH_COMMANDS_MAX`] items, of which at most `client_max` client commands. A job that
 /// does not fit is split, its rest left at the front. Gives the jobs and their items.
 fn take_for_commit(pending: &mut VecDeque<Job>, client_max: usize) -> (Vec<Job>, usize) {
-    assert!((1..=BATCH_COMMANDS_MAX).contains(&client_max));
+    // `Ledger::start` checked the setting.
+    debug_assert!((1..=BATCH_COMMANDS_MAX).contains(&client_max));
     // Sized once (the pending queue is bounded): grown by doubling it was moved repeatedly.
     let mut jobs = Vec::with_capacity(pending.len());
     let mut items = 0;
@@ -481,9 +481,10 @@ impl AccountActor {
         self.in_flight = true;
         ctx.spawn(commit.into_actor(self).map(move |result, actor, ctx| {
             // Freed before this actor looks again: one waiting since earlier goes first.
-            drop(place);
+            let took = started.elapsed();
+            place.finish(took);
             actor.in_flight = false;
-            actor.shared.stats.record_commit(started.elapsed());
+            actor.shared.stats.record_commit(took);
             actor.on_commit(result, jobs, outcome, ctx);
             actor.pump(ctx);
         }));

@@ -250,6 +250,23 @@ impl Place {
     pub(crate) fn since(&self) -> Instant {
         self.since
     }
+
+    /// Gives the place back after a commit that took `elapsed` (the latency the actor
+    /// records too: one clock read for both).
+    pub(crate) fn finish(self, elapsed: Duration) {
+        std::mem::forget(self);
+        give_back(elapsed);
+    }
+}
+
+/// Frees a place held for `elapsed` in the thread's window.
+fn give_back(elapsed: Duration) {
+    // (A thread being torn down has no window left to give back to.)
+    let _ = WINDOW.try_with(|window| {
+        if let Some(window) = window.borrow_mut().as_mut() {
+            window.finish(elapsed);
+        }
+    });
 }
 
 /// An actor's place in the thread's queue; dropped unused, it leaves the queue (or passes
@@ -288,14 +305,10 @@ pub(crate) fn acquire(
 }
 
 impl Drop for Place {
+    /// A place dropped without [`Place::finish`] (its commit's future dropped with a
+    /// stopping actor) is given back all the same.
     fn drop(&mut self) {
-        let elapsed = self.since.elapsed();
-        // (A thread being torn down has no window left to give back to.)
-        let _ = WINDOW.try_with(|window| {
-            if let Some(window) = window.borrow_mut().as_mut() {
-                window.finish(elapsed);
-            }
-        });
+        give_back(self.since.elapsed());
     }
 }
 
