@@ -25,7 +25,7 @@ pub struct EngineArgs {
     /// Commands per batch (at most 8,190).
     #[arg(long, default_value_t = 8_190)]
     batch_size: usize,
-    /// Batches in flight at once (default: 16; 2 for hot-debit and hot-credit).
+    /// Batches in flight at once (default: 16; 2 for hot-debit).
     #[arg(long)]
     in_flight: Option<usize>,
     /// Offered load in transfers per second (open loop: batches are sent on a schedule, and
