@@ -14,6 +14,7 @@
 //! outcome it stops; the next activation reloads from the store and callers retry with the
 //! same ids.
 
+mod completions;
 mod draft;
 mod load;
 mod window;
@@ -479,6 +480,8 @@ impl AccountActor {
             }
         };
         self.in_flight = true;
+        // Polled by the thread's poller, which hands the outcome on from this thread.
+        let commit = completions::watch(commit);
         ctx.spawn(commit.into_actor(self).map(move |result, actor, ctx| {
             // Freed before this actor looks again: one waiting since earlier goes first.
             let took = started.elapsed();

@@ -30,6 +30,68 @@ pub(crate) type Specs = HashMap<AccountId, Option<Arc<AccountSpec>>>;
 struct Live {
     addr: Addr<AccountActor>,
     counters: Arc<Counters>,
+    /// The wake list of the actor's arbiter thread.
+    wakes: Arc<WakeList>,
+}
+
+/// Actors of one arbiter thread that a delivery found disarmed, to be woken on that
+/// thread by its waker task ([`wake_actors`]).
+///
+/// Why: a batch reaches thousands of idle actors at once, and the relay's credit legs as
+/// many payees. Woken one by one from the sender, they were thousands of wake-ups queued
+/// on the actors' thread ahead of the store's answers (see `account::completions`). The
+/// waker task wakes them [`WAKES_PER_TURN`] at a time and lets the thread's other work
+/// (commit completions above all) run in between.
+///
+/// Bounded: an actor is listed when a delivery arms its inbox, and not again until it has
+/// run and disarmed it, so the list never holds more entries than there are live actors.
+#[derive(Default)]
+pub(crate) struct WakeList {
+    actors: Mutex<Vec<Addr<AccountActor>>>,
+    task: futures::task::AtomicWaker,
+}
+
+impl WakeList {
+    fn push(&self, addr: Addr<AccountActor>) {
+        self.actors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(addr);
+        self.task.wake();
+    }
+}
+
+/// Actors woken in one turn of the waker task before it lets the thread's other tasks run.
+const WAKES_PER_TURN: usize = 64;
+
+/// The waker task of one arbiter thread: wakes the actors listed in `list`, a turn of
+/// [`WAKES_PER_TURN`] at a time. Runs as long as its arbiter.
+async fn wake_actors(list: Arc<WakeList>) {
+    let mut listed = Vec::new();
+    loop {
+        std::future::poll_fn(|cx| {
+            list.task.register(cx.waker());
+            let mut actors = list.actors.lock().unwrap_or_else(|p| p.into_inner());
+            if actors.is_empty() {
+                return std::task::Poll::Pending;
+            }
+            std::mem::swap(&mut *actors, &mut listed);
+            std::task::Poll::Ready(())
+        })
+        .await;
+        for turn in listed.chunks(WAKES_PER_TURN) {
+            for addr in turn {
+                if let Err(actix::prelude::SendError::Full(_)) = addr.try_send(Wake) {
+                    // Its mailbox holds [`WAKES_QUEUED_MAX`] wake-ups and housekeeping
+                    // ticks already, any of which takes the delivery. (A stopped actor
+                    // answers what it finds in its closed inbox.)
+                    metrics::counter!("tessera_actors_wake_failed_total").increment(1);
+                }
+            }
+            actix_rt::task::yield_now().await;
+        }
+        listed.clear();
+    }
 }
 
 /// What a live actor shares with its senders, in one allocation: the bound on what is
@@ -60,8 +122,8 @@ pub(crate) struct Counters {
 /// flight takes everything that arrived when the commit completes, so under load the
 /// thousands of deliveries a second to it cost no envelope, no mailbox and no wake-up of
 /// its context each. Only a delivery to an actor that is not armed (no commit in flight,
-/// nothing waiting) sends it a [`Wake`](crate::account::Wake). Bounded by the
-/// reservations ([`ACCOUNT_MAILBOX_CAPACITY`]).
+/// nothing waiting) lists it for a [`Wake`](crate::account::Wake) from its thread's waker
+/// task ([`WakeList`]). Bounded by the reservations ([`ACCOUNT_MAILBOX_CAPACITY`]).
 #[derive(Default)]
 pub(crate) struct Inbox {
     deliveries: Vec<Delivery>,
@@ -154,12 +216,8 @@ impl Reserved {
             inbox.deliveries.push(delivery);
             !std::mem::replace(&mut inbox.armed, true)
         };
-        if wake && self.live.addr.try_send(Wake).is_err() {
-            // Either the actor is stopping (once stopped it closes the inbox and answers
-            // what it finds there, this delivery included) or its mailbox already holds
-            // [`WAKES_QUEUED_MAX`] wake-ups and housekeeping ticks, any of which takes
-            // this delivery.
-            metrics::counter!("tessera_actors_wake_failed_total").increment(1);
+        if wake {
+            self.live.wakes.push(self.live.addr.clone());
         }
         Ok(())
     }
@@ -177,6 +235,8 @@ pub struct Shared {
     pub space: Keyspace,
     pub stats: Arc<LedgerStats>,
     arbiters: Vec<ArbiterHandle>,
+    /// Per arbiter: the actors to wake on its thread.
+    wakes: Vec<Arc<WakeList>>,
     actors: Mutex<HashMap<AccountId, Arc<Live>>>,
     /// Per arbiter: actors started since its housekeeper last looked (taken every tick, so
     /// at most the actors started in one tick period).
@@ -214,7 +274,19 @@ impl Shared {
         arbiters: Vec<ArbiterHandle>,
     ) -> Self {
         assert!(!arbiters.is_empty(), "a ledger needs at least one arbiter");
+        let wakes: Vec<Arc<WakeList>> = arbiters
+            .iter()
+            .map(|arbiter| {
+                let list = Arc::new(WakeList::default());
+                assert!(
+                    arbiter.spawn(wake_actors(Arc::clone(&list))),
+                    "the ledger's arbiters run"
+                );
+                list
+            })
+            .collect();
         Shared {
+            wakes,
             store,
             space: config.keyspace,
             config,
@@ -371,7 +443,11 @@ impl Shared {
         if let Ok(mut newcomers) = self.newcomers[index].lock() {
             newcomers.push(addr.downgrade());
         }
-        Live { addr, counters }
+        Live {
+            addr,
+            counters,
+            wakes: Arc::clone(&self.wakes[index]),
+        }
     }
 
     /// The arbiters account actors run on.
