@@ -45,19 +45,43 @@ struct Live {
 ///
 /// Bounded: an actor is listed when a delivery arms its inbox, and not again until it has
 /// run and disarmed it, so the list never holds more entries than there are live actors.
-#[derive(Default)]
-pub(crate) struct WakeList {
-    actors: Mutex<Vec<Addr<AccountActor>>>,
+pub(crate) struct WakeList<A = Addr<AccountActor>> {
+    actors: Mutex<Vec<A>>,
     task: futures::task::AtomicWaker,
 }
 
-impl WakeList {
-    fn push(&self, addr: Addr<AccountActor>) {
+impl<A> Default for WakeList<A> {
+    fn default() -> Self {
+        WakeList {
+            actors: Mutex::new(Vec::new()),
+            task: futures::task::AtomicWaker::new(),
+        }
+    }
+}
+
+impl<A> WakeList<A> {
+    fn push(&self, actor: A) {
         self.actors
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(addr);
+            .push(actor);
         self.task.wake();
+    }
+}
+
+/// What the waker task wakes.
+trait WakeUp {
+    fn wake_up(&self);
+}
+
+impl WakeUp for Addr<AccountActor> {
+    fn wake_up(&self) {
+        if let Err(actix::prelude::SendError::Full(_)) = self.try_send(Wake) {
+            // Its mailbox holds [`WAKES_QUEUED_MAX`] wake-ups and housekeeping ticks
+            // already, any of which takes the delivery. (A stopped actor answers what it
+            // finds in its closed inbox.)
+            metrics::counter!("tessera_actors_wake_failed_total").increment(1);
+        }
     }
 }
 
@@ -66,7 +90,7 @@ const WAKES_PER_TURN: usize = 64;
 
 /// The waker task of one arbiter thread: wakes the actors listed in `list`, a turn of
 /// [`WAKES_PER_TURN`] at a time. Runs as long as its arbiter.
-async fn wake_actors(list: Arc<WakeList>) {
+async fn wake_actors<A: WakeUp>(list: Arc<WakeList<A>>) {
     let mut listed = Vec::new();
     loop {
         std::future::poll_fn(|cx| {
@@ -80,14 +104,7 @@ async fn wake_actors(list: Arc<WakeList>) {
         })
         .await;
         for turn in listed.chunks(WAKES_PER_TURN) {
-            for addr in turn {
-                if let Err(actix::prelude::SendError::Full(_)) = addr.try_send(Wake) {
-                    // Its mailbox holds [`WAKES_QUEUED_MAX`] wake-ups and housekeeping
-                    // ticks already, any of which takes the delivery. (A stopped actor
-                    // answers what it finds in its closed inbox.)
-                    metrics::counter!("tessera_actors_wake_failed_total").increment(1);
-                }
-            }
+            turn.iter().for_each(WakeUp::wake_up);
             actix_rt::task::yield_now().await;
         }
         listed.clear();
@@ -548,5 +565,58 @@ impl Shared {
             }
             directory.insert(spec.id.clone(), spec);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// Counts its wake-ups.
+    struct Counted(Arc<AtomicUsize>);
+
+    impl WakeUp for Counted {
+        fn wake_up(&self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Every listed actor is woken once, a turn at a time: a task of the thread that is
+    /// ready meanwhile runs between two turns, not after all of them.
+    #[test]
+    fn listed_actors_are_woken_a_turn_at_a_time() {
+        actix_rt::System::new().block_on(async {
+            let woken = Arc::new(AtomicUsize::new(0));
+            let list = Arc::new(WakeList::<Counted>::default());
+            actix_rt::spawn(wake_actors(Arc::clone(&list)));
+            // The waker task waits for its first listing.
+            actix_rt::task::yield_now().await;
+            let listed = 3 * WAKES_PER_TURN + 1;
+            for _ in 0..listed {
+                list.push(Counted(Arc::clone(&woken)));
+            }
+            let seen = Arc::new(AtomicUsize::new(usize::MAX));
+            let probe = {
+                let (woken, seen) = (Arc::clone(&woken), Arc::clone(&seen));
+                actix_rt::spawn(async move {
+                    seen.store(woken.load(Ordering::SeqCst), Ordering::SeqCst)
+                })
+            };
+            probe.await.expect("probe ran");
+            for _ in 0..1_000 {
+                if woken.load(Ordering::SeqCst) == listed {
+                    break;
+                }
+                actix_rt::task::yield_now().await;
+            }
+            assert_eq!(woken.load(Ordering::SeqCst), listed, "each woken once");
+            let seen = seen.load(Ordering::SeqCst);
+            assert!(
+                (WAKES_PER_TURN..listed).contains(&seen),
+                "the probe ran between turns (it saw {seen} woken)"
+            );
+            assert!(list.actors.lock().expect("list").is_empty());
+        });
     }
 }

@@ -127,11 +127,13 @@ mod tests {
                 })
                 .join()
                 .expect("answering thread");
-                for (version, outcome) in futures::future::join_all(watched)
-                    .await
-                    .into_iter()
-                    .enumerate()
-                {
+                let outcomes = actix_rt::time::timeout(
+                    std::time::Duration::from_secs(10),
+                    futures::future::join_all(watched),
+                )
+                .await
+                .expect("every watcher hears its commit");
+                for (version, outcome) in outcomes.into_iter().enumerate() {
                     assert_eq!(outcome.expect("committed"), version as u64);
                 }
             });
