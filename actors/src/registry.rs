@@ -105,6 +105,7 @@ async fn wake_actors<A: WakeUp>(list: Arc<WakeList<A>>) {
         .await;
         for turn in listed.chunks(WAKES_PER_TURN) {
             turn.iter().for_each(WakeUp::wake_up);
+            metrics::counter!("tessera_actors_wakes_total").increment(turn.len() as u64);
             actix_rt::task::yield_now().await;
         }
         listed.clear();
