@@ -108,6 +108,29 @@ impl Delivery {
 #[rtype(result = "()")]
 pub(crate) struct Wake;
 
+/// How an account actor is woken: by its thread's commit window when it grants the actor a
+/// place, and by its thread's waker task when a delivery found it idle
+/// ([`crate::registry::WakeList`]).
+pub(crate) trait Waker {
+    /// Sends a [`Wake`]; whether the actor will run (false: it stopped).
+    fn wake(&self) -> bool;
+}
+
+impl Waker for Addr<AccountActor> {
+    fn wake(&self) -> bool {
+        match self.try_send(Wake) {
+            Ok(()) => true,
+            Err(SendError::Full(_)) => {
+                // Its mailbox holds wake-ups and housekeeping ticks already, any of which
+                // makes it pump: it finds its grant and its deliveries.
+                metrics::counter!("tessera_actors_wake_failed_total").increment(1);
+                true
+            }
+            Err(SendError::Closed(_)) => false,
+        }
+    }
+}
+
 /// Periodic housekeeping (hold expiry, netting, passivation), sent by its arbiter's
 /// [`Housekeeper`] every [`crate::LedgerConfig::tick`].
 #[derive(Message)]

@@ -17,7 +17,7 @@ use cells::ownership::OwnershipTable;
 use cells::records::{self, AccountRecord, AccountSpec};
 use cells::store::{KeyValue, Store};
 
-use crate::account::{AccountActor, Delivery, Wake, CLIENT_ITEMS_MAX};
+use crate::account::{AccountActor, Delivery, Waker, CLIENT_ITEMS_MAX};
 use crate::config::{LedgerConfig, ACCOUNT_MAILBOX_CAPACITY, DIRECTORY_ACCOUNTS_MAX};
 use crate::freeze::Gate;
 use crate::relay::OutboxRelay;
@@ -69,28 +69,12 @@ impl<A> WakeList<A> {
     }
 }
 
-/// What the waker task wakes.
-trait WakeUp {
-    fn wake_up(&self);
-}
-
-impl WakeUp for Addr<AccountActor> {
-    fn wake_up(&self) {
-        if let Err(actix::prelude::SendError::Full(_)) = self.try_send(Wake) {
-            // Its mailbox holds [`WAKES_QUEUED_MAX`] wake-ups and housekeeping ticks
-            // already, any of which takes the delivery. (A stopped actor answers what it
-            // finds in its closed inbox.)
-            metrics::counter!("tessera_actors_wake_failed_total").increment(1);
-        }
-    }
-}
-
 /// Actors woken in one turn of the waker task before it lets the thread's other tasks run.
 const WAKES_PER_TURN: usize = 64;
 
 /// The waker task of one arbiter thread: wakes the actors listed in `list`, a turn of
 /// [`WAKES_PER_TURN`] at a time. Runs as long as its arbiter.
-async fn wake_actors<A: WakeUp>(list: Arc<WakeList<A>>) {
+async fn wake_actors<A: Waker>(list: Arc<WakeList<A>>) {
     let mut listed = Vec::new();
     loop {
         std::future::poll_fn(|cx| {
@@ -104,7 +88,10 @@ async fn wake_actors<A: WakeUp>(list: Arc<WakeList<A>>) {
         })
         .await;
         for turn in listed.chunks(WAKES_PER_TURN) {
-            turn.iter().for_each(WakeUp::wake_up);
+            for actor in turn {
+                // A stopped actor answers what it finds in its closed inbox.
+                actor.wake();
+            }
             metrics::counter!("tessera_actors_wakes_total").increment(turn.len() as u64);
             actix_rt::task::yield_now().await;
         }
@@ -577,9 +564,10 @@ mod tests {
     /// Counts its wake-ups.
     struct Counted(Arc<AtomicUsize>);
 
-    impl WakeUp for Counted {
-        fn wake_up(&self) {
+    impl Waker for Counted {
+        fn wake(&self) -> bool {
             self.0.fetch_add(1, Ordering::SeqCst);
+            true
         }
     }
 

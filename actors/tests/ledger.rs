@@ -385,9 +385,9 @@ async fn peer_legs_are_applied_at_most_once() {
 }
 
 /// One batch of 3,000 debits from one payer spans three of its commits (by default a
-/// commit takes at most 1,024 client commands): each part is drafted on the state the part before it left,
-/// so exactly the first 2,000 fit the funds, every command is answered once with its own
-/// result, and money is conserved.
+/// commit takes at most 1,024 client commands): each part is drafted on the state the part
+/// before it left, so exactly the first 2,000 fit the funds, every command is answered once
+/// with its own result, and money is conserved.
 #[actix_rt::test]
 async fn a_batch_larger_than_one_commit_is_committed_in_order() {
     let (_dir, store, ledger) = payer_and_shop(2_000).await;

@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use actix::Addr;
 
-use super::{AccountActor, Wake};
+use super::{AccountActor, Waker};
 
 use crate::config::CommitWindow;
 
@@ -58,22 +58,6 @@ const LARGE_COMMIT_ITEMS: usize = 256;
 /// Places granted to large commits in a row, while small ones wait, before one goes to a
 /// small one.
 const LARGE_STREAK_MAX: usize = 8;
-
-/// How the window wakes an actor it granted a place to.
-pub(crate) trait Waker {
-    /// Whether the actor will run (false: it stopped).
-    fn wake(&self) -> bool;
-}
-
-impl Waker for Addr<AccountActor> {
-    fn wake(&self) -> bool {
-        // A full mailbox holds wake-ups already: the actor pumps, and finds its grant.
-        !matches!(
-            self.try_send(Wake),
-            Err(actix::prelude::SendError::Closed(_))
-        )
-    }
-}
 
 pub(crate) struct Window<W> {
     bounds: CommitWindow,
