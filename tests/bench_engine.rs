@@ -116,3 +116,72 @@ fn a_closed_loop_run_reports_no_offered_rate_and_a_zero_rate_is_refused() {
     assert!(stderr.contains("--rate must be between 1"), "{stderr}");
     assert!(!created, "a refused run creates no store");
 }
+
+#[test]
+fn repeated_runs_report_medians_and_each_run_in_its_own_store() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let output = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args([
+            "bench",
+            "engine",
+            "--scenario",
+            "holds",
+            "--transfers",
+            "3000",
+        ])
+        .args([
+            "--accounts",
+            "200",
+            "--batch-size",
+            "500",
+            "--in-flight",
+            "2",
+        ])
+        .args(["--runs", "3", "--json", "--data-dir"])
+        .arg(&data)
+        .output()
+        .expect("run tessera bench engine --runs 3");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    assert_eq!(summary["runs"], 3, "{summary}");
+    let runs = summary["per_run"].as_array().expect("per_run");
+    assert_eq!(runs.len(), 3, "{summary}");
+    for run in runs {
+        // Each run is whole: a run that shared a store with another would find its
+        // transfer ids taken.
+        assert_eq!(run["accepted"], 3_000, "{run}");
+        assert_eq!(run["rejected"], 0, "{run}");
+    }
+    for field in STABLE_FIELDS {
+        assert!(!summary[field].is_null(), "{field} missing: {summary}");
+    }
+    for field in [
+        "completed_per_second",
+        "commit_latency_ms_p99",
+        "peak_rss_bytes",
+    ] {
+        let mut figures: Vec<f64> = runs.iter().map(|r| r[field].as_f64().unwrap()).collect();
+        figures.sort_by(f64::total_cmp);
+        assert_eq!(
+            summary[field].as_f64(),
+            Some(figures[1]),
+            "{field}: {summary}"
+        );
+    }
+    for run in 1..=3 {
+        assert!(
+            data.join(format!("run-{run}")).is_dir(),
+            "run-{run}'s store"
+        );
+    }
+    let (output, created) = run_engine(&["--runs", "2"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--runs must be odd"), "{stderr}");
+    assert!(!created, "a refused run creates no store");
+}

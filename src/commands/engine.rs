@@ -12,6 +12,7 @@ use actors::{Ledger, LedgerConfig};
 use cells::store::embedded::{EmbeddedOptions, EmbeddedStore};
 use cells::store::Store;
 use drills::bench::engine::{self, EngineBenchConfig, Scenario};
+use drills::bench::runs;
 
 #[derive(Args)]
 pub struct EngineArgs {
@@ -43,6 +44,11 @@ pub struct EngineArgs {
     /// server does (measured faster in every scenario since statement blocks; BENCHMARKS.md).
     #[arg(long, default_value_t = 1)]
     arbiters: usize,
+    /// Runs of the benchmark (odd, 1 to 9), each a fresh process on a fresh store (with
+    /// --data-dir, run k uses <dir>/run-k). With more than one, every top-level figure of
+    /// the report is its median over the runs, and `per_run` holds each run's report.
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
     /// Print one JSON object instead of a summary.
     #[arg(long)]
     json: bool,
@@ -99,17 +105,21 @@ pub fn bench_engine(args: EngineArgs) -> Result<ExitCode> {
         progress: !args.json,
     };
     config.validate()?;
+    runs::check_count(args.runs)?;
+    if let Some(dir) = &args.data_dir {
+        if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+            bail!(
+                "data dir {} is not empty; the benchmark needs a fresh store",
+                dir.display()
+            );
+        }
+    }
+    if args.runs > 1 {
+        return bench_engine_runs(&args, &config);
+    }
     let mut temporary = None;
     let dir = match args.data_dir {
-        Some(dir) => {
-            if dir.exists() && std::fs::read_dir(&dir)?.next().is_some() {
-                bail!(
-                    "data dir {} is not empty; the benchmark needs a fresh store",
-                    dir.display()
-                );
-            }
-            dir
-        }
+        Some(dir) => dir,
         None => {
             let dir = tempfile_dir()?;
             temporary = Some(dir.clone());
@@ -133,6 +143,54 @@ pub fn bench_engine(args: EngineArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--runs N` (N > 1): runs the benchmark N times, one after the other, each as a child
+/// process of this binary with the same settings, and prints the runs summed up.
+fn bench_engine_runs(args: &EngineArgs, config: &EngineBenchConfig) -> Result<ExitCode> {
+    let exe = std::env::current_exe().context("cannot find this program to run it again")?;
+    let mut reports = Vec::with_capacity(args.runs);
+    for run in 1..=args.runs {
+        let mut child = std::process::Command::new(&exe);
+        child
+            .args(["bench", "engine", "--json", "--runs", "1"])
+            .args(["--scenario", config.scenario.name()])
+            .args(["--transfers", &config.transfers.to_string()])
+            .args(["--accounts", &config.accounts.to_string()])
+            .args(["--batch-size", &config.batch_size.to_string()])
+            .args(["--in-flight", &config.in_flight.to_string()])
+            .args(["--seed", &config.seed.to_string()])
+            .args(["--arbiters", &args.arbiters.to_string()])
+            .stderr(std::process::Stdio::inherit());
+        if let Some(rate) = config.rate {
+            child.args(["--rate", &rate.to_string()]);
+        }
+        if let Some(dir) = &args.data_dir {
+            child.arg("--data-dir").arg(dir.join(format!("run-{run}")));
+        }
+        let output = child
+            .output()
+            .with_context(|| format!("cannot start run {run}"))?;
+        if !output.status.success() {
+            bail!("run {run} of {} failed ({})", args.runs, output.status);
+        }
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .with_context(|| format!("run {run} printed no JSON report"))?;
+        if !args.json {
+            eprintln!(
+                "run {run} of {}: {} completed transfers/s, commit p99 {} ms",
+                args.runs, report["completed_per_second"], report["commit_latency_ms_p99"]
+            );
+        }
+        reports.push(report);
+    }
+    let summary = runs::median_report(&reports)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,10 +1,11 @@
 //! Benchmark harnesses. [`engine`]: the ledger core in one process. [`dcs`]: a store and
 //! three DC node processes on loopback, through the router's routing core. [`http`]: the router's
-//! HTTP API from outside.
+//! HTTP API from outside. [`runs`]: several runs' reports summed up as medians.
 
 pub mod dcs;
 pub mod engine;
 pub mod http;
+pub mod runs;
 pub mod shift_load;
 
 /// The benchmarks' progress bar over `total` transfers (hidden when `visible` is false,
