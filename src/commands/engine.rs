@@ -139,10 +139,15 @@ pub fn bench_engine(args: EngineArgs) -> Result<ExitCode> {
         std::fs::remove_dir_all(&dir)
             .with_context(|| format!("cannot remove the benchmark's store {}", dir.display()))?;
     }
-    if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+    print_report(&report, args.json)
+}
+
+/// Prints a report: one line of JSON with `--json`, indented JSON otherwise.
+fn print_report(report: &impl serde::Serialize, json: bool) -> Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string(report)?);
     } else {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        println!("{}", serde_json::to_string_pretty(report)?);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -179,20 +184,17 @@ fn bench_engine_runs(args: &EngineArgs, config: &EngineBenchConfig) -> Result<Ex
         let report: serde_json::Value = serde_json::from_slice(&output.stdout)
             .with_context(|| format!("run {run} printed no JSON report"))?;
         if !args.json {
+            let figure = |field: &str| report[field].as_f64().unwrap_or(f64::NAN);
             eprintln!(
-                "run {run} of {}: {} completed transfers/s, commit p99 {} ms",
-                args.runs, report["completed_per_second"], report["commit_latency_ms_p99"]
+                "run {run} of {}: {:.0} completed transfers/s, commit p99 {:.2} ms",
+                args.runs,
+                figure("completed_per_second"),
+                figure("commit_latency_ms_p99")
             );
         }
         reports.push(report);
     }
-    let summary = runs::median_report(&reports)?;
-    if args.json {
-        println!("{}", serde_json::to_string(&summary)?);
-    } else {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
-    }
-    Ok(ExitCode::SUCCESS)
+    print_report(&runs::median_report(&reports)?, args.json)
 }
 
 fn tempfile_dir() -> Result<PathBuf> {
