@@ -81,6 +81,19 @@ fn every_scenario_reports_each_transfer_once_under_the_stable_field_names() {
                 "{scenario}: {report}"
             );
         }
+        // Cores busy: the CPU over the span it was spent in, never more than the machine
+        // has (give or take a clock tick of each counter).
+        let cores = report["cpu_cores_busy"].as_f64().unwrap();
+        let completed = report["completed_seconds"].as_f64().unwrap();
+        assert!((cores - cpu / completed).abs() < 1e-9 * cores.max(1.0));
+        let machine = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        assert!(
+            cores > 0.0 && cores <= machine + 0.02 / completed,
+            "{scenario}: {report}"
+        );
+        // Linux says what the hypervisor stole: a share of all the time there was.
+        let steal = report["host_steal_percent"].as_f64().unwrap();
+        assert!((0.0..=100.0).contains(&steal), "{scenario}: {report}");
     }
 }
 

@@ -1,5 +1,6 @@
 //! CPU time this process spends, in total and by thread name, from the kernel's counters
-//! (Linux `/proc/self/stat` and `/proc/self/task/*/stat`).
+//! (Linux `/proc/self/stat` and `/proc/self/task/*/stat`), and the share of the machine's
+//! CPU time its hypervisor stole meanwhile (`/proc/stat`).
 //!
 //! Owns reading and differencing those counters, so a benchmark can report how much CPU a
 //! run took and which thread took it: on a shared 2-core machine wall-clock rates move by
@@ -16,6 +17,17 @@ const THREADS_MAX: usize = 4_096;
 pub struct CpuSnapshot {
     total_ticks: u64,
     by_thread: BTreeMap<String, u64>,
+    /// The machine's counters (all CPUs), if `/proc/stat` could be read.
+    host: Option<HostTicks>,
+}
+
+/// The machine's CPU time in clock ticks, summed over its CPUs (`/proc/stat`'s `cpu` line).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct HostTicks {
+    /// Every state: user, nice, system, idle, iowait, irq, softirq and steal.
+    total: u64,
+    /// Time a virtual CPU was ready to run but the hypervisor ran something else.
+    steal: u64,
 }
 
 /// CPU spent between two snapshots.
@@ -26,6 +38,10 @@ pub struct CpuUsage {
     /// User plus system seconds by thread name, for threads alive at the later snapshot
     /// (threads of one name summed).
     pub by_thread: BTreeMap<String, f64>,
+    /// Percent of the machine's CPU time (all CPUs, every process) the hypervisor stole
+    /// between the snapshots; `None` where the kernel does not say. A virtual machine whose
+    /// host is busy runs slower by about this much, whatever the program does.
+    pub host_steal_percent: Option<f64>,
 }
 
 /// Reads the counters now.
@@ -45,9 +61,13 @@ pub fn snapshot() -> CpuSnapshot {
             }
         }
     }
+    let host = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|stat| parse_host(&stat));
     CpuSnapshot {
         total_ticks,
         by_thread,
+        host,
     }
 }
 
@@ -66,6 +86,13 @@ impl CpuSnapshot {
                 })
                 .filter(|(_, spent)| *spent > 0.0)
                 .collect(),
+            host_steal_percent: match (self.host, earlier.host) {
+                (Some(now), Some(then)) if now.total > then.total => {
+                    let stolen = now.steal.saturating_sub(then.steal);
+                    Some(100.0 * stolen as f64 / (now.total - then.total) as f64)
+                }
+                _ => None,
+            },
         }
     }
 }
@@ -78,6 +105,25 @@ fn ticks_per_second() -> f64 {
     } else {
         100.0
     }
+}
+
+/// The machine's ticks from `/proc/stat`: its first line, `cpu` followed by user, nice,
+/// system, idle, iowait, irq, softirq, steal (and guest times, already counted in user).
+fn parse_host(stat: &str) -> Option<HostTicks> {
+    let line = stat.lines().next()?;
+    let mut fields = line.split_whitespace();
+    if fields.next()? != "cpu" {
+        return None;
+    }
+    let ticks: Vec<u64> = fields
+        .take(8)
+        .map(|field| field.parse().ok())
+        .collect::<Option<_>>()?;
+    let steal = *ticks.get(7)?;
+    Some(HostTicks {
+        total: ticks.iter().sum(),
+        steal,
+    })
 }
 
 /// A `stat` line's thread name and user plus system ticks. The name sits in parentheses
@@ -109,6 +155,40 @@ mod tests {
         assert_eq!(parse_stat(odd), Some(("a (b) c".to_string(), 23)));
         assert_eq!(parse_stat("7 (short) S 1 2"), None);
         assert_eq!(parse_stat("no parentheses"), None);
+    }
+
+    #[test]
+    fn the_machine_line_gives_total_and_stolen_ticks() {
+        let stat =
+            "cpu  3676903 21562 380002 2668666 56426 0 11362 3494 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n";
+        assert_eq!(
+            parse_host(stat),
+            Some(HostTicks {
+                total: 3_676_903 + 21_562 + 380_002 + 2_668_666 + 56_426 + 11_362 + 3_494,
+                steal: 3_494,
+            })
+        );
+        // Kernels before 2.6.11 have no steal field; a per-CPU line first is not the total.
+        assert_eq!(parse_host("cpu 1 2 3 4 5 6 7\n"), None);
+        assert_eq!(parse_host("cpu0 1 2 3 4 5 6 7 8\n"), None);
+        assert_eq!(parse_host("cpu 1 2 x 4 5 6 7 8\n"), None);
+        let then = CpuSnapshot {
+            host: Some(HostTicks {
+                total: 1_000,
+                steal: 100,
+            }),
+            ..CpuSnapshot::default()
+        };
+        let now = CpuSnapshot {
+            host: Some(HostTicks {
+                total: 1_400,
+                steal: 200,
+            }),
+            ..CpuSnapshot::default()
+        };
+        assert_eq!(now.since(&then).host_steal_percent, Some(25.0));
+        assert_eq!(then.since(&then).host_steal_percent, None);
+        assert_eq!(now.since(&CpuSnapshot::default()).host_steal_percent, None);
     }
 
     /// A thread that spins shows up under its own name, and the total covers it (fails

@@ -208,6 +208,13 @@ pub struct EngineBenchReport {
     /// `store-commit` the embedded store's committer. A thread near `completed_seconds` is
     /// the bottleneck; a sum near twice it means both cores are.
     pub cpu_seconds_by_thread: std::collections::BTreeMap<String, f64>,
+    /// `cpu_seconds` over `completed_seconds`: the cores the run kept busy on average (at
+    /// most the machine's CPUs; 2 on the benchmark machine).
+    pub cpu_cores_busy: f64,
+    /// Percent of the machine's CPU time its hypervisor stole over the same span (`None`
+    /// where the kernel does not say): a virtual machine runs slower by about this much. A
+    /// run with steal is slower than the program is; compare runs with little of it.
+    pub host_steal_percent: Option<f64>,
 }
 
 fn currency() -> Currency {
@@ -401,7 +408,9 @@ pub async fn run(
         peak_rss_bytes: crate::rss::peak_rss_bytes(),
         cpu_us_per_transfer: cpu.seconds * 1e6 / config.transfers as f64,
         cpu_seconds: cpu.seconds,
+        cpu_cores_busy: cpu.seconds / completed.as_secs_f64(),
         cpu_seconds_by_thread: cpu.by_thread,
+        host_steal_percent: cpu.host_steal_percent,
     })
 }
 
