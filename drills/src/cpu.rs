@@ -3,9 +3,12 @@
 //! CPU time its hypervisor stole meanwhile (`/proc/stat`).
 //!
 //! Owns reading and differencing those counters, so a benchmark can report how much CPU a
-//! run took and which thread took it: on a shared 2-core machine wall-clock rates move by
-//! 10–30 % between hours, and CPU per transfer moves far less. It never samples, signals or
-//! pins threads. Elsewhere than on Linux every figure is zero.
+//! run took, which thread took it, and whether the hypervisor took time meanwhile. On a
+//! shared 2-core machine wall-clock rates move by 10–30 % between hours; CPU per transfer
+//! moves less within an hour, but not across hours: in a slow spell the host's cores
+//! themselves are slower, with no steal to show for it (BENCHMARKS.md round 20). It never
+//! samples, signals or pins threads. Elsewhere than on Linux every figure is zero (the
+//! steal: none).
 
 use std::collections::BTreeMap;
 

@@ -198,7 +198,8 @@ pub struct EngineBenchReport {
     pub bytes_written_per_transfer: f64,
     pub peak_rss_bytes: u64,
     /// CPU seconds (user + system) of the whole process from the first transfer to the last
-    /// credit leg: steadier than the rates on a shared machine, whose speed moves by the hour.
+    /// credit leg: steadier than the rates within an hour of a shared machine (not across hours:
+    /// the host's cores change speed; BENCHMARKS.md round 20).
     pub cpu_seconds: f64,
     /// `cpu_seconds` per transfer, in microseconds.
     pub cpu_us_per_transfer: f64,
