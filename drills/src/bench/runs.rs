@@ -154,16 +154,26 @@ mod tests {
         #[test]
         fn every_figure_is_a_true_median(
             figures in prop::collection::vec((0u32..1_000_000, 0u32..100_000), 1..=4)
-                .prop_map(|mut v| { if v.len() % 2 == 0 { v.pop(); } v })
+                .prop_map(|mut v| {
+                    if v.len() % 2 == 0 {
+                        v.pop();
+                    }
+                    v
+                })
         ) {
             let reports: Vec<Value> = figures
                 .iter()
-                .map(|(completed, p99)| run(f64::from(*completed), f64::from(*p99) / 1000.0, 0, "x"))
+                .map(|(completed, p99)| {
+                    run(f64::from(*completed), f64::from(*p99) / 1000.0, 0, "x")
+                })
                 .collect();
             let summary = median_report(&reports).expect("odd count");
             for field in ["completed_per_second", "commit_latency_ms_p99"] {
                 let median = summary[field].as_f64().expect("number");
-                let all: Vec<f64> = reports.iter().map(|r| r[field].as_f64().expect("number")).collect();
+                let all: Vec<f64> = reports
+                    .iter()
+                    .map(|r| r[field].as_f64().expect("number"))
+                    .collect();
                 prop_assert!(all.contains(&median));
                 let below = all.iter().filter(|v| **v <= median).count();
                 let above = all.iter().filter(|v| **v >= median).count();
