@@ -9,7 +9,7 @@
 //! Must never: run anything (the caller runs each benchmark in a fresh process, on a fresh
 //! store), or summarize an even number of runs (a median must be a figure some run had).
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// Most runs one command makes.
 pub const RUNS_MAX: usize = 9;
@@ -46,26 +46,31 @@ pub fn median_report(reports: &[Value]) -> Result<Value, RunsError> {
             _ => return Err(RunsError::NotAReport { run: index + 1 }),
         }
     }
-    let ranked = |object: &&Map<String, Value>| object[RANKED_BY].as_f64().unwrap_or(0.0);
-    let mut order: Vec<usize> = (0..objects.len()).collect();
-    order.sort_by(|a, b| ranked(&objects[*a]).total_cmp(&ranked(&objects[*b])));
-    let mut summary = objects[order[order.len() / 2]].clone();
+    let mut summary = median_by(objects.clone(), |object| number(&object[RANKED_BY])).clone();
     for (field, value) in summary.iter_mut() {
         let numbers: Option<Vec<&Value>> = objects
             .iter()
             .map(|object| object.get(field).filter(|v| v.is_number()))
             .collect();
-        if let Some(mut numbers) = numbers {
-            numbers.sort_by(|a, b| {
-                let (a, b) = (a.as_f64().unwrap_or(0.0), b.as_f64().unwrap_or(0.0));
-                a.total_cmp(&b)
-            });
-            *value = numbers[numbers.len() / 2].clone();
+        if let Some(numbers) = numbers {
+            *value = median_by(numbers, |v| number(v)).clone();
         }
     }
     summary.insert("runs".into(), Value::from(reports.len()));
     summary.insert("per_run".into(), Value::Array(reports.to_vec()));
     Ok(Value::Object(summary))
+}
+
+/// The middle one of `items` (an odd, non-empty number of them) ordered by `key`.
+fn median_by<T>(mut items: Vec<T>, key: impl Fn(&T) -> f64) -> T {
+    items.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    let middle = items.len() / 2;
+    items.swap_remove(middle)
+}
+
+/// A JSON number as `f64` (checked to be a number by the caller).
+fn number(value: &Value) -> f64 {
+    value.as_f64().unwrap_or(0.0)
 }
 
 #[cfg(test)]
