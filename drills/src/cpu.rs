@@ -25,7 +25,7 @@ pub struct CpuSnapshot {
 }
 
 /// The machine's CPU time in clock ticks, summed over its CPUs (`/proc/stat`'s `cpu` line).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 struct HostTicks {
     /// Every state: user, nice, system, idle, iowait, irq, softirq and steal.
     total: u64,
