@@ -14,6 +14,8 @@ use cells::store::Store;
 use drills::bench::engine::{self, EngineBenchConfig, Scenario};
 use drills::bench::runs;
 
+use super::{fresh_temp_dir, print_report, require_fresh_dir};
+
 #[derive(Args)]
 pub struct EngineArgs {
     /// uniform | hot-credit | hot-debit | holds
@@ -107,12 +109,7 @@ pub fn bench_engine(args: EngineArgs) -> Result<ExitCode> {
     config.validate()?;
     runs::check_count(args.runs)?;
     if let Some(dir) = &args.data_dir {
-        if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
-            bail!(
-                "data dir {} is not empty; the benchmark needs a fresh store",
-                dir.display()
-            );
-        }
+        require_fresh_dir(dir)?;
     }
     if args.runs > 1 {
         return bench_engine_runs(&args, &config);
@@ -121,7 +118,7 @@ pub fn bench_engine(args: EngineArgs) -> Result<ExitCode> {
     let dir = match args.data_dir {
         Some(dir) => dir,
         None => {
-            let dir = tempfile_dir()?;
+            let dir = fresh_temp_dir("tessera-bench")?;
             temporary = Some(dir.clone());
             dir
         }
@@ -140,16 +137,6 @@ pub fn bench_engine(args: EngineArgs) -> Result<ExitCode> {
             .with_context(|| format!("cannot remove the benchmark's store {}", dir.display()))?;
     }
     print_report(&report, args.json)
-}
-
-/// Prints a report: one line of JSON with `--json`, indented JSON otherwise.
-fn print_report(report: &impl serde::Serialize, json: bool) -> Result<ExitCode> {
-    if json {
-        println!("{}", serde_json::to_string(report)?);
-    } else {
-        println!("{}", serde_json::to_string_pretty(report)?);
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// `--runs N` (N > 1): runs the benchmark N times, one after the other, each as a child
@@ -195,14 +182,6 @@ fn bench_engine_runs(args: &EngineArgs, config: &EngineBenchConfig) -> Result<Ex
         reports.push(report);
     }
     print_report(&runs::median_report(&reports)?, args.json)
-}
-
-fn tempfile_dir() -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("tessera-bench-{}", std::process::id()));
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir)?;
-    }
-    Ok(dir)
 }
 
 pub fn crash_load(args: CrashLoadArgs) -> Result<ExitCode> {

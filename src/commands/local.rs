@@ -48,22 +48,10 @@ pub struct DcsBenchArgs {
 pub fn bench_dcs(args: DcsBenchArgs) -> Result<ExitCode> {
     let (data_dir, temporary) = match args.data_dir {
         Some(dir) => {
-            if dir.exists() && std::fs::read_dir(&dir)?.next().is_some() {
-                bail!(
-                    "data dir {} is not empty; the benchmark needs a fresh store",
-                    dir.display()
-                );
-            }
+            super::require_fresh_dir(&dir)?;
             (dir, false)
         }
-        None => {
-            let dir =
-                std::env::temp_dir().join(format!("tessera-bench-dcs-{}", std::process::id()));
-            if dir.exists() {
-                std::fs::remove_dir_all(&dir)?;
-            }
-            (dir, true)
-        }
+        None => (super::fresh_temp_dir("tessera-bench-dcs")?, true),
     };
     let config = DcsBenchConfig {
         exe: std::env::current_exe().context("cannot find the tessera binary")?,
@@ -88,13 +76,7 @@ pub fn bench_dcs(args: DcsBenchArgs) -> Result<ExitCode> {
     if temporary {
         let _ = std::fs::remove_dir_all(&data_dir);
     }
-    let report = report?;
-    if args.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    }
-    Ok(ExitCode::SUCCESS)
+    super::print_report(&report?, args.json)
 }
 
 #[derive(Args)]
