@@ -187,6 +187,16 @@ impl Keyspace {
     }
 }
 
+/// Prefixes of the records read and written by key, many, and range-read only by audits:
+/// the transfer and hold records of both keyspaces. The embedded store keeps them in hash
+/// tables ([`crate::store::embedded::EmbeddedOptions::point_prefixes`]).
+pub fn point_prefixes() -> Vec<Vec<u8>> {
+    [Keyspace::Real, Keyspace::Shadow]
+        .into_iter()
+        .flat_map(|space| [pack(&(space.tag(), TRANSFER)), pack(&(space.tag(), HOLD))])
+        .collect()
+}
+
 /// Prefixes of the records that are written once and cleared soon after: the outbox
 /// entries of both keyspaces (a credit leg lives there from the payer's commit to the
 /// payee's). The embedded store clears them without tombstones

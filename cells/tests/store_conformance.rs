@@ -92,3 +92,16 @@ fn run_all_with_tiny_memtables() {
     target.options.wal_bytes_max = 16 * 1024;
     conformance::run_all(&mut target);
 }
+
+/// The same checks with every key the suite writes kept in the memtables' point hash tables
+/// (the prefix `[]` covers all keys): lookups, ranges, clears, preconditions and reopens go
+/// through the tables instead of the B-tree, across frozen memtables and the checkpoint.
+#[test]
+fn run_all_with_every_key_under_a_point_prefix() {
+    let mut target = Embedded::new();
+    target.options.memtable_bytes_max = 4 * 1024;
+    target.options.wal_bytes_max = 16 * 1024;
+    target.options.transient_prefixes = Vec::new();
+    target.options.point_prefixes = vec![Vec::new()];
+    conformance::run_all(&mut target);
+}

@@ -14,7 +14,7 @@ use futures::channel::oneshot;
 use crate::store::{CommitError, StoreError};
 
 use super::checkpoint::CheckpointJob;
-use super::memtable::{Overlay, Tables, View};
+use super::memtable::{Overlay, Tables, View, PREFETCH_AHEAD};
 use super::pacer::Pacer;
 use super::transaction::{value_hash, ReadSet, RowsHasher};
 use super::wal::{encode_record, WalWriter, Write, WriteBatch};
@@ -666,7 +666,14 @@ fn check(view: &View<'_>, pending: &PendingCommit) -> Option<CommitError> {
 
 fn check_requires(view: &View<'_>, pending: &PendingCommit) -> Result<Vec<Vec<u8>>, StoreError> {
     let mut failing: Vec<Vec<u8>> = Vec::new();
+    let mut ahead = pending.requires.iter();
+    for (key, _) in ahead.by_ref().take(PREFETCH_AHEAD) {
+        view.prefetch(key);
+    }
     for (key, expected) in pending.requires.iter() {
+        if let Some((next, _)) = ahead.next() {
+            view.prefetch(next);
+        }
         let value = view.get(key)?;
         if value.as_deref() != expected && !failing.iter().any(|seen| seen == key) {
             failing.push(key.to_vec());

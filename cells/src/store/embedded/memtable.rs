@@ -4,9 +4,10 @@
 //!
 //! A memtable maps a key to `Some(value)` or to a tombstone (`None`) that hides older
 //! layers. While no older layer exists, clears remove entries instead of leaving tombstones.
-//! Keys under the transient prefixes (the outbox) live in a hash map beside the ordered
-//! B-tree: they are set, looked up and cleared once each, far more often than they are
-//! range-read. Range reads and checkpoints merge the two in key order.
+//! Keys under the hashed prefixes live in hash tables ([`PointTable`]) beside the ordered
+//! B-tree: the transient prefixes (the outbox) in one, the point-record prefixes (transfer
+//! and hold records) in another. Both kinds are set and looked up one key at a time, far
+//! more often than they are range-read. Range reads and checkpoints merge them in key order.
 
 use std::borrow::{Borrow, Cow};
 use std::cmp::Ordering;
@@ -18,6 +19,7 @@ use std::sync::Arc;
 use crate::store::StoreError;
 
 use super::checkpoint::fjall as fjall_error;
+use super::point::PointTable;
 use super::wal::{Write, WriteBatch};
 
 /// Bytes counted per memtable entry beyond its key and value (B-tree slot, `Vec` headers).
@@ -216,10 +218,26 @@ impl Arena {
     }
 }
 
-/// The key prefixes a memtable keeps in its hash map (the store's transient prefixes).
-pub(crate) type HashedPrefixes = Arc<[Vec<u8>]>;
+/// The key prefixes a memtable keeps in hash tables instead of its B-tree.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct HashedPrefixes {
+    /// The store's transient prefixes (the outbox): few entries alive at a time.
+    pub(crate) transient: Arc<[Vec<u8>]>,
+    /// The store's point prefixes (transfer and hold records): written once or a few
+    /// times each, read by key, range-read only by audits.
+    pub(crate) points: Arc<[Vec<u8>]>,
+}
 
-/// Most entries a memtable's hash map holds. A range read over the transient prefixes
+/// How many point operations ahead of the current one a loop over many (a transaction's
+/// writes, its preconditions) prefetches: enough misses in flight to overlap most of the
+/// memory latency, few enough that the lines are still in L1 when used.
+pub(crate) const PREFETCH_AHEAD: usize = 8;
+
+/// Which hash table of a memtable holds a key (an index into `Memtable::hashed`).
+const TRANSIENT: usize = 0;
+const POINTS: usize = 1;
+
+/// Most entries a memtable's transient hash table holds. A range read over the transient prefixes
 /// gathers and sorts the map's entries in its range (an outbox rescan does so per page),
 /// which is cheap while few entries are alive, as in normal operation. When legs pile up
 /// (a peer DC down for long), the memtable moves them into its B-tree once and keeps
@@ -237,22 +255,47 @@ const HASHED_ENTRIES_MAX: usize = if cfg!(test) { 4 } else { 1_048_576 };
 /// about a third of those in flight at full load.
 const HASHED_RANGE_ROWS_MAX: usize = if cfg!(test) { 2 } else { 131_072 };
 
+/// Keys under some hashed prefixes, in a hash table. A hash table makes a set, a lookup and
+/// a clear O(1) instead of walks down a B-tree of millions of entries; range reads, rare on
+/// these prefixes, gather and sort them.
+///
+/// Why the point records too: on the 2-core VM a random memory access costs 160–190 ns. In
+/// `bench engine --scenario uniform` a new transfer id's precondition lookup cost about
+/// 1,300 cycles and its insert about 1,400 in the B-tree (the ids of 16 batches in flight
+/// land all over a tree far larger than the caches), about 12 % of all CPU.
+#[derive(Debug, Default)]
+struct Hashed {
+    prefixes: Arc<[Vec<u8>]>,
+    table: PointTable<Option<ValueRef>>,
+    /// Entries past which the table spills (see [`HASHED_ENTRIES_MAX`]).
+    entries_max: usize,
+    /// Set once the table passed `entries_max`, or a range read asked for it: every key
+    /// under these prefixes is in the B-tree.
+    spilled: bool,
+    /// Set by a range read that gathered more than [`HASHED_RANGE_ROWS_MAX`] rows from the
+    /// table (readers hold the tables shared); the next write spills.
+    spill_wanted: AtomicBool,
+}
+
+impl Hashed {
+    fn new(prefixes: &Arc<[Vec<u8>]>, entries_max: usize) -> Self {
+        Hashed {
+            prefixes: Arc::clone(prefixes),
+            entries_max,
+            ..Hashed::default()
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Memtable {
     /// Every key not under a hashed prefix, in order.
     map: BTreeMap<MemKey, Option<ValueRef>>,
-    /// Keys under the hashed prefixes (the transient outbox entries: each set once, looked
-    /// up once and cleared, by the hundred thousand a second, and few alive at a time).
-    /// A hash map makes those three operations O(1) instead of three walks down a B-tree of
-    /// millions of entries; range reads, rare on these prefixes, gather and sort them.
-    hashed: HashMap<MemKey, Option<ValueRef>, foldhash::fast::RandomState>,
+    /// The transient entries ([`TRANSIENT`]: each set once, looked up once and cleared, by
+    /// the hundred thousand a second, few alive at a time) and the point records
+    /// ([`POINTS`]). Kept apart so that the few live outbox entries stay in cache.
+    hashed: [Hashed; 2],
     prefixes: HashedPrefixes,
-    /// Set once the hash map passed [`HASHED_ENTRIES_MAX`], or a range read asked for it:
-    /// every key is in the B-tree.
-    spilled: bool,
-    /// Set by a range read that gathered more than [`HASHED_RANGE_ROWS_MAX`] rows from the
-    /// hash map (readers hold the tables shared); the next write spills.
-    spill_wanted: AtomicBool,
     values: Arena,
     /// Bytes held: keys, entry overhead, and every value ever written (an overwritten
     /// value stays in the arena until the memtable is checkpointed and dropped).
@@ -263,6 +306,11 @@ impl Memtable {
     /// An empty memtable that keeps keys under `prefixes` in its hash map.
     pub(crate) fn new(prefixes: HashedPrefixes) -> Self {
         Memtable {
+            hashed: [
+                Hashed::new(&prefixes.transient, HASHED_ENTRIES_MAX),
+                // Bounded by the memtable's own size limit.
+                Hashed::new(&prefixes.points, usize::MAX),
+            ],
             prefixes,
             ..Memtable::default()
         }
@@ -270,7 +318,7 @@ impl Memtable {
 
     /// An empty memtable with the same hashed prefixes (the next active one).
     pub(crate) fn successor(&self) -> Self {
-        Memtable::new(Arc::clone(&self.prefixes))
+        Memtable::new(self.prefixes.clone())
     }
 
     pub(crate) fn bytes(&self) -> usize {
@@ -278,22 +326,58 @@ impl Memtable {
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.map.len() + self.hashed.len()
+        self.map.len()
+            + self
+                .hashed
+                .iter()
+                .map(|hashed| hashed.table.len())
+                .sum::<usize>()
     }
 
-    fn is_hashed(&self, key: &[u8]) -> bool {
-        !self.spilled && under_any(&self.prefixes, key)
+    /// The hash table that holds `key`, if any. A key under both kinds of prefixes belongs
+    /// to the transient table, and stays in the B-tree once that table spilled: each key
+    /// has one place for a memtable's life.
+    fn hashed_of(&self, key: &[u8]) -> Option<usize> {
+        let index = self
+            .hashed
+            .iter()
+            .position(|hashed| under_any(&hashed.prefixes, key))?;
+        (!self.hashed[index].spilled).then_some(index)
     }
 
-    /// Moves the hash map's entries into the B-tree (see [`HASHED_ENTRIES_MAX`]).
-    fn spill(&mut self) {
-        self.spilled = true;
-        metrics::counter!("tessera_store_memtable_transient_spills_total").increment(1);
+    /// Asks the CPU to start loading where a lookup or write of `key` begins, if `key` lives
+    /// in a hash table (a B-tree walk cannot be prefetched).
+    pub(crate) fn prefetch(&self, key: &[u8]) {
+        if let Some(index) = self.hashed_of(key) {
+            self.hashed[index].table.prefetch(key);
+        }
+    }
+
+    fn prefetch_write(&self, write: &Write<'_>) {
+        if let Write::Set(key, _) | Write::Clear(key) = write {
+            self.prefetch(key);
+        }
+    }
+
+    /// Moves one hash table's entries into the B-tree (see [`HASHED_ENTRIES_MAX`]).
+    fn spill(&mut self, index: usize) {
+        let hashed = &mut self.hashed[index];
+        hashed.spilled = true;
+        let table = std::mem::take(&mut hashed.table);
+        let kind = if index == TRANSIENT {
+            "transient"
+        } else {
+            "point"
+        };
+        metrics::counter!("tessera_store_memtable_hashed_spills_total", "keys" => kind)
+            .increment(1);
         tracing::info!(
-            entries = self.hashed.len(),
-            "memtable keeps transient keys in its B-tree from now on"
+            entries = table.len(),
+            keys = kind,
+            "memtable keeps these keys in its B-tree from now on"
         );
-        self.map.extend(std::mem::take(&mut self.hashed));
+        self.map
+            .extend(table.iter().map(|(key, value)| (MemKey::new(key), *value)));
     }
 
     fn value(&self, value: Option<ValueRef>) -> Option<&[u8]> {
@@ -305,7 +389,8 @@ impl Memtable {
         let hashed = gather_in_order(
             self.hashed
                 .iter()
-                .map(|(key, value)| (key.as_slice(), *value)),
+                .flat_map(|hashed| hashed.table.iter())
+                .map(|(key, value)| (key, *value)),
             |_| true,
             false,
         );
@@ -331,55 +416,60 @@ impl Memtable {
         .map(|(key, value)| (key, self.value(value)))
     }
 
-    /// The entries whose keys start with `prefix`, a hashed prefix (in no particular order):
-    /// in the hash map, or in the B-tree once the memtable spilled.
-    fn with_hashed_prefix<'a>(
+    /// The entries whose keys start with `prefix`, a transient prefix (in no particular
+    /// order): in the hash table, or in the B-tree once that spilled.
+    fn with_transient_prefix<'a>(
         &'a self,
         prefix: &'a [u8],
     ) -> impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)> + 'a {
+        let transient = &self.hashed[TRANSIENT];
         let ordered = self
             .map
             .range::<KeyBytes, _>((Bound::Included(KeyBytes::new(prefix)), Bound::Unbounded))
-            .take_while(move |(key, _)| self.spilled && key.as_slice().starts_with(prefix));
-        self.hashed
+            .take_while(move |(key, _)| transient.spilled && key.as_slice().starts_with(prefix))
+            .map(|(key, value)| (key.as_slice(), value));
+        transient
+            .table
             .iter()
-            .filter(move |(key, _)| key.as_slice().starts_with(prefix))
+            .filter(move |(key, _)| key.starts_with(prefix))
             .chain(ordered)
-            .map(|(key, value)| (key.as_slice(), self.value(*value)))
+            .map(|(key, value)| (key, self.value(*value)))
     }
 
     pub(crate) fn lookup(&self, key: &[u8]) -> Option<Option<&[u8]>> {
-        let value = if self.is_hashed(key) {
-            self.hashed.get(key)
-        } else {
-            self.map.get(KeyBytes::new(key))
+        let value = match self.hashed_of(key) {
+            Some(index) => self.hashed[index].table.get(key),
+            None => self.map.get(KeyBytes::new(key)),
         };
         value.map(|value| self.value(*value))
     }
 
-    /// Spills the hash map if a range read asked for it (see [`HASHED_RANGE_ROWS_MAX`]).
+    /// Spills a hash table if a range read asked for it (see [`HASHED_RANGE_ROWS_MAX`]).
     fn spill_if_wanted(&mut self) {
-        if *self.spill_wanted.get_mut() && !self.spilled {
-            self.spill();
+        for index in [TRANSIENT, POINTS] {
+            let hashed = &mut self.hashed[index];
+            if *hashed.spill_wanted.get_mut() && !hashed.spilled {
+                self.spill(index);
+            }
         }
     }
 
     fn insert(&mut self, key: &[u8], value: Option<&[u8]>) {
-        use std::collections::{btree_map, hash_map};
-        let hashed = self.is_hashed(key);
+        use std::collections::btree_map;
+        let hashed_index = self.hashed_of(key);
         let values = &mut self.values;
-        let added = if hashed {
-            let added = match self.hashed.entry(MemKey::new(key)) {
-                hash_map::Entry::Occupied(entry) => {
-                    overwrite_entry(values, entry.into_mut(), value)
-                }
-                hash_map::Entry::Vacant(entry) => {
-                    entry.insert(value.map(|value| values.push(value)));
-                    new_entry_bytes(key, value)
-                }
+        let added = if let Some(index) = hashed_index {
+            let hashed = &mut self.hashed[index];
+            let (old, inserted) = hashed
+                .table
+                .upsert(key, || value.map(|value| values.push(value)));
+            let added = if inserted {
+                new_entry_bytes(key, value)
+            } else {
+                overwrite_entry(values, old, value)
             };
-            if self.hashed.len() > HASHED_ENTRIES_MAX {
-                self.spill();
+            if hashed.table.len() > hashed.entries_max {
+                self.spill(index);
             }
             added
         } else {
@@ -397,8 +487,8 @@ impl Memtable {
     }
 
     fn remove(&mut self, key: &[u8]) {
-        let removed = if self.is_hashed(key) {
-            self.hashed.remove(key).is_some()
+        let removed = if let Some(index) = self.hashed_of(key) {
+            self.hashed[index].table.remove(key).is_some()
         } else {
             self.map.remove(KeyBytes::new(key)).is_some()
         };
@@ -428,16 +518,17 @@ impl Memtable {
         } else {
             sources.push(Box::new(ordered.map(entry)));
         }
-        if !self.hashed.is_empty() && self.prefixes.iter().any(|p| overlaps(p, begin, end)) {
+        for hashed in &self.hashed {
+            if hashed.table.is_empty() || !hashed.prefixes.iter().any(|p| overlaps(p, begin, end)) {
+                continue;
+            }
             let rows = gather_in_order(
-                self.hashed
-                    .iter()
-                    .map(|(key, value)| (key.as_slice(), *value)),
+                hashed.table.iter().map(|(key, value)| (key, *value)),
                 |key| key >= begin && key < end,
                 reverse,
             );
             if rows.len() > HASHED_RANGE_ROWS_MAX {
-                self.spill_wanted.store(true, AtomicOrdering::Relaxed);
+                hashed.spill_wanted.store(true, AtomicOrdering::Relaxed);
             }
             sources.push(Box::new(rows.into_iter().map(entry)));
         }
@@ -540,7 +631,7 @@ impl Transient {
             return changes;
         }
         for prefix in &self.prefixes {
-            for (key, value) in memtable.with_hashed_prefix(prefix) {
+            for (key, value) in memtable.with_transient_prefix(prefix) {
                 match value {
                     Some(_) => changes.added.push(key.to_vec()),
                     None => changes.removed.push(key.to_vec()),
@@ -632,8 +723,12 @@ impl Tables {
         checkpoint_empty: bool,
         transient: Transient,
         pinned: Option<Pinned>,
+        point_prefixes: Vec<Vec<u8>>,
     ) -> Self {
-        let hashed: HashedPrefixes = transient.prefixes.clone().into();
+        let hashed = HashedPrefixes {
+            transient: transient.prefixes.clone().into(),
+            points: point_prefixes.into(),
+        };
         Tables {
             active: Memtable::new(hashed),
             frozen: None,
@@ -714,7 +809,15 @@ impl Tables {
         writes: &WriteBatch,
     ) -> Result<(), StoreError> {
         self.active.spill_if_wanted();
+        // The hash-table slots of the writes a few ahead are loaded while this one applies.
+        let mut ahead = writes.iter();
+        for write in ahead.by_ref().take(PREFETCH_AHEAD) {
+            self.active.prefetch_write(&write);
+        }
         for write in writes.iter() {
+            if let Some(next) = ahead.next() {
+                self.active.prefetch_write(&next);
+            }
             match write {
                 Write::Set(key, value) => {
                     self.pin(key, Some(value));
@@ -786,6 +889,11 @@ pub(crate) struct View<'a> {
 }
 
 impl<'a> View<'a> {
+    /// Starts loading where [`View::get`] of `key` will look in the active memtable.
+    pub(crate) fn prefetch(&self, key: &[u8]) {
+        self.active.prefetch(key);
+    }
+
     /// The visible value of `key`.
     pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Cow<'a, [u8]>>, StoreError> {
         if let Some(value) = self.overlay.and_then(|overlay| overlay.get(key)) {
@@ -940,21 +1048,34 @@ mod tests {
     use proptest::prelude::*;
     use std::collections::BTreeMap;
 
+    /// A memtable whose hash tables hold the keys starting with `h` (transient) and `p`
+    /// (point records).
+    fn prefixes() -> super::HashedPrefixes {
+        super::HashedPrefixes {
+            transient: std::sync::Arc::from(vec![b"h".to_vec()]),
+            points: std::sync::Arc::from(vec![b"p".to_vec()]),
+        }
+    }
+
     proptest! {
         /// Overwrites in place (a value no longer than the one it replaces) and appended
-        /// ones read back exactly as a model map says, in the B-tree and in the hashed
-        /// part, through lookups and the ordered entries.
+        /// ones read back exactly as a model map says, in the B-tree and in both hash
+        /// tables, through lookups and the ordered entries.
         #[test]
         fn overwrites_read_back_as_written(
             ops in proptest::collection::vec(
-                (any::<bool>(), 0u8..6, proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40))),
+                (
+                    0usize..3,
+                    0u8..6,
+                    proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)),
+                ),
                 1..200,
             ),
         ) {
-            let mut memtable = Memtable::new(std::sync::Arc::from(vec![b"h".to_vec()]));
+            let mut memtable = Memtable::new(prefixes());
             let mut model: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
-            for (hashed, index, value) in ops {
-                let key = vec![if hashed { b'h' } else { b'o' }, index];
+            for (kind, index, value) in ops {
+                let key = vec![b"hpo"[kind], index];
                 memtable.insert(&key, value.as_deref());
                 model.insert(key, value);
                 for (key, value) in &model {
@@ -975,40 +1096,56 @@ mod tests {
         }
     }
 
-    /// A range read that gathers more than `HASHED_RANGE_ROWS_MAX` rows from the hash map
-    /// asks for a spill, the next write spills, and every row reads back the same (fails if
-    /// range reads never spill: a pile-up would then sort the same rows once per page).
+    /// A range read that gathers more than `HASHED_RANGE_ROWS_MAX` rows from a hash table
+    /// asks for a spill, the next write spills that table (only), and every row reads back
+    /// the same (fails if range reads never spill: a pile-up would then sort the same rows
+    /// once per page).
     #[test]
-    fn a_large_hashed_range_read_spills_the_memtable_at_the_next_write() {
-        let mut memtable = Memtable::new(std::sync::Arc::from(vec![b"h".to_vec()]));
-        let rows = super::HASHED_RANGE_ROWS_MAX + 1;
-        assert!(
-            rows <= super::HASHED_ENTRIES_MAX,
-            "the count alone does not spill"
-        );
-        for index in 0..rows as u8 {
-            memtable.insert(&[b'h', index], Some(&[index]));
-        }
-        memtable.insert(b"o", Some(b"ordered"));
-        let read = |memtable: &Memtable| -> Vec<(Vec<u8>, Vec<u8>)> {
-            let mut rows = Vec::new();
-            for source in memtable.range_sources(b"a", b"z", false) {
-                for entry in source {
-                    let (key, value) = entry.expect("memory");
-                    rows.push((key.into_owned(), value.expect("no tombstones").into_owned()));
-                }
+    fn a_large_hashed_range_read_spills_that_table_at_the_next_write() {
+        for (index, prefix) in [(super::TRANSIENT, b'h'), (super::POINTS, b'p')] {
+            let other = 1 - index;
+            let mut memtable = Memtable::new(prefixes());
+            let rows = super::HASHED_RANGE_ROWS_MAX + 1;
+            assert!(
+                rows <= super::HASHED_ENTRIES_MAX,
+                "the count alone does not spill"
+            );
+            for n in 0..rows as u8 {
+                memtable.insert(&[prefix, n], Some(&[n]));
             }
-            rows.sort();
-            rows
-        };
-        let before = read(&memtable);
-        assert_eq!(before.len(), rows + 1);
-        assert!(!memtable.spilled, "a read alone changes nothing");
-        memtable.spill_if_wanted();
-        assert!(memtable.spilled, "the read asked for a spill");
-        assert!(memtable.hashed.is_empty());
-        assert_eq!(read(&memtable), before);
-        assert_eq!(memtable.lookup(&[b'h', 0]), Some(Some(&[0u8][..])));
+            memtable.insert(b"o", Some(b"ordered"));
+            memtable.insert(&[b"hp"[other], 0], Some(b"other table"));
+            let read = |memtable: &Memtable| -> Vec<(Vec<u8>, Vec<u8>)> {
+                let mut rows = Vec::new();
+                for source in memtable.range_sources(b"a", b"z", false) {
+                    for entry in source {
+                        let (key, value) = entry.expect("memory");
+                        rows.push((key.into_owned(), value.expect("no tombstones").into_owned()));
+                    }
+                }
+                rows.sort();
+                rows
+            };
+            let before = read(&memtable);
+            assert_eq!(before.len(), rows + 2);
+            assert!(
+                !memtable.hashed[index].spilled,
+                "a read alone changes nothing"
+            );
+            memtable.spill_if_wanted();
+            assert!(memtable.hashed[index].spilled, "the read asked for a spill");
+            assert!(memtable.hashed[index].table.is_empty());
+            assert!(!memtable.hashed[other].spilled, "the other table stays");
+            assert_eq!(memtable.hashed[other].table.len(), 1);
+            assert_eq!(read(&memtable), before);
+            assert_eq!(memtable.lookup(&[prefix, 0]), Some(Some(&[0u8][..])));
+            memtable.insert(&[prefix, 0], Some(b"again"));
+            assert!(
+                memtable.hashed[index].table.is_empty(),
+                "later writes go to the B-tree"
+            );
+            assert_eq!(memtable.lookup(&[prefix, 0]), Some(Some(&b"again"[..])));
+        }
     }
 
     proptest! {

@@ -542,9 +542,10 @@ fn apply(
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
-    /// Transient prefixes (clears without tombstones) and pinned prefixes (keys kept in
-    /// memory beside the layers; past `PINNED_KEYS_MAX`, 16 in tests, pinning stops) cover
-    /// none, some or all of the model's keys; checkpoints run beside the commits and reopens
+    /// Transient prefixes (clears without tombstones), pinned prefixes (keys kept in
+    /// memory beside the layers; past `PINNED_KEYS_MAX`, 16 in tests, pinning stops) and
+    /// point prefixes (keys in the memtables' hash tables) cover none, some or all of the
+    /// model's keys; checkpoints run beside the commits and reopens
     /// rebuild what the store knows of the checkpoint's transient and pinned keys.
     #[test]
     fn random_transactions_match_a_model(
@@ -556,10 +557,11 @@ proptest! {
             Just(vec![vec![b'm', 3], vec![b'm', 17], vec![b'm', 30]]),
         ],
         pinned_prefixes in pinned_prefixes(),
+        point_prefixes in point_prefixes(),
     ) {
         let dir = tempfile::tempdir().expect("dir");
         let options = EmbeddedOptions { memtable_bytes_max: 2048, wal_bytes_max: 4096,
-            transient_prefixes, pinned_prefixes, ..tiny_options() };
+            transient_prefixes, pinned_prefixes, point_prefixes, ..tiny_options() };
         let mut store = open(dir.path(), options.clone());
         let mut model = BTreeMap::new();
         for (operations, reopen) in &transactions {
@@ -585,6 +587,16 @@ fn pinned_prefixes() -> impl Strategy<Value = Vec<Vec<u8>>> {
     prop_oneof![
         Just(Vec::new()),
         Just(vec![vec![b'm', 3], vec![b'm', 7], vec![b'm', 9]]),
+        Just(vec![b"m".to_vec()]),
+    ]
+}
+
+/// Point prefixes for the model tests (keys kept in the memtables' point hash tables):
+/// none, a few keys, or all of them.
+fn point_prefixes() -> impl Strategy<Value = Vec<Vec<u8>>> {
+    prop_oneof![
+        Just(Vec::new()),
+        Just(vec![vec![b'm', 5], vec![b'm', 17], vec![b'm', 20]]),
         Just(vec![b"m".to_vec()]),
     ]
 }
@@ -649,10 +661,11 @@ proptest! {
             Just(vec![vec![b'm', 3], vec![b'm', 7], vec![b'm', 11]]),
         ],
         pinned_prefixes in pinned_prefixes(),
+        point_prefixes in point_prefixes(),
     ) {
         let dir = tempfile::tempdir().expect("dir");
         let options = EmbeddedOptions { memtable_bytes_max: 2048, wal_bytes_max: 4096,
-            transient_prefixes, pinned_prefixes, ..tiny_options() };
+            transient_prefixes, pinned_prefixes, point_prefixes, ..tiny_options() };
         let store = open(dir.path(), options);
         let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
         for wave in &waves {
