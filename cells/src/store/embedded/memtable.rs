@@ -19,7 +19,7 @@ use std::sync::Arc;
 use crate::store::StoreError;
 
 use super::checkpoint::fjall as fjall_error;
-use super::point::PointTable;
+use super::point::{PointTable, Position};
 use super::wal::{Write, WriteBatch};
 
 /// Bytes counted per memtable entry beyond its key and value (B-tree slot, `Vec` headers).
@@ -275,6 +275,10 @@ struct Hashed {
     /// Set by a range read that gathered more than [`HASHED_RANGE_ROWS_MAX`] rows from the
     /// table (readers hold the tables shared); the next write spills.
     spill_wanted: AtomicBool,
+    /// The table's entries in key order, built by the first range read that needs it and
+    /// dropped by the next write: an audit paging through a million transfer records of a
+    /// quiet store sorts them once, not once per page.
+    sorted: parking_lot::Mutex<Option<Arc<[Position]>>>,
 }
 
 impl Hashed {
@@ -284,6 +288,24 @@ impl Hashed {
             entries_max,
             ..Hashed::default()
         }
+    }
+
+    /// The table, for a change: the sorted order no longer holds.
+    fn table_mut(&mut self) -> &mut PointTable<Option<ValueRef>> {
+        *self.sorted.get_mut() = None;
+        &mut self.table
+    }
+
+    /// The entries in key order (see `sorted`).
+    fn sorted(&self) -> Arc<[Position]> {
+        let mut sorted = self.sorted.lock();
+        let positions = sorted.get_or_insert_with(|| {
+            let mut positions = self.table.positions();
+            positions
+                .sort_unstable_by(|a, b| compare_keys(self.table.at(*a).0, self.table.at(*b).0));
+            positions.into()
+        });
+        Arc::clone(positions)
     }
 }
 
@@ -363,7 +385,7 @@ impl Memtable {
     fn spill(&mut self, index: usize) {
         let hashed = &mut self.hashed[index];
         hashed.spilled = true;
-        let table = std::mem::take(&mut hashed.table);
+        let table = std::mem::take(hashed.table_mut());
         let kind = if index == TRANSIENT {
             "transient"
         } else {
@@ -461,7 +483,7 @@ impl Memtable {
         let added = if let Some(index) = hashed_index {
             let hashed = &mut self.hashed[index];
             let (old, inserted) = hashed
-                .table
+                .table_mut()
                 .upsert(key, || value.map(|value| values.push(value)));
             let added = if inserted {
                 new_entry_bytes(key, value)
@@ -488,7 +510,7 @@ impl Memtable {
 
     fn remove(&mut self, key: &[u8]) {
         let removed = if let Some(index) = self.hashed_of(key) {
-            self.hashed[index].table.remove(key).is_some()
+            self.hashed[index].table_mut().remove(key).is_some()
         } else {
             self.map.remove(KeyBytes::new(key)).is_some()
         };
@@ -522,19 +544,44 @@ impl Memtable {
             if hashed.table.is_empty() || !hashed.prefixes.iter().any(|p| overlaps(p, begin, end)) {
                 continue;
             }
-            let rows = gather_in_order(
-                hashed.table.iter().map(|(key, value)| (key, *value)),
-                |key| key >= begin && key < end,
-                reverse,
-            );
+            if hashed.table.len() <= SORT_CACHE_ENTRIES_MIN {
+                let rows = gather_in_order(
+                    hashed.table.iter().map(|(key, value)| (key, *value)),
+                    |key| key >= begin && key < end,
+                    reverse,
+                );
+                if rows.len() > HASHED_RANGE_ROWS_MAX {
+                    hashed.spill_wanted.store(true, AtomicOrdering::Relaxed);
+                }
+                sources.push(Box::new(rows.into_iter().map(entry)));
+                continue;
+            }
+            let table = &hashed.table;
+            let sorted = hashed.sorted();
+            let before = |bound: &[u8]| {
+                sorted.partition_point(|at| compare_keys(table.at(*at).0, bound) == Ordering::Less)
+            };
+            let rows = before(begin)..before(end);
             if rows.len() > HASHED_RANGE_ROWS_MAX {
                 hashed.spill_wanted.store(true, AtomicOrdering::Relaxed);
             }
-            sources.push(Box::new(rows.into_iter().map(entry)));
+            let row = move |index: usize| {
+                let (key, value) = table.at(sorted[index]);
+                (key, *value)
+            };
+            if reverse {
+                sources.push(Box::new(rows.rev().map(row).map(entry)));
+            } else {
+                sources.push(Box::new(rows.map(row).map(entry)));
+            }
         }
         sources
     }
 }
+
+/// Entries past which a range read over a memtable's hash table uses (and caches) the
+/// table's sorted order instead of gathering and sorting the rows in its range.
+const SORT_CACHE_ENTRIES_MIN: usize = if cfg!(test) { 8 } else { 4_096 };
 
 /// The rows of a hash map (the group overlay, a memtable's transient keys) whose keys pass
 /// `keep`, gathered and sorted by key (reversed when `reverse`).
@@ -1145,6 +1192,67 @@ mod tests {
                 "later writes go to the B-tree"
             );
             assert_eq!(memtable.lookup(&[prefix, 0]), Some(Some(&b"again"[..])));
+        }
+    }
+
+    proptest! {
+        /// Range reads over a hash table large enough for its cached sorted order (more than
+        /// `SORT_CACHE_ENTRIES_MIN` entries, 8 in tests) return the model's rows in order,
+        /// forwards and backwards, tombstones included, and see every write made since the
+        /// order was cached (fails if a write leaves a stale order behind).
+        #[test]
+        fn ranges_over_a_large_hash_table_follow_writes(
+            rounds in proptest::collection::vec(
+                (
+                    proptest::collection::vec(
+                        (0u8..40, proptest::option::of(0u8..255), any::<bool>()),
+                        1..12,
+                    ),
+                    0u8..40,
+                    0u8..41,
+                    any::<bool>(),
+                ),
+                1..12,
+            ),
+        ) {
+            let mut memtable = Memtable::new(prefixes());
+            let mut model: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+            for n in 0..20u8 {
+                memtable.insert(&[b'p', n], Some(&[n]));
+                model.insert(vec![b'p', n], Some(vec![n]));
+            }
+            for (writes, from, to, reverse) in rounds {
+                for (key, value, remove) in writes {
+                    let key = vec![b'p', key];
+                    if remove {
+                        memtable.remove(&key);
+                        model.remove(&key);
+                    } else {
+                        let value = value.map(|value| vec![value]);
+                        memtable.insert(&key, value.as_deref());
+                        model.insert(key, value);
+                    }
+                }
+                let (begin, end) = (vec![b'p', from], vec![b'p', to]);
+                for _ in 0..2 {
+                    let mut got = Vec::new();
+                    for source in memtable.range_sources(&begin, &end, reverse) {
+                        for entry in source {
+                            let (key, value) = entry.expect("memory");
+                            got.push((key.into_owned(), value.map(|value| value.into_owned())));
+                        }
+                    }
+                    let mut expected: Vec<(Vec<u8>, Option<Vec<u8>>)> = model
+                        .iter()
+                        .filter(|(key, _)| **key >= begin && **key < end)
+                        .map(|(key, value)| (key.clone(), value.clone()))
+                        .collect();
+                    if reverse {
+                        expected.reverse();
+                    }
+                    prop_assert_eq!(got, expected);
+                }
+            }
         }
     }
 

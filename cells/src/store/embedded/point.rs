@@ -95,6 +95,13 @@ fn shard_of(hash: u64) -> usize {
     (hash >> 58) as usize % SHARDS
 }
 
+/// Where an entry lives in a [`PointTable`]; valid until the table next changes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Position {
+    shard: u32,
+    at: u32,
+}
+
 /// Byte keys to `V`, unordered.
 #[derive(Debug)]
 pub(crate) struct PointTable<V> {
@@ -248,6 +255,31 @@ impl<V: Copy> PointTable<V> {
         shard.len -= 1;
         self.len -= 1;
         Some(removed.value)
+    }
+
+    /// Where every entry lives, in no particular order (see [`PointTable::at`]).
+    pub(crate) fn positions(&self) -> Vec<Position> {
+        let mut positions = Vec::with_capacity(self.len);
+        for (shard, slots) in self.shards.iter().enumerate() {
+            for (at, slot) in slots.slots.iter().enumerate() {
+                if slot.is_some() {
+                    positions.push(Position {
+                        shard: u32::try_from(shard).expect("64 shards"),
+                        at: u32::try_from(at).expect("a shard's slots fit u32"),
+                    });
+                }
+            }
+        }
+        positions
+    }
+
+    /// The entry at `position`, which [`PointTable::positions`] gave since the table last
+    /// changed.
+    pub(crate) fn at(&self, position: Position) -> (&[u8], &V) {
+        let slot = self.shards[position.shard as usize].slots[position.at as usize]
+            .as_ref()
+            .expect("a position is used before the table changes");
+        (self.key(slot.key), &slot.value)
     }
 
     /// Every entry, in no particular order.
