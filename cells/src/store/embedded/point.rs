@@ -8,7 +8,7 @@
 //!
 //! Why not `std`'s `HashMap<MemKey, _>`: on the 2-core VM a random memory access costs
 //! 160–190 ns, and a memtable of a million transfer records spans far more than the caches.
-//! A slot here is 40 bytes (the key is elsewhere, behind its 64-bit hash) against 64 in the
+//! A slot here is 32 bytes (the key is elsewhere, behind its 64-bit hash) against 64 in the
 //! `HashMap`, a growth moves slots without reading their keys, and a lookup of an absent
 //! key (every new transfer id) reads one slot line. Measured in a scratch program (1 M
 //! transfer ids inserted in the benchmark's order, groups of 20,000): per insert 55–160 ns
@@ -28,12 +28,13 @@ const SHARD_SLOTS_MIN: usize = 16;
 /// Chunk size of the key arena (a longer key gets a chunk of its own).
 const KEY_CHUNK_BYTES: usize = 1 << 20;
 
-/// A key's place in the table's key arena.
+/// A key's place in the table's key arena (8 bytes, so that a slot is 32).
 #[derive(Debug, Clone, Copy)]
 struct KeyRef {
-    chunk: u32,
     offset: u32,
-    len: u32,
+    chunk: u16,
+    /// Keys are at most 10 kB ([`crate::store::limits::KEY_BYTES_MAX`]).
+    len: u16,
 }
 
 /// An occupied slot (a shard holds `None` in its empty ones).
@@ -225,9 +226,10 @@ impl<V: Copy> PointTable<V> {
         let offset = bytes.len();
         bytes.extend_from_slice(key);
         KeyRef {
-            chunk: u32::try_from(chunk).expect("key chunks fit u32"),
             offset: u32::try_from(offset).expect("chunk offsets fit u32"),
-            len: u32::try_from(key.len()).expect("keys are at most 10 kB"),
+            // 65,536 chunks of at least 1 MiB: more keys than a memtable's size limit allows.
+            chunk: u16::try_from(chunk).expect("key chunks fit u16"),
+            len: u16::try_from(key.len()).expect("keys are at most 10 kB"),
         }
     }
 
@@ -296,6 +298,12 @@ mod tests {
     use super::PointTable;
     use proptest::prelude::*;
     use std::collections::HashMap;
+
+    #[test]
+    fn a_memtable_slot_is_half_a_cache_line() {
+        type MemtableSlot = Option<super::Slot<Option<[u32; 3]>>>;
+        assert_eq!(std::mem::size_of::<MemtableSlot>(), 32);
+    }
 
     #[test]
     fn inserts_overwrites_and_removes_read_back() {
