@@ -19,6 +19,7 @@ use std::sync::Arc;
 use crate::store::StoreError;
 
 use super::checkpoint::fjall as fjall_error;
+use super::chunks::Chunks;
 use super::point::{PointTable, Position};
 use super::wal::{Write, WriteBatch};
 
@@ -166,9 +167,17 @@ const ARENA_CHUNK_BYTES: usize = 1 << 20;
 /// Where a memtable keeps its values: appended to chunks that are never reallocated, and
 /// freed together with the memtable. Values written by the million cost no allocation
 /// each, and the heap is left to short-lived objects (so its pages stay reusable).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Arena {
-    chunks: Vec<Vec<u8>>,
+    chunks: Chunks,
+}
+
+impl Default for Arena {
+    fn default() -> Self {
+        Arena {
+            chunks: Chunks::new(ARENA_CHUNK_BYTES),
+        }
+    }
 }
 
 /// A value's place in the [`Arena`].
@@ -181,18 +190,7 @@ struct ValueRef {
 
 impl Arena {
     fn push(&mut self, bytes: &[u8]) -> ValueRef {
-        let fits = self
-            .chunks
-            .last()
-            .is_some_and(|chunk| chunk.capacity() - chunk.len() >= bytes.len());
-        if !fits {
-            self.chunks
-                .push(Vec::with_capacity(ARENA_CHUNK_BYTES.max(bytes.len())));
-        }
-        let chunk = self.chunks.len() - 1;
-        let last = &mut self.chunks[chunk];
-        let offset = last.len();
-        last.extend_from_slice(bytes);
+        let (chunk, offset) = self.chunks.append(bytes);
         ValueRef {
             chunk: u32::try_from(chunk).expect("arena chunks fit u32"),
             offset: u32::try_from(offset).expect("chunk offsets fit u32"),
@@ -207,14 +205,15 @@ impl Arena {
             bytes.len() <= at.len as usize,
             "an overwrite fits its place"
         );
-        let start = at.offset as usize;
-        self.chunks[at.chunk as usize][start..start + bytes.len()].copy_from_slice(bytes);
+        self.chunks
+            .get_mut(at.chunk as usize, at.offset as usize, bytes.len())
+            .copy_from_slice(bytes);
         at.len = u32::try_from(bytes.len()).expect("values are at most 100 kB");
     }
 
     fn get(&self, at: ValueRef) -> &[u8] {
-        let start = at.offset as usize;
-        &self.chunks[at.chunk as usize][start..start + at.len as usize]
+        self.chunks
+            .get(at.chunk as usize, at.offset as usize, at.len as usize)
     }
 }
 

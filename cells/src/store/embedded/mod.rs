@@ -68,6 +68,7 @@
 //! followed by a valid one, or in an earlier segment, is [`StoreError::Corrupt`].
 
 mod checkpoint;
+mod chunks;
 mod committer;
 mod memtable;
 pub mod pacer;

@@ -18,6 +18,8 @@
 
 use std::hash::BuildHasher;
 
+use super::chunks::Chunks;
+
 /// Shards per table; each grows on its own, so a growth moves at most 1/`SHARDS` of the
 /// entries at once (about 16,000 slots at a million entries: well under a millisecond).
 pub(crate) const SHARDS: usize = 64;
@@ -109,7 +111,7 @@ pub(crate) struct PointTable<V> {
     shards: Vec<Shard<V>>,
     /// Every inserted key's bytes, appended; a removed key's stay until the table is dropped
     /// (a memtable's life).
-    keys: Vec<Vec<u8>>,
+    keys: Chunks,
     len: usize,
     hasher: foldhash::fast::RandomState,
 }
@@ -118,7 +120,7 @@ impl<V: Copy> Default for PointTable<V> {
     fn default() -> Self {
         PointTable {
             shards: (0..SHARDS).map(|_| Shard::new()).collect(),
-            keys: Vec::new(),
+            keys: Chunks::new(KEY_CHUNK_BYTES),
             len: 0,
             hasher: foldhash::fast::RandomState::default(),
         }
@@ -139,8 +141,8 @@ impl<V: Copy> PointTable<V> {
     }
 
     fn key(&self, at: KeyRef) -> &[u8] {
-        let start = at.offset as usize;
-        &self.keys[at.chunk as usize][start..start + at.len as usize]
+        self.keys
+            .get(at.chunk as usize, at.offset as usize, at.len as usize)
     }
 
     /// The index of `key`'s slot in its shard, if present.
@@ -213,18 +215,7 @@ impl<V: Copy> PointTable<V> {
     }
 
     fn store_key(&mut self, key: &[u8]) -> KeyRef {
-        let fits = self
-            .keys
-            .last()
-            .is_some_and(|chunk| chunk.capacity() - chunk.len() >= key.len());
-        if !fits {
-            self.keys
-                .push(Vec::with_capacity(KEY_CHUNK_BYTES.max(key.len())));
-        }
-        let chunk = self.keys.len() - 1;
-        let bytes = &mut self.keys[chunk];
-        let offset = bytes.len();
-        bytes.extend_from_slice(key);
+        let (chunk, offset) = self.keys.append(key);
         KeyRef {
             offset: u32::try_from(offset).expect("chunk offsets fit u32"),
             // 65,536 chunks of at least 1 MiB: more keys than a memtable's size limit allows.
