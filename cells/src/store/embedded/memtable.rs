@@ -324,7 +324,7 @@ pub(crate) struct Memtable {
 }
 
 impl Memtable {
-    /// An empty memtable that keeps keys under `prefixes` in its hash map.
+    /// An empty memtable that keeps keys under `prefixes` in its hash tables.
     pub(crate) fn new(prefixes: HashedPrefixes) -> Self {
         Memtable {
             hashed: [
@@ -580,6 +580,13 @@ impl Memtable {
 
 /// Entries past which a range read over a memtable's hash table uses (and caches) the
 /// table's sorted order instead of gathering and sorting the rows in its range.
+///
+/// The sort runs under the tables' shared lock, so commits wait for it: about a second for
+/// a million transfer records (`tessera reconcile` after 1 M `holds` transfers: the audit
+/// took 2.40 s against 1.43 s with the records in the B-tree). On a quiet store it is paid
+/// once per memtable; on a busy one the first large read also asks for a spill (as above),
+/// which moves the records into the B-tree at the next write, a second pause of the same
+/// order, after which reads cost what they did before the tables.
 const SORT_CACHE_ENTRIES_MIN: usize = if cfg!(test) { 8 } else { 4_096 };
 
 /// The rows of a hash map (the group overlay, a memtable's transient keys) whose keys pass
