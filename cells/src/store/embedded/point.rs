@@ -145,21 +145,27 @@ impl<V: Copy> PointTable<V> {
             .get(at.chunk as usize, at.offset as usize, at.len as usize)
     }
 
-    /// The index of `key`'s slot in its shard, if present.
-    fn find(&self, key: &[u8], hash: u64) -> Option<(usize, usize)> {
+    /// `key`'s shard and slot if present (`Ok`), else its shard and the empty slot where
+    /// the search stopped (`Err`): where an insert puts it, unless the shard grows first.
+    fn search(&self, key: &[u8], hash: u64) -> Result<(usize, usize), (usize, usize)> {
         let shard_index = shard_of(hash);
         let shard = &self.shards[shard_index];
         let mask = shard.mask();
         let mut at = home(hash) & mask;
         loop {
             match &shard.slots[at] {
-                None => return None,
+                None => return Err((shard_index, at)),
                 Some(slot) if slot.hash == hash && self.key(slot.key) == key => {
-                    return Some((shard_index, at))
+                    return Ok((shard_index, at))
                 }
                 Some(_) => at = (at + 1) & mask,
             }
         }
+    }
+
+    /// The index of `key`'s slot in its shard, if present.
+    fn find(&self, key: &[u8], hash: u64) -> Option<(usize, usize)> {
+        self.search(key, hash).ok()
     }
 
     pub(crate) fn get(&self, key: &[u8]) -> Option<&V> {
@@ -189,20 +195,23 @@ impl<V: Copy> PointTable<V> {
     /// The value of `key`, inserted as `vacant()` if absent; and whether it was inserted.
     pub(crate) fn upsert(&mut self, key: &[u8], vacant: impl FnOnce() -> V) -> (&mut V, bool) {
         let hash = self.hash(key);
-        if let Some((shard, at)) = self.find(key, hash) {
-            let slot = self.shards[shard].slots[at].as_mut().expect("found");
-            return (&mut slot.value, false);
-        }
+        let (shard_index, mut at) = match self.search(key, hash) {
+            Ok((shard, at)) => {
+                let slot = self.shards[shard].slots[at].as_mut().expect("found");
+                return (&mut slot.value, false);
+            }
+            Err(empty) => empty,
+        };
         let key_ref = self.store_key(key);
-        let shard_index = shard_of(hash);
         let shard = &mut self.shards[shard_index];
         if (shard.len + 1) * 16 > shard.slots.len() * grow_at_sixteenths(shard_index) {
+            // The slots moved: search the grown shard for an empty one (the key is absent).
             shard.grow();
-        }
-        let mask = shard.mask();
-        let mut at = home(hash) & mask;
-        while shard.slots[at].is_some() {
-            at = (at + 1) & mask;
+            let mask = shard.mask();
+            at = home(hash) & mask;
+            while shard.slots[at].is_some() {
+                at = (at + 1) & mask;
+            }
         }
         shard.len += 1;
         self.len += 1;
