@@ -316,7 +316,6 @@ pub(crate) struct Memtable {
     /// the hundred thousand a second, few alive at a time) and the point records
     /// ([`POINTS`]). Kept apart so that the few live outbox entries stay in cache.
     hashed: [Hashed; 2],
-    prefixes: HashedPrefixes,
     values: Arena,
     /// Bytes held: keys, entry overhead, and every value ever written (an overwritten
     /// value stays in the arena until the memtable is checkpointed and dropped).
@@ -332,14 +331,16 @@ impl Memtable {
                 // Bounded by the memtable's own size limit.
                 Hashed::new(&prefixes.points, usize::MAX),
             ],
-            prefixes,
             ..Memtable::default()
         }
     }
 
     /// An empty memtable with the same hashed prefixes (the next active one).
     pub(crate) fn successor(&self) -> Self {
-        Memtable::new(self.prefixes.clone())
+        Memtable::new(HashedPrefixes {
+            transient: Arc::clone(&self.hashed[TRANSIENT].prefixes),
+            points: Arc::clone(&self.hashed[POINTS].prefixes),
+        })
     }
 
     pub(crate) fn bytes(&self) -> usize {
