@@ -39,7 +39,7 @@ use cells::slot::Slot;
 use cells::store::CommitError;
 
 use crate::answers::Reply;
-use crate::registry::{Counters, Shared};
+use crate::registry::{Live, Shared};
 use crate::relay::Deliver;
 use draft::{Delta, Draft, Sealed};
 pub use load::LoadError;
@@ -358,7 +358,7 @@ pub struct AccountActor {
     /// relay counted as handed to this actor and not yet taken into a commit (raised by the
     /// relay before it sends, lowered here when a job holding them leaves `pending`, into a
     /// draft or refused, and when a rescanned leg turns out to be applied already).
-    counters: Arc<Counters>,
+    counters: Arc<Live>,
     /// An empty buffer that `pump` swaps into the inbox for senders to fill (so a delivery
     /// costs them no allocation), taking the inbox's filled one.
     spare_deliveries: Vec<Delivery>,
@@ -370,7 +370,7 @@ pub struct AccountActor {
 const SPARE_DELIVERIES_MAX: usize = 64;
 
 impl AccountActor {
-    pub(crate) fn new(id: AccountId, shared: Arc<Shared>, counters: Arc<Counters>) -> Self {
+    pub(crate) fn new(id: AccountId, shared: Arc<Shared>, counters: Arc<Live>) -> Self {
         AccountActor {
             id,
             shared,

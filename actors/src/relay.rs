@@ -221,11 +221,8 @@ impl OutboxRelay {
         }
         // Those already waiting may have room again since their last top-up.
         self.top_up(&queued);
-        let places = self
-            .shared
-            .reserve_many(direct.iter().map(|(payee, _)| payee));
         let mut left: Vec<(AccountId, VecDeque<CreditLeg>)> = Vec::new();
-        for ((payee, legs), place) in direct.into_iter().zip(places) {
+        self.shared.reserve_each(direct, |payee, legs, place| {
             let mut legs = VecDeque::from(legs);
             // Not startable now (actor cap): the legs wait for a later turn.
             if let Ok(place) = place {
@@ -234,7 +231,7 @@ impl OutboxRelay {
             if !legs.is_empty() {
                 left.push((payee, legs));
             }
-        }
+        });
         let mut dropped = 0u64;
         for (payee, legs) in left {
             let room = RELAY_RETRY_CREDITS_MAX.saturating_sub(self.waiting_legs);
@@ -278,22 +275,24 @@ impl OutboxRelay {
         if payees.is_empty() {
             return;
         }
-        let places = self.shared.reserve_many(payees.iter());
-        for (payee, place) in payees.iter().zip(places) {
-            let Some(waiting) = self.waiting.get_mut(payee) else {
+        self.shared.reserve_each(
+            payees.iter().map(|payee| (payee, ())),
+            |payee, (), place| {
+                let Some(waiting) = self.waiting.get_mut(payee) else {
+                    if let Ok(place) = place {
+                        place.release();
+                    }
+                    return;
+                };
+                // Not startable now (actor cap): its legs wait for a later turn.
                 if let Ok(place) = place {
-                    place.release();
+                    self.waiting_legs -= offer(place, &mut waiting.legs);
                 }
-                continue;
-            };
-            // Not startable now (actor cap): its legs wait for a later turn.
-            if let Ok(place) = place {
-                self.waiting_legs -= offer(place, &mut waiting.legs);
-            }
-            if waiting.legs.is_empty() && !waiting.in_turns {
-                self.waiting.remove(payee);
-            }
-        }
+                if waiting.legs.is_empty() && !waiting.in_turns {
+                    self.waiting.remove(payee);
+                }
+            },
+        );
     }
 
     fn tick(&mut self, ctx: &mut Context<Self>) {

@@ -5,14 +5,21 @@
 //! `STORE_BENCH_REPORT=1` it instead prints a table (median of 3 runs) of transactions/s and
 //! key writes/s for 1, 8 and 64 committers, with one commit in flight per thread and with a
 //! window of pipelined commits per thread, then the reopen time after 5 M key writes.
+//!
+//! With `STORE_BENCH_AUDIT=1` it prints how long an audit's page reads take on a busy store:
+//! 1 M transfer records in the active memtable, then pages of 1,000 records read in key
+//! order, with a commit of 1,000 new records before each page (timed too). A read holds the
+//! tables shared, so commits wait out a slow page.
 
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cells::ids::TransferId;
+use cells::keys::Keyspace;
 use cells::store::embedded::{EmbeddedOptions, EmbeddedStore};
-use cells::store::{BoxFuture, CommitError, Store};
+use cells::store::{BoxFuture, CommitError, RangeRequest, Store};
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use futures::executor::block_on;
 
@@ -132,9 +139,73 @@ fn report() {
     drop(store);
 }
 
+/// See the module docs (`STORE_BENCH_AUDIT`).
+fn audit_report() {
+    const RECORDS: u64 = 1_000_000;
+    const PAGE: u64 = 1_000;
+    const PAGES: usize = 30;
+    let dir = tempfile::tempdir().expect("dir");
+    let store = open(dir.path());
+    let space = Keyspace::Real;
+    let write = |first: u64, count: u64| {
+        let mut txn = store.begin().expect("begin");
+        for n in first..first + count {
+            let id = TransferId::new(&format!("t-{n}")).expect("valid id");
+            txn.set(&space.transfer(&id), &[7u8; 60]).expect("set");
+        }
+        finish(txn.commit());
+    };
+    let started = Instant::now();
+    for first in (0..RECORDS).step_by(PAGE as usize) {
+        write(first, PAGE);
+    }
+    println!(
+        "{RECORDS} transfer records committed in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let prefix = space.transfers_prefix();
+    let end = [prefix.as_slice(), &[0xff]].concat();
+    let mut cursor = prefix.clone();
+    let mut pages = Vec::with_capacity(PAGES);
+    let mut commits = Vec::with_capacity(PAGES);
+    for page in 0..PAGES as u64 {
+        let started = Instant::now();
+        write(RECORDS + page * PAGE, PAGE);
+        commits.push(started.elapsed().as_secs_f64() * 1e3);
+        let started = Instant::now();
+        let rows = block_on(store.get_range(RangeRequest::new(
+            cursor.clone(),
+            end.clone(),
+            PAGE as usize,
+        )))
+        .expect("range");
+        pages.push(started.elapsed().as_secs_f64() * 1e3);
+        assert_eq!(rows.len(), PAGE as usize, "a full page");
+        cursor = [rows.last().expect("rows").0.as_slice(), &[0]].concat();
+    }
+    let later = pages[1..].to_vec();
+    println!(
+        "page reads of {PAGE} rows, each after a commit of {PAGE} new records: first {:.1} ms, \
+         then median {:.2} ms, max {:.2} ms ({} pages)",
+        pages[0],
+        median(later.clone()),
+        later.iter().copied().fold(0.0, f64::max),
+        later.len()
+    );
+    println!(
+        "the commits between them: median {:.2} ms, max {:.2} ms",
+        median(commits.clone()),
+        commits.iter().copied().fold(0.0, f64::max)
+    );
+}
+
 criterion_group!(benches, commit_throughput);
 
 fn main() {
+    if std::env::var_os("STORE_BENCH_AUDIT").is_some() {
+        audit_report();
+        return;
+    }
     if std::env::var_os("STORE_BENCH_REPORT").is_some() {
         report();
         return;

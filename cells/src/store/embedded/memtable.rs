@@ -20,7 +20,7 @@ use crate::store::StoreError;
 
 use super::checkpoint::fjall as fjall_error;
 use super::chunks::Chunks;
-use super::point::{PointTable, Position};
+use super::point::{KeyId, PointTable};
 use super::wal::{Write, WriteBatch};
 
 /// Bytes counted per memtable entry beyond its key and value (B-tree slot, `Vec` headers).
@@ -274,10 +274,30 @@ struct Hashed {
     /// Set by a range read that gathered more than [`HASHED_RANGE_ROWS_MAX`] rows from the
     /// table (readers hold the tables shared); the next write spills.
     spill_wanted: AtomicBool,
-    /// The table's entries in key order, built by the first range read that needs it and
-    /// dropped by the next write: an audit paging through a million transfer records of a
-    /// quiet store sorts them once, not once per page.
-    sorted: parking_lot::Mutex<Option<Arc<[Position]>>>,
+    /// The table's keys in key order, for range reads over a large table (see
+    /// [`SORT_CACHE_ENTRIES_MIN`]): built by the first such read, kept across inserts and
+    /// overwrites, dropped by a removal (or a spill).
+    order: parking_lot::Mutex<Option<Order>>,
+    /// The keys inserted since `order` was built, in insertion order (logged only while it
+    /// exists: until a large range read, inserts pay nothing for it).
+    inserted: Vec<KeyId>,
+}
+
+/// A hash table's keys in key order, as sorted runs of disjoint keys: the table's keys when
+/// the order was built, then one run per later range read that found new keys, merged so
+/// that each run is more than twice the next (at most log2 of the entries runs).
+///
+/// Why not one order dropped at every write: then a busy store sorted its million transfer
+/// records again for every page of an audit, under the tables' shared lock (commits
+/// waited), or moved them into the B-tree (a second pause as long).
+///
+/// Costs 8 bytes per key in the runs, and 8 per key inserted after it was built (the log),
+/// beside the table and outside the memtable's byte count: at most 16 MB for a million.
+#[derive(Debug, Default)]
+struct Order {
+    runs: Vec<Arc<[KeyId]>>,
+    /// How many of `Hashed::inserted` the runs hold.
+    covered: usize,
 }
 
 impl Hashed {
@@ -289,23 +309,104 @@ impl Hashed {
         }
     }
 
-    /// The table, for a change: the sorted order no longer holds.
+    /// The table, for a removal or a spill: the key order no longer holds.
     fn table_mut(&mut self) -> &mut PointTable<Option<ValueRef>> {
-        *self.sorted.get_mut() = None;
+        *self.order.get_mut() = None;
+        self.inserted = Vec::new();
         &mut self.table
     }
 
-    /// The entries in key order (see `sorted`).
-    fn sorted(&self) -> Arc<[Position]> {
-        let mut sorted = self.sorted.lock();
-        let positions = sorted.get_or_insert_with(|| {
-            let mut positions = self.table.positions();
-            positions
-                .sort_unstable_by(|a, b| compare_keys(self.table.at(*a).0, self.table.at(*b).0));
-            positions.into()
-        });
-        Arc::clone(positions)
+    /// Notes the key `id` just inserted (new), for the key order if there is one.
+    fn log_insert(&mut self, id: KeyId) {
+        if self.order.get_mut().is_some() {
+            self.inserted.push(id);
+        }
     }
+
+    /// The table's keys in key order, as sorted runs of disjoint keys (see [`Order`]).
+    fn runs(&self) -> Vec<Arc<[KeyId]>> {
+        let mut order = self.order.lock();
+        let order = order.get_or_insert_with(|| Order {
+            runs: vec![sort_keys(&self.table, self.table.key_ids())],
+            covered: self.inserted.len(),
+        });
+        if order.covered < self.inserted.len() {
+            let run = sort_keys(&self.table, self.inserted[order.covered..].to_vec());
+            order.covered = self.inserted.len();
+            order.runs.push(run);
+            while let [.., before, last] = order.runs.as_slice() {
+                if before.len() > 2 * last.len() {
+                    break;
+                }
+                let merged = merge_runs(&self.table, before, last);
+                order.runs.truncate(order.runs.len() - 2);
+                order.runs.push(merged);
+            }
+        }
+        debug_assert_eq!(
+            order.runs.iter().map(|run| run.len()).sum::<usize>(),
+            self.table.len(),
+            "the runs hold every key once"
+        );
+        order.runs.clone()
+    }
+}
+
+/// `ids` in the order of their keys.
+///
+/// Compares a 16-byte window of the keys past the prefix they all share first, so that most
+/// comparisons read no key bytes: sorting a million transfer ids by their bytes alone (two
+/// random memory reads a comparison) took about a second.
+fn sort_keys<V: Copy>(table: &PointTable<V>, ids: Vec<KeyId>) -> Arc<[KeyId]> {
+    let Some(first) = ids.first().map(|id| table.key_of(*id)) else {
+        return Arc::from(ids);
+    };
+    let shared = ids
+        .iter()
+        .map(|id| common_prefix_len(first, table.key_of(*id)))
+        .min()
+        .unwrap_or(0);
+    let mut keyed: Vec<(u128, KeyId)> = ids
+        .into_iter()
+        .map(|id| (key_window(table.key_of(id), shared), id))
+        .collect();
+    keyed.sort_unstable_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then_with(|| compare_keys(table.key_of(a.1), table.key_of(b.1)))
+    });
+    keyed.into_iter().map(|(_, id)| id).collect()
+}
+
+/// The 16 bytes of `key` from `skip` on, zero-padded, as a number: of keys that share
+/// their first `skip` bytes, one whose window is smaller sorts first (a tie says nothing).
+fn key_window(key: &[u8], skip: usize) -> u128 {
+    let tail = &key[skip.min(key.len())..];
+    let mut window = [0u8; 16];
+    let len = tail.len().min(16);
+    window[..len].copy_from_slice(&tail[..len]);
+    u128::from_be_bytes(window)
+}
+
+fn common_prefix_len(a: &[u8], b: &[u8]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// Two sorted runs of disjoint keys as one.
+fn merge_runs<V: Copy>(table: &PointTable<V>, a: &[KeyId], b: &[KeyId]) -> Arc<[KeyId]> {
+    let mut merged = Vec::with_capacity(a.len() + b.len());
+    let (mut a, mut b) = (a.iter().peekable(), b.iter().peekable());
+    while let (Some(x), Some(y)) = (a.peek(), b.peek()) {
+        if compare_keys(table.key_of(**x), table.key_of(**y)) == Ordering::Less {
+            merged.push(**x);
+            a.next();
+        } else {
+            merged.push(**y);
+            b.next();
+        }
+    }
+    merged.extend(a);
+    merged.extend(b);
+    merged.into()
 }
 
 #[derive(Debug, Default)]
@@ -483,12 +584,14 @@ impl Memtable {
         let added = if let Some(index) = hashed_index {
             let hashed = &mut self.hashed[index];
             let (old, inserted) = hashed
-                .table_mut()
+                .table
                 .upsert(key, || value.map(|value| values.push(value)));
-            let added = if inserted {
-                new_entry_bytes(key, value)
-            } else {
-                overwrite_entry(values, old, value)
+            let added = match inserted {
+                Some(id) => {
+                    hashed.log_insert(id);
+                    new_entry_bytes(key, value)
+                }
+                None => overwrite_entry(values, old, value),
             };
             if hashed.table.len() > hashed.entries_max {
                 self.spill(index);
@@ -540,54 +643,66 @@ impl Memtable {
         } else {
             sources.push(Box::new(ordered.map(entry)));
         }
-        for hashed in &self.hashed {
+        for (index, hashed) in self.hashed.iter().enumerate() {
             if hashed.table.is_empty() || !hashed.prefixes.iter().any(|p| overlaps(p, begin, end)) {
                 continue;
             }
-            if hashed.table.len() <= SORT_CACHE_ENTRIES_MIN {
+            let gathered = if hashed.table.len() <= SORT_CACHE_ENTRIES_MIN {
                 let rows = gather_in_order(
                     hashed.table.iter().map(|(key, value)| (key, *value)),
                     |key| key >= begin && key < end,
                     reverse,
                 );
-                if rows.len() > HASHED_RANGE_ROWS_MAX {
-                    hashed.spill_wanted.store(true, AtomicOrdering::Relaxed);
-                }
+                let gathered = rows.len();
                 sources.push(Box::new(rows.into_iter().map(entry)));
-                continue;
-            }
-            let table = &hashed.table;
-            let sorted = hashed.sorted();
-            let before = |bound: &[u8]| {
-                sorted.partition_point(|at| compare_keys(table.at(*at).0, bound) == Ordering::Less)
-            };
-            let rows = before(begin)..before(end);
-            if rows.len() > HASHED_RANGE_ROWS_MAX {
-                hashed.spill_wanted.store(true, AtomicOrdering::Relaxed);
-            }
-            let row = move |index: usize| {
-                let (key, value) = table.at(sorted[index]);
-                (key, *value)
-            };
-            if reverse {
-                sources.push(Box::new(rows.rev().map(row).map(entry)));
+                gathered
             } else {
-                sources.push(Box::new(rows.map(row).map(entry)));
+                let table = &hashed.table;
+                let mut gathered = 0;
+                for run in hashed.runs() {
+                    let before = |bound: &[u8]| {
+                        run.partition_point(|id| {
+                            compare_keys(table.key_of(*id), bound) == Ordering::Less
+                        })
+                    };
+                    let rows = before(begin)..before(end);
+                    gathered += rows.len();
+                    let row = move |index: usize| {
+                        let key = table.key_of(run[index]);
+                        let value = table
+                            .get(key)
+                            .expect("the key order holds present keys only");
+                        (key, *value)
+                    };
+                    if reverse {
+                        sources.push(Box::new(rows.rev().map(row).map(entry)));
+                    } else {
+                        sources.push(Box::new(rows.map(row).map(entry)));
+                    }
+                }
+                gathered
+            };
+            // Only the transient table spills for a large read: its clears drop its key
+            // order, so a pile-up's rescan would sort the same legs once per page. The
+            // point records keep their order across writes.
+            if index == TRANSIENT && gathered > HASHED_RANGE_ROWS_MAX {
+                hashed.spill_wanted.store(true, AtomicOrdering::Relaxed);
             }
         }
         sources
     }
 }
 
-/// Entries past which a range read over a memtable's hash table uses (and caches) the
-/// table's sorted order instead of gathering and sorting the rows in its range.
+/// Entries past which a range read over a memtable's hash table uses (and keeps) the
+/// table's key order ([`Order`]) instead of gathering and sorting the rows in its range.
 ///
-/// The sort runs under the tables' shared lock, so commits wait for it: about a second for
-/// a million transfer records (`tessera reconcile` after 1 M `holds` transfers: the audit
-/// took 2.40 s against 1.43 s with the records in the B-tree). On a quiet store it is paid
-/// once per memtable; on a busy one the first large read also asks for a spill (as above),
-/// which moves the records into the B-tree at the next write, a second pause of the same
-/// order, after which reads cost what they did before the tables.
+/// The first such read sorts the table under the tables' shared lock, so commits wait for
+/// it once per memtable: 130–210 ms for a million transfer records (`STORE_BENCH_AUDIT=1
+/// cargo bench -p cells --bench store`). Later pages cost under a millisecond even while
+/// commits add records between them (each read sorts only the keys new since the last). The
+/// order it replaced was dropped at every write, so a busy store's audit sorted once
+/// (550–560 ms), asked for a spill, and waited out the move of every record into the
+/// B-tree (a page of 820–860 ms).
 const SORT_CACHE_ENTRIES_MIN: usize = if cfg!(test) { 8 } else { 4_096 };
 
 /// The rows of a hash map (the group overlay, a memtable's transient keys) whose keys pass
@@ -1098,7 +1213,7 @@ impl<'a> Iterator for MergeIter<'a> {
 
 #[cfg(test)]
 mod tests {
-    use super::{compare_keys, Memtable};
+    use super::{compare_keys, Memtable, PointTable};
     use proptest::prelude::*;
     use std::collections::BTreeMap;
 
@@ -1150,55 +1265,138 @@ mod tests {
         }
     }
 
-    /// A range read that gathers more than `HASHED_RANGE_ROWS_MAX` rows from a hash table
-    /// asks for a spill, the next write spills that table (only), and every row reads back
-    /// the same (fails if range reads never spill: a pile-up would then sort the same rows
-    /// once per page).
+    /// A range read that gathers more than `HASHED_RANGE_ROWS_MAX` rows from the transient
+    /// table asks for a spill, the next write spills that table (only), and every row reads
+    /// back the same (fails if range reads never spill: a pile-up would then sort the same
+    /// rows once per page).
     #[test]
-    fn a_large_hashed_range_read_spills_that_table_at_the_next_write() {
-        for (index, prefix) in [(super::TRANSIENT, b'h'), (super::POINTS, b'p')] {
-            let other = 1 - index;
-            let mut memtable = Memtable::new(prefixes());
-            let rows = super::HASHED_RANGE_ROWS_MAX + 1;
-            assert!(
-                rows <= super::HASHED_ENTRIES_MAX,
-                "the count alone does not spill"
-            );
-            for n in 0..rows as u8 {
-                memtable.insert(&[prefix, n], Some(&[n]));
-            }
-            memtable.insert(b"o", Some(b"ordered"));
-            memtable.insert(&[b"hp"[other], 0], Some(b"other table"));
-            let read = |memtable: &Memtable| -> Vec<(Vec<u8>, Vec<u8>)> {
-                let mut rows = Vec::new();
-                for source in memtable.range_sources(b"a", b"z", false) {
-                    for entry in source {
-                        let (key, value) = entry.expect("memory");
-                        rows.push((key.into_owned(), value.expect("no tombstones").into_owned()));
-                    }
+    fn a_large_transient_range_read_spills_that_table_at_the_next_write() {
+        let (index, prefix) = (super::TRANSIENT, b'h');
+        let other = 1 - index;
+        let mut memtable = Memtable::new(prefixes());
+        let rows = super::HASHED_RANGE_ROWS_MAX + 1;
+        assert!(
+            rows <= super::HASHED_ENTRIES_MAX,
+            "the count alone does not spill"
+        );
+        for n in 0..rows as u8 {
+            memtable.insert(&[prefix, n], Some(&[n]));
+        }
+        memtable.insert(b"o", Some(b"ordered"));
+        memtable.insert(&[b"hp"[other], 0], Some(b"other table"));
+        let read = |memtable: &Memtable| -> Vec<(Vec<u8>, Vec<u8>)> {
+            let mut rows = Vec::new();
+            for source in memtable.range_sources(b"a", b"z", false) {
+                for entry in source {
+                    let (key, value) = entry.expect("memory");
+                    rows.push((key.into_owned(), value.expect("no tombstones").into_owned()));
                 }
-                rows.sort();
-                rows
+            }
+            rows.sort();
+            rows
+        };
+        let before = read(&memtable);
+        assert_eq!(before.len(), rows + 2);
+        assert!(
+            !memtable.hashed[index].spilled,
+            "a read alone changes nothing"
+        );
+        memtable.spill_if_wanted();
+        assert!(memtable.hashed[index].spilled, "the read asked for a spill");
+        assert!(memtable.hashed[index].table.is_empty());
+        assert!(!memtable.hashed[other].spilled, "the other table stays");
+        assert_eq!(memtable.hashed[other].table.len(), 1);
+        assert_eq!(read(&memtable), before);
+        assert_eq!(memtable.lookup(&[prefix, 0]), Some(Some(&[0u8][..])));
+        memtable.insert(&[prefix, 0], Some(b"again"));
+        assert!(
+            memtable.hashed[index].table.is_empty(),
+            "later writes go to the B-tree"
+        );
+        assert_eq!(memtable.lookup(&[prefix, 0]), Some(Some(&b"again"[..])));
+    }
+
+    /// The point table keeps its keys after a large range read, and its key order outlives
+    /// inserts and overwrites (new keys join as a run at the next read); a removal drops it
+    /// (fails if a write to the point table sorts every key again, or if a read asks it to
+    /// spill).
+    #[test]
+    fn the_point_tables_key_order_outlives_inserts_but_not_removals() {
+        let mut memtable = Memtable::new(prefixes());
+        let rows = (super::HASHED_RANGE_ROWS_MAX + 1).max(super::SORT_CACHE_ENTRIES_MIN + 1);
+        for n in 0..rows as u8 {
+            memtable.insert(&[b'p', 2 * n], Some(&[n]));
+        }
+        let read = |memtable: &Memtable| -> Vec<Vec<u8>> {
+            let mut keys = Vec::new();
+            for source in memtable.range_sources(b"p", b"q", false) {
+                for entry in source {
+                    keys.push(entry.expect("memory").0.into_owned());
+                }
+            }
+            keys.sort();
+            keys
+        };
+        assert_eq!(read(&memtable).len(), rows);
+        memtable.spill_if_wanted();
+        let points = &memtable.hashed[super::POINTS];
+        assert!(
+            !points.spilled,
+            "a large read leaves the point table in place"
+        );
+        let runs = |memtable: &Memtable| {
+            let order = memtable.hashed[super::POINTS].order.lock();
+            order
+                .as_ref()
+                .map(|order| order.runs.iter().map(|run| run.len()).collect::<Vec<_>>())
+        };
+        assert_eq!(runs(&memtable), Some(vec![rows]));
+        memtable.insert(&[b'p', 1], Some(b"new"));
+        memtable.insert(&[b'p', 0], Some(b"overwritten"));
+        assert_eq!(runs(&memtable), Some(vec![rows]), "writes keep the order");
+        let keys = read(&memtable);
+        assert_eq!(keys.len(), rows + 1);
+        assert_eq!(keys[1], vec![b'p', 1], "the new key reads in its place");
+        assert_eq!(
+            runs(&memtable),
+            Some(vec![rows, 1]),
+            "it joined as a run of its own"
+        );
+        memtable.remove(&[b'p', 1]);
+        assert_eq!(runs(&memtable), None, "a removal drops the order");
+        assert_eq!(read(&memtable).len(), rows);
+    }
+
+    proptest! {
+        /// Sorting key ids by their 16-byte windows (past the prefix all keys share) and
+        /// then by their bytes orders them exactly as their bytes do, for keys with long
+        /// shared prefixes, zero bytes and prefixes of each other.
+        #[test]
+        fn key_ids_sort_in_byte_order(
+            shared in proptest::collection::vec(any::<u8>(), 0..24),
+            tails in proptest::collection::hash_set(
+                proptest::collection::vec(prop_oneof![Just(0u8), Just(1u8), any::<u8>()], 0..40),
+                0..60,
+            ),
+        ) {
+            let mut table: PointTable<u8> = PointTable::default();
+            let mut expected: Vec<Vec<u8>> =
+                tails.into_iter().map(|tail| [shared.as_slice(), &tail].concat()).collect();
+            for key in &expected {
+                table.upsert(key, || 0);
+            }
+            let sorted = super::sort_keys(&table, table.key_ids());
+            let got: Vec<Vec<u8>> = sorted.iter().map(|id| table.key_of(*id).to_vec()).collect();
+            expected.sort();
+            prop_assert_eq!(&got, &expected);
+            let (odd, even): (Vec<_>, Vec<_>) =
+                got.iter().enumerate().partition(|(i, _)| i % 2 == 1);
+            let ids = |keys: Vec<(usize, &Vec<u8>)>| -> Vec<_> {
+                keys.into_iter().map(|(_, key)| table.key_id(key).expect("present")).collect()
             };
-            let before = read(&memtable);
-            assert_eq!(before.len(), rows + 2);
-            assert!(
-                !memtable.hashed[index].spilled,
-                "a read alone changes nothing"
-            );
-            memtable.spill_if_wanted();
-            assert!(memtable.hashed[index].spilled, "the read asked for a spill");
-            assert!(memtable.hashed[index].table.is_empty());
-            assert!(!memtable.hashed[other].spilled, "the other table stays");
-            assert_eq!(memtable.hashed[other].table.len(), 1);
-            assert_eq!(read(&memtable), before);
-            assert_eq!(memtable.lookup(&[prefix, 0]), Some(Some(&[0u8][..])));
-            memtable.insert(&[prefix, 0], Some(b"again"));
-            assert!(
-                memtable.hashed[index].table.is_empty(),
-                "later writes go to the B-tree"
-            );
-            assert_eq!(memtable.lookup(&[prefix, 0]), Some(Some(&b"again"[..])));
+            let merged = super::merge_runs(&table, &ids(odd), &ids(even));
+            let merged: Vec<Vec<u8>> = merged.iter().map(|id| table.key_of(*id).to_vec()).collect();
+            prop_assert_eq!(merged, expected);
         }
     }
 
@@ -1242,12 +1440,27 @@ mod tests {
                 }
                 let (begin, end) = (vec![b'p', from], vec![b'p', to]);
                 for _ in 0..2 {
+                    // Each source is in order; together they hold each key once.
                     let mut got = Vec::new();
                     for source in memtable.range_sources(&begin, &end, reverse) {
-                        for entry in source {
-                            let (key, value) = entry.expect("memory");
-                            got.push((key.into_owned(), value.map(|value| value.into_owned())));
+                        let rows: Vec<_> = source
+                            .map(|entry| {
+                                let (key, value) = entry.expect("memory");
+                                (key.into_owned(), value.map(|value| value.into_owned()))
+                            })
+                            .collect();
+                        let keys: Vec<&Vec<u8>> = rows.iter().map(|(key, _)| key).collect();
+                        let mut ordered = keys.clone();
+                        ordered.sort();
+                        if reverse {
+                            ordered.reverse();
                         }
+                        prop_assert_eq!(keys, ordered, "a source is in order");
+                        got.extend(rows);
+                    }
+                    got.sort();
+                    if reverse {
+                        got.reverse();
                     }
                     let mut expected: Vec<(Vec<u8>, Option<Vec<u8>>)> = model
                         .iter()

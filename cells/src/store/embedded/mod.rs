@@ -45,8 +45,9 @@
 //!    hold records) and the transient ones live in each memtable's hash tables
 //!    (`point::PointTable`) instead of its B-tree: a new transfer id's "absent" check and
 //!    its insert cost one probe each (prefetched a few operations ahead by the committer)
-//!    instead of a walk that misses the caches several times. Range reads over them use a
-//!    sorted order the memtable builds on demand and drops at the next write.
+//!    instead of a walk that misses the caches several times. Range reads over the point
+//!    records use a key order the memtable builds on the first large one and keeps across
+//!    inserts (later reads sort only the new keys); a removal drops it.
 //!
 //! # Why fjall ingestion for checkpoints
 //! A frozen memtable is already sorted, so fjall's bulk ingestion writes it straight into
@@ -170,8 +171,8 @@ pub struct EmbeddedOptions {
     /// and writes its record). Memtables keep these keys in a hash table, not the ordered
     /// B-tree: a random memory access costs 160–190 ns on the 2-core VM, and a B-tree walk
     /// costs several of them where a hash probe costs one. A range read that reaches these
-    /// prefixes gathers and sorts the memtable's entries under them, and a large one moves
-    /// them into the B-tree for the rest of that memtable's life. Any prefixes are correct;
+    /// prefixes in a large table sorts the table's keys once per memtable (then only the keys
+    /// new since the last such read): about 150 ms for a million. Any prefixes are correct;
     /// they only change what costs what. Default: [`crate::keys::point_prefixes`].
     pub point_prefixes: Vec<Vec<u8>>,
     /// Most time the committer waits, after a group's sync began, before syncing the next

@@ -98,12 +98,10 @@ fn shard_of(hash: u64) -> usize {
     (hash >> 58) as usize % SHARDS
 }
 
-/// Where an entry lives in a [`PointTable`]; valid until the table next changes.
+/// A key of a [`PointTable`], by where its bytes lie: valid for the table's life (a growth
+/// and the removal of other keys move slots, not keys), unlike a slot's index.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Position {
-    shard: u32,
-    at: u32,
-}
+pub(crate) struct KeyId(KeyRef);
 
 /// Byte keys to `V`, unordered.
 #[derive(Debug)]
@@ -192,13 +190,18 @@ impl<V: Copy> PointTable<V> {
         let _ = slot;
     }
 
-    /// The value of `key`, inserted as `vacant()` if absent; and whether it was inserted.
-    pub(crate) fn upsert(&mut self, key: &[u8], vacant: impl FnOnce() -> V) -> (&mut V, bool) {
+    /// The value of `key`, inserted as `vacant()` if absent; and, if it was inserted, the
+    /// new key's id.
+    pub(crate) fn upsert(
+        &mut self,
+        key: &[u8],
+        vacant: impl FnOnce() -> V,
+    ) -> (&mut V, Option<KeyId>) {
         let hash = self.hash(key);
         let (shard_index, mut at) = match self.search(key, hash) {
             Ok((shard, at)) => {
                 let slot = self.shards[shard].slots[at].as_mut().expect("found");
-                return (&mut slot.value, false);
+                return (&mut slot.value, None);
             }
             Err(empty) => empty,
         };
@@ -220,7 +223,7 @@ impl<V: Copy> PointTable<V> {
             key: key_ref,
             value: vacant(),
         });
-        (&mut slot.value, true)
+        (&mut slot.value, Some(KeyId(key_ref)))
     }
 
     fn store_key(&mut self, key: &[u8]) -> KeyRef {
@@ -259,29 +262,30 @@ impl<V: Copy> PointTable<V> {
         Some(removed.value)
     }
 
-    /// Where every entry lives, in no particular order (see [`PointTable::at`]).
-    pub(crate) fn positions(&self) -> Vec<Position> {
-        let mut positions = Vec::with_capacity(self.len);
-        for (shard, slots) in self.shards.iter().enumerate() {
-            for (at, slot) in slots.slots.iter().enumerate() {
-                if slot.is_some() {
-                    positions.push(Position {
-                        shard: u32::try_from(shard).expect("64 shards"),
-                        at: u32::try_from(at).expect("a shard's slots fit u32"),
-                    });
-                }
-            }
-        }
-        positions
+    /// The id of every key present, in no particular order (see [`KeyId`]).
+    pub(crate) fn key_ids(&self) -> Vec<KeyId> {
+        let mut ids = Vec::with_capacity(self.len);
+        ids.extend(
+            self.shards
+                .iter()
+                .flat_map(|shard| shard.slots.iter().flatten())
+                .map(|slot| KeyId(slot.key)),
+        );
+        ids
     }
 
-    /// The entry at `position`, which [`PointTable::positions`] gave since the table last
-    /// changed.
-    pub(crate) fn at(&self, position: Position) -> (&[u8], &V) {
-        let slot = self.shards[position.shard as usize].slots[position.at as usize]
+    /// The id of `key`, if present (tests: the memtable takes ids from `upsert`).
+    #[cfg(test)]
+    pub(crate) fn key_id(&self, key: &[u8]) -> Option<KeyId> {
+        let (shard, at) = self.find(key, self.hash(key))?;
+        self.shards[shard].slots[at]
             .as_ref()
-            .expect("a position is used before the table changes");
-        (self.key(slot.key), &slot.value)
+            .map(|slot| KeyId(slot.key))
+    }
+
+    /// The bytes of the key `id` names.
+    pub(crate) fn key_of(&self, id: KeyId) -> &[u8] {
+        self.key(id.0)
     }
 
     /// Every entry, in no particular order.
@@ -311,12 +315,12 @@ mod tests {
         assert!(table.is_empty());
         for n in 0..10_000u32 {
             let (value, inserted) = table.upsert(format!("t-{n}").as_bytes(), || n);
-            assert!(inserted);
+            assert!(inserted.is_some());
             assert_eq!(*value, n);
         }
         assert_eq!(table.len(), 10_000);
         let (value, inserted) = table.upsert(b"t-7", || 0);
-        assert!(!inserted, "an existing key is not inserted again");
+        assert!(inserted.is_none(), "an existing key is not inserted again");
         *value = 70;
         assert_eq!(table.get(b"t-7"), Some(&70));
         for n in (0..10_000u32).step_by(2) {
@@ -333,6 +337,18 @@ mod tests {
             assert_eq!(table.get(format!("t-{n}").as_bytes()).copied(), expected);
         }
         assert_eq!(table.iter().count(), 5_000);
+        assert_eq!(table.key_ids().len(), 5_000);
+        assert!(table.key_id(b"t-0").is_none());
+        let id = table.key_id(b"t-1").expect("present");
+        for n in 10_000..20_000u32 {
+            table.upsert(format!("t-{n}").as_bytes(), || n);
+        }
+        table.remove(b"t-3");
+        assert_eq!(
+            table.key_of(id),
+            b"t-1",
+            "an id outlives growth and removals"
+        );
         table.prefetch(b"t-1");
         table.prefetch(b"absent");
     }
@@ -352,7 +368,7 @@ mod tests {
                 match op {
                     0 => {
                         let (slot, inserted) = table.upsert(&key, || value);
-                        prop_assert_eq!(inserted, !model.contains_key(&key));
+                        prop_assert_eq!(inserted.is_some(), !model.contains_key(&key));
                         *slot = value;
                         model.insert(key, value);
                     }
