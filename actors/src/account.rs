@@ -76,13 +76,40 @@ pub enum AccountCommand {
 /// A credit leg to apply: the outbox entry's key and value, and its decoded record.
 #[derive(Debug, Clone)]
 pub struct CreditLeg {
-    pub key: Vec<u8>,
-    pub value: Vec<u8>,
+    /// The outbox entry's key, then its value, in one allocation: the payee reads both (its
+    /// precondition names the value), long after the payer wrote them, so they arrive in its
+    /// cache together and cost one allocation and one free instead of two.
+    entry: Box<[u8]>,
+    key_len: usize,
     pub record: OutboxRecord,
     /// Found by an outbox rescan: it may already be applied, so the payee checks that
     /// the entry still exists before drafting it (a failed precondition would fail the
     /// whole commit it is part of).
     pub verify: bool,
+}
+
+impl CreditLeg {
+    pub(crate) fn new(key: &[u8], value: &[u8], record: OutboxRecord, verify: bool) -> Self {
+        let mut entry = Vec::with_capacity(key.len() + value.len());
+        entry.extend_from_slice(key);
+        entry.extend_from_slice(value);
+        CreditLeg {
+            entry: entry.into_boxed_slice(),
+            key_len: key.len(),
+            record,
+            verify,
+        }
+    }
+
+    /// The outbox entry's key.
+    pub fn key(&self) -> &[u8] {
+        &self.entry[..self.key_len]
+    }
+
+    /// The outbox entry's value (the encoded `record`).
+    pub fn value(&self) -> &[u8] {
+        &self.entry[self.key_len..]
+    }
 }
 
 /// What senders put in an account actor's inbox (see [`crate::registry::Inbox`]).
@@ -903,7 +930,7 @@ impl AccountActor {
         self.enqueue_credits(direct);
         if !verify.is_empty() {
             let store = Arc::clone(&self.shared.store);
-            let keys = verify.iter().map(|leg| leg.key.clone()).collect();
+            let keys = verify.iter().map(|leg| leg.key().to_vec()).collect();
             let read = async move { store.get_many(keys).await };
             ctx.spawn(read.into_actor(self).map(move |values, actor, ctx| {
                 let Ok(values) = values else {
@@ -915,7 +942,7 @@ impl AccountActor {
                 let present: Vec<CreditLeg> = verify
                     .into_iter()
                     .zip(values)
-                    .filter(|(leg, value)| value.as_deref() == Some(leg.value.as_slice()))
+                    .filter(|(leg, value)| value.as_deref() == Some(leg.value()))
                     .map(|(leg, _)| leg)
                     .collect();
                 actor.credits_done(checked - present.len());
@@ -980,6 +1007,27 @@ mod tests {
             origin: Origin::Internal,
             items: (0..items).map(|_| item(0, Work::Net)).collect(),
         }
+    }
+
+    /// A credit leg keeps its outbox key and value in one allocation and gives each back
+    /// whole, an empty value included.
+    #[test]
+    fn credit_legs_give_back_their_key_and_value() {
+        let record = OutboxRecord {
+            source: cells::records::PostingSource::Transfer(
+                cells::ids::TransferId::new("t-1").expect("valid id"),
+            ),
+            from: AccountId::new("a").expect("valid id"),
+            to: AccountId::new("b").expect("valid id"),
+            amount: cells::money::Amount::from_minor_units(5).expect("positive"),
+            currency: "USD".parse().expect("known currency"),
+        };
+        let value = cells::records::encode(&record);
+        let leg = CreditLeg::new(b"outbox/key", &value, record.clone(), false);
+        assert_eq!(leg.key(), b"outbox/key");
+        assert_eq!(leg.value(), value.as_slice());
+        let empty = CreditLeg::new(b"k", b"", record, true);
+        assert_eq!((empty.key(), empty.value()), (&b"k"[..], &b""[..]));
     }
 
     fn indexes(jobs: &[Job]) -> Vec<usize> {

@@ -182,12 +182,7 @@ impl Ledger {
                 continue;
             }
             match records::decode::<OutboxRecord>("outbox", &value) {
-                Ok(record) => taken.push(CreditLeg {
-                    key,
-                    value,
-                    record,
-                    verify: false,
-                }),
+                Ok(record) => taken.push(CreditLeg::new(&key, &value, record, false)),
                 Err(_) => refused += 1,
             }
         }

@@ -129,7 +129,7 @@ impl OutboxRelay {
                 Some(owner) if forward => remote
                     .entry(owner.dc.clone())
                     .or_default()
-                    .push((leg.key, leg.value)),
+                    .push((leg.key().to_vec(), leg.value().to_vec())),
                 _ => left += 1,
             }
         }
@@ -395,12 +395,7 @@ impl OutboxRelay {
             let mut legs = Vec::with_capacity(page.len());
             for (key, value) in page {
                 match records::decode::<OutboxRecord>("outbox", &value) {
-                    Ok(record) => legs.push(CreditLeg {
-                        key,
-                        value,
-                        record,
-                        verify: true,
-                    }),
+                    Ok(record) => legs.push(CreditLeg::new(&key, &value, record, true)),
                     Err(error) => tracing::error!(%error, "undecodable outbox entry skipped"),
                 }
             }

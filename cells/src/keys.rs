@@ -171,7 +171,12 @@ impl Keyspace {
     }
 
     pub fn outbox(self, slot: Slot, kind: OutboxKind, id: &str) -> Vec<u8> {
-        pack(&(self.tag(), OUTBOX, slot.index(), kind.tag(), id))
+        exact(|out| self.outbox_into(slot, kind, id, out))
+    }
+
+    /// [`Keyspace::outbox`], written into `out`.
+    pub fn outbox_into(self, slot: Slot, kind: OutboxKind, id: &str, out: &mut Vec<u8>) {
+        pack_into(&(self.tag(), OUTBOX, slot.index(), kind.tag(), id), out)
     }
 
     /// Range of the outbox entries of payers in slots `first..=last`.

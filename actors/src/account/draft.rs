@@ -48,6 +48,8 @@ const _: () = assert!(
 struct Scratch {
     key: Vec<u8>,
     value: Vec<u8>,
+    /// A debit's outbox key (a transfer's own key stays in `key` across its debit).
+    outbox_key: Vec<u8>,
     block_key: Vec<u8>,
     block_value: Vec<u8>,
     block: PostingBlock,
@@ -67,9 +69,15 @@ impl Scratch {
 
     fn give_back(self) {
         assert!(self.block.is_empty(), "a sealed draft wrote its last block");
-        let kept = [&self.key, &self.value, &self.block_key, &self.block_value]
-            .iter()
-            .all(|buffer| buffer.capacity() <= SCRATCH_KEPT_BYTES_MAX);
+        let kept = [
+            &self.key,
+            &self.value,
+            &self.outbox_key,
+            &self.block_key,
+            &self.block_value,
+        ]
+        .iter()
+        .all(|buffer| buffer.capacity() <= SCRATCH_KEPT_BYTES_MAX);
         if kept {
             SCRATCH.with_borrow_mut(|slot| *slot = self);
         }
@@ -373,7 +381,7 @@ impl<'a> Draft<'a> {
             currency: request.currency,
             outcome,
         };
-        // The key is still the transfer's: a debit writes through the block's buffers.
+        // The key is still the transfer's: a debit writes through its own buffers.
         records::encode_into(&record, &mut self.scratch.value);
         set(txn, &self.scratch.key, &self.scratch.value);
         if self.dedup.transfers {
@@ -411,17 +419,16 @@ impl<'a> Draft<'a> {
             amount: positive,
             currency,
         };
-        let key = self
-            .space
-            .outbox(self.base.slot, record.kind(), record.source.id());
-        let value = records::encode(&record);
-        set(txn, &key, &value);
-        self.delta.credits.push(CreditLeg {
-            key,
-            value,
-            record,
-            verify: false,
-        });
+        self.space.outbox_into(
+            self.base.slot,
+            record.kind(),
+            record.source.id(),
+            &mut self.scratch.outbox_key,
+        );
+        records::encode_into(&record, &mut self.scratch.value);
+        set(txn, &self.scratch.outbox_key, &self.scratch.value);
+        let leg = CreditLeg::new(&self.scratch.outbox_key, &self.scratch.value, record, false);
+        self.delta.credits.push(leg);
         self.delta.debits += 1;
     }
 
@@ -589,7 +596,7 @@ impl<'a> Draft<'a> {
     }
 
     fn credit(&mut self, txn: &mut dyn Transaction, leg: &'a CreditLeg) -> CommandResult {
-        if self.dedup.credits && !self.batch_credits.insert(&leg.key) {
+        if self.dedup.credits && !self.batch_credits.insert(leg.key()) {
             return Ok(Outcome::TransferAccepted);
         }
         assert_eq!(
@@ -597,8 +604,8 @@ impl<'a> Draft<'a> {
             self.spec().currency,
             "payer checked the currency"
         );
-        require(txn, &leg.key, Some(&leg.value));
-        clear(txn, &leg.key);
+        require(txn, leg.key(), Some(leg.value()));
+        clear(txn, leg.key());
         let posting = PostingRecord {
             source: leg.record.source.clone(),
             amount: leg.record.amount.signed(),
@@ -686,7 +693,7 @@ pub(crate) fn conflicted_items(
                 Work::Client(AccountCommand::Transfer(request)) => space.transfer(&request.id),
                 Work::Client(AccountCommand::Hold(request)) => space.hold(&request.id),
                 Work::Credit(leg) => {
-                    if failed.contains(leg.key.as_slice()) {
+                    if failed.contains(leg.key()) {
                         item.settled = Some(Ok(Outcome::TransferAccepted));
                     }
                     continue;
