@@ -723,7 +723,7 @@ fn gather_in_order<'a, V>(
 /// A set of key prefixes (the hashed, transient and pinned sets), tested without a call
 /// per prefix: a prefix of at most eight bytes is compared as one masked word against the
 /// key's first eight bytes. Every store operation asks which sets cover its key (to pick
-/// its table, for the pins, for a clear), up to nine prefixes each time; with a libc
+/// its table, for the pins, for a clear), up to eight prefixes each time; with a libc
 /// `memcmp` call per prefix that was about 2 % of the samples in `bench engine --scenario
 /// holds` (`memcmp` fell from 6.7 to 4.5 %; what is left compares keys and values).
 #[derive(Debug, Clone, Default)]
