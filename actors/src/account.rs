@@ -385,7 +385,7 @@ pub struct AccountActor {
     /// relay counted as handed to this actor and not yet taken into a commit (raised by the
     /// relay before it sends, lowered here when a job holding them leaves `pending`, into a
     /// draft or refused, and when a rescanned leg turns out to be applied already).
-    counters: Arc<Live>,
+    live: Arc<Live>,
     /// An empty buffer that `pump` swaps into the inbox for senders to fill (so a delivery
     /// costs them no allocation), taking the inbox's filled one.
     spare_deliveries: Vec<Delivery>,
@@ -397,7 +397,7 @@ pub struct AccountActor {
 const SPARE_DELIVERIES_MAX: usize = 64;
 
 impl AccountActor {
-    pub(crate) fn new(id: AccountId, shared: Arc<Shared>, counters: Arc<Live>) -> Self {
+    pub(crate) fn new(id: AccountId, shared: Arc<Shared>, live: Arc<Live>) -> Self {
         AccountActor {
             id,
             shared,
@@ -408,7 +408,7 @@ impl AccountActor {
             in_flight: false,
             last_active: Instant::now(),
             recent_final: HashMap::new(),
-            counters,
+            live,
             spare_deliveries: Vec::new(),
             ticket: None,
         }
@@ -420,7 +420,7 @@ impl AccountActor {
             return;
         }
         let before = self
-            .counters
+            .live
             .credits
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
                 Some(held.saturating_sub(legs))
@@ -484,7 +484,7 @@ impl AccountActor {
     /// Shows senders how many items wait here (they refuse client deliveries beyond
     /// [`CLIENT_ITEMS_MAX`] before queueing them; see [`crate::registry::Reserved::send`]).
     fn publish_pending(&self) {
-        self.counters
+        self.live
             .pending_items
             .store(self.pending_items, Ordering::Release);
     }
@@ -696,7 +696,7 @@ impl AccountActor {
     fn requeue_front(&mut self, jobs: Vec<Job>) {
         // Back in `pending`: their legs count as held again.
         let legs: usize = jobs.iter().map(Job::credit_legs).sum();
-        self.counters.credits.fetch_add(legs, Ordering::AcqRel);
+        self.live.credits.fetch_add(legs, Ordering::AcqRel);
         for job in jobs.into_iter().rev() {
             self.pending_items += job.items.len();
             self.pending.push_front(job);
@@ -714,7 +714,7 @@ impl AccountActor {
     }
 
     fn stop_when_drained(&mut self, ctx: &mut Context<Self>) {
-        if self.load_error.is_some() && self.counters.queued.load(Ordering::Acquire) == 0 {
+        if self.load_error.is_some() && self.live.queued.load(Ordering::Acquire) == 0 {
             ctx.stop();
         }
     }
@@ -782,7 +782,7 @@ impl Actor for AccountActor {
         self.fail_pending(code);
         // No sender is left without an answer: what is still in the inbox is answered
         // here, and the closed inbox refuses every later delivery to its sender.
-        for delivery in self.counters.close() {
+        for delivery in self.live.close() {
             match delivery {
                 Delivery::Execute { items, reply } => {
                     reply.answer(items.into_iter().map(|item| (item.index, Err(code))))
@@ -875,9 +875,9 @@ impl AccountActor {
     /// the read after a failed one) completes, and once loaded.
     fn pump(&mut self, ctx: &mut Context<Self>) {
         let mut deliveries = std::mem::take(&mut self.spare_deliveries);
-        self.counters.inbox().take_into(&mut deliveries);
+        self.live.inbox().take_into(&mut deliveries);
         loop {
-            self.counters
+            self.live
                 .queued
                 .fetch_sub(deliveries.len(), Ordering::AcqRel);
             for delivery in deliveries.drain(..) {
@@ -889,7 +889,7 @@ impl AccountActor {
                 // again; meanwhile the inbox stays armed, and deliveries wake nobody.
                 break;
             }
-            let mut inbox = self.counters.inbox();
+            let mut inbox = self.live.inbox();
             if inbox.is_empty() {
                 inbox.armed = false;
                 break;

@@ -780,13 +780,8 @@ impl Prefixes {
 fn head_word(bytes: &[u8]) -> u64 {
     match bytes.first_chunk::<8>() {
         Some(head) => u64::from_be_bytes(*head),
-        None => {
-            let mut head = [0u8; 8];
-            for (to, from) in head.iter_mut().zip(bytes) {
-                *to = *from;
-            }
-            u64::from_be_bytes(head)
-        }
+        // A key or prefix shorter than a word: the top half of its zero-padded window.
+        None => (key_window(bytes, 0) >> 64) as u64,
     }
 }
 
