@@ -294,7 +294,7 @@ impl Job {
     fn answer(self, results: impl IntoIterator<Item = CommandResult>) {
         if let Origin::Client(reply) = self.origin {
             // The caller may have given up; its answers are then kept for nobody.
-            reply.answer(self.items.iter().map(|item| item.index).zip(results));
+            reply.answer(self.items, results);
         }
     }
 
@@ -785,7 +785,8 @@ impl Actor for AccountActor {
         for delivery in self.live.close() {
             match delivery {
                 Delivery::Execute { items, reply } => {
-                    reply.answer(items.into_iter().map(|item| (item.index, Err(code))))
+                    let results = std::iter::repeat_n(Err(code), items.len());
+                    reply.answer(items, results)
                 }
                 Delivery::Credits(legs) => {
                     // They stay in the durable outbox.

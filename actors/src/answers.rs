@@ -9,6 +9,11 @@
 //! missing the cache at a random slot per command (measured, BENCHMARKS.md); the caller
 //! puts the results in place.
 //!
+//! An actor also hands back the item list it answers for ([`Reply::answer`]): the caller
+//! drops it on its own thread, which allocated it. Dropped on the actors' thread, the items
+//! cost it their drop and a cross-thread free each (the allocator then queues the block for
+//! the caller's thread to collect); measured, BENCHMARKS.md.
+//!
 //! Must never: let a reply answer twice, or leave the caller waiting for a reply that was
 //! dropped: a reply dropped unanswered (its message never delivered, or its actor stopped)
 //! counts as answered and leaves its commands without answers, which the caller reports as
@@ -21,10 +26,14 @@ use std::task::{Context, Poll, Waker};
 
 use cells::ledger::CommandResult;
 
+use crate::account::Item;
+
 struct State {
     /// Commands in the batch (every index answered is below it).
     commands: usize,
     answered: Vec<(usize, CommandResult)>,
+    /// Item lists the actors are done with, for the caller to drop (at most one per reply).
+    spent: Vec<Vec<Item>>,
     /// Replies handed out and not yet answered or dropped.
     outstanding: usize,
     waker: Option<Waker>,
@@ -42,6 +51,7 @@ impl BatchAnswers {
             state: Mutex::new(State {
                 commands,
                 answered: Vec::with_capacity(commands),
+                spent: Vec::with_capacity(commands),
                 outstanding: 0,
                 waker: None,
             }),
@@ -65,7 +75,8 @@ impl BatchAnswers {
     }
 
     /// Resolves once every reply handed out has answered or been dropped; then gives the
-    /// answers, `(command index, result)` (none for a command whose reply was dropped).
+    /// answers, `(command index, result)` (none for a command whose reply was dropped),
+    /// and drops the item lists the actors handed back on the caller's thread.
     pub fn all(self: &Arc<Self>) -> AllAnswered {
         AllAnswered {
             answers: Arc::clone(self),
@@ -99,21 +110,30 @@ impl Reply {
         }
     }
 
-    /// Adds `(index, result)` pairs to the batch's answers.
-    pub fn answer(mut self, results: impl IntoIterator<Item = (usize, CommandResult)>) {
+    /// Answers `items` with `results`, in order (an item left without a result stays
+    /// unanswered), and keeps the items for the caller to drop.
+    pub(crate) fn answer(
+        mut self,
+        items: Vec<Item>,
+        results: impl IntoIterator<Item = CommandResult>,
+    ) {
         let Some(answers) = self.answers.take() else {
             return;
         };
         let mut state = answers.lock();
         let commands = state.commands;
-        for (index, result) in results {
+        for (item, result) in items.iter().zip(results) {
             assert!(
-                index < commands,
+                item.index < commands,
                 "an actor answers only indexes of its batch"
             );
             // Each index is answered at most once (the caller checks), so the list never
             // outgrows the room `new` made for it.
-            state.answered.push((index, result));
+            state.answered.push((item.index, result));
+        }
+        if items.capacity() > 0 {
+            // One list per reply, and the replies are bounded by the batch's commands.
+            state.spent.push(items);
         }
         answers.finish_one(&mut state);
     }
@@ -139,7 +159,11 @@ impl Future for AllAnswered {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut state = self.answers.lock();
         if state.outstanding == 0 {
-            return Poll::Ready(std::mem::take(&mut state.answered));
+            let answered = std::mem::take(&mut state.answered);
+            let spent = std::mem::take(&mut state.spent);
+            drop(state);
+            drop(spent);
+            return Poll::Ready(answered);
         }
         match &state.waker {
             Some(waker) if waker.will_wake(cx.waker()) => {}
@@ -152,6 +176,7 @@ impl Future for AllAnswered {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::account::Work;
     use cells::ledger::ErrorCode;
     use futures::executor::block_on;
 
@@ -161,6 +186,22 @@ mod tests {
     fn wait_in_thread(answers: &Arc<BatchAnswers>) -> Waiter {
         let answers = Arc::clone(answers);
         std::thread::spawn(move || block_on(answers.all()))
+    }
+
+    /// Answers `reply` with `(index, result)` pairs, handing back one item per pair.
+    fn answer(reply: Reply, pairs: impl IntoIterator<Item = (usize, CommandResult)>) {
+        let (items, results): (Vec<Item>, Vec<CommandResult>) = pairs
+            .into_iter()
+            .map(|(index, result)| {
+                let item = Item {
+                    index,
+                    work: Work::Net,
+                    settled: None,
+                };
+                (item, result)
+            })
+            .unzip();
+        reply.answer(items, results);
     }
 
     /// The waiter's answers, by command index.
@@ -177,14 +218,17 @@ mod tests {
         let second = answers.reply();
         let third = answers.reply();
         let waiter = wait_in_thread(&answers);
-        first.answer([
-            (0, Err(ErrorCode::Overloaded)),
-            (2, Err(ErrorCode::NotOwner)),
-        ]);
+        answer(
+            first,
+            [
+                (0, Err(ErrorCode::Overloaded)),
+                (2, Err(ErrorCode::NotOwner)),
+            ],
+        );
         drop(second);
         std::thread::sleep(std::time::Duration::from_millis(20));
         assert!(!waiter.is_finished(), "resolved with a reply outstanding");
-        third.answer([(3, Err(ErrorCode::UnknownAccount))]);
+        answer(third, [(3, Err(ErrorCode::UnknownAccount))]);
         assert_eq!(
             joined_in_order(waiter),
             vec![
@@ -201,13 +245,16 @@ mod tests {
         let reply = answers.reply();
         let share = reply.share();
         let waiter = wait_in_thread(&answers);
-        share.answer([(0, Err(ErrorCode::Overloaded))]);
+        answer(share, [(0, Err(ErrorCode::Overloaded))]);
         std::thread::sleep(std::time::Duration::from_millis(20));
         assert!(
             !waiter.is_finished(),
             "resolved before the first reply answered"
         );
-        reply.answer([(1, Err(ErrorCode::NotOwner)), (2, Err(ErrorCode::NotOwner))]);
+        answer(
+            reply,
+            [(1, Err(ErrorCode::NotOwner)), (2, Err(ErrorCode::NotOwner))],
+        );
         assert_eq!(
             joined_in_order(waiter),
             vec![
@@ -215,6 +262,24 @@ mod tests {
                 (1, Err(ErrorCode::NotOwner)),
                 (2, Err(ErrorCode::NotOwner)),
             ]
+        );
+    }
+
+    #[test]
+    fn the_items_answered_are_kept_for_the_caller_and_dropped_when_it_resolves() {
+        let answers = BatchAnswers::new(3);
+        let (first, second) = (answers.reply(), answers.reply());
+        answer(first, [(0, Err(ErrorCode::Overloaded))]);
+        answer(
+            second,
+            [(1, Err(ErrorCode::NotOwner)), (2, Err(ErrorCode::NotOwner))],
+        );
+        let kept: Vec<usize> = answers.lock().spent.iter().map(Vec::len).collect();
+        assert_eq!(kept, vec![1, 2], "one list per reply, whole");
+        assert_eq!(block_on(answers.all()).len(), 3);
+        assert!(
+            answers.lock().spent.is_empty(),
+            "the caller dropped the lists when the batch resolved"
         );
     }
 
