@@ -230,11 +230,13 @@ impl Ledger {
     }
 
     /// Runs a batch whose split accounts are already mapped onto their parts; `known`
-    /// holds specs already resolved (of accounts that exist).
+    /// holds specs already resolved (of accounts that exist). With `known_complete`, it
+    /// holds the spec of every account the batch names, and the batch creates none.
     async fn execute_plain(
         &self,
         commands: Vec<Command>,
         known: Specs,
+        known_complete: bool,
     ) -> Result<Vec<CommandResult>, BatchError> {
         if commands.len() > BATCH_COMMANDS_MAX {
             return Err(BatchError::TooLarge {
@@ -244,9 +246,13 @@ impl Ledger {
         let mut results: Vec<Option<CommandResult>> = vec![None; commands.len()];
         mark_duplicate_ids(&commands, &mut results);
         self.create_accounts(&commands, &mut results).await;
-        let specs = match self.referenced_specs(&commands, &results, known).await {
-            Ok(specs) => specs,
-            Err(code) => return Ok(fill(results, code)),
+        let specs = if known_complete {
+            known
+        } else {
+            match self.referenced_specs(&commands, &results, known).await {
+                Ok(specs) => specs,
+                Err(code) => return Ok(fill(results, code)),
+            }
         };
         let holds = match self.referenced_holds(&commands, &results).await {
             Ok(holds) => holds,
@@ -817,12 +823,18 @@ impl Ledger {
             });
         }
         let (splits, known) = match self.split_specs(&commands).await {
-            Ok((splits, known)) if splits.is_empty() => {
-                let mut results = self.execute_plain(commands, known).await?;
+            Ok((splits, (known, all_found))) if splits.is_empty() => {
+                // Every account the batch names was looked up: if all exist and the batch
+                // creates none, routing needs no second look.
+                let complete = all_found
+                    && !commands
+                        .iter()
+                        .any(|c| matches!(c, Command::CreateAccount(_)));
+                let mut results = self.execute_plain(commands, known, complete).await?;
                 self.unsplit_lookups(&mut results).await;
                 return Ok(results);
             }
-            Ok(found) => found,
+            Ok((splits, (known, _))) => (splits, known),
             Err(code) => return Ok(vec![Err(code); commands.len()]),
         };
         let (inner, plan) = match expand(&commands, &splits) {
@@ -833,7 +845,7 @@ impl Ledger {
             return Err(BatchError::TooLarge { len: inner.len() });
         }
         self.rebalance_for(&inner, &splits).await;
-        let results = self.execute_plain(inner, known).await?;
+        let results = self.execute_plain(inner, known, false).await?;
         let mut answers: Vec<CommandResult> = plan
             .into_iter()
             .map(|expanded| match expanded {
@@ -915,11 +927,12 @@ impl Ledger {
         }
     }
 
-    /// Specs of the split accounts the batch names (created in it or existing).
+    /// Specs of the split accounts the batch names (created in it or existing), and the
+    /// specs found of every account it names, with whether all of those exist.
     async fn split_specs(
         &self,
         commands: &[Command],
-    ) -> Result<(HashMap<AccountId, Arc<AccountSpec>>, Specs), ErrorCode> {
+    ) -> Result<(HashMap<AccountId, Arc<AccountSpec>>, (Specs, bool)), ErrorCode> {
         let mut splits = HashMap::new();
         let mut parents = Vec::new();
         for command in commands {
@@ -946,7 +959,10 @@ impl Ledger {
         self.shared.read_specs(missing, &mut found).await?;
         // Accounts not found may be created by this very batch: only specs that exist are
         // passed on (specs never change once created).
-        found.retain(|_, spec| spec.is_some());
+        let all_found = found.values().all(Option::is_some);
+        if !all_found {
+            found.retain(|_, spec| spec.is_some());
+        }
         for spec in found.values().flatten() {
             if matches!(spec.mode, HotMode::Split { .. }) {
                 splits
@@ -954,7 +970,7 @@ impl Ledger {
                     .or_insert_with(|| Arc::clone(spec));
             }
         }
-        Ok((splits, found))
+        Ok((splits, (found, all_found)))
     }
 
     /// Tops up every part this batch debits beyond what it holds, from its siblings, when
@@ -992,7 +1008,7 @@ impl Ledger {
                 continue;
             };
             let lookups = ids.iter().cloned().map(Command::LookupAccount).collect();
-            let Ok(views) = self.execute_plain(lookups, Specs::new()).await else {
+            let Ok(views) = self.execute_plain(lookups, Specs::new(), false).await else {
                 continue;
             };
             // What each part has beyond this batch's debits on it (negative: short).
@@ -1046,7 +1062,7 @@ impl Ledger {
                     _ => None,
                 })
                 .collect();
-            let Ok(answers) = self.execute_plain(moves, Specs::new()).await else {
+            let Ok(answers) = self.execute_plain(moves, Specs::new(), false).await else {
                 continue;
             };
             if answers.iter().any(|a| a.is_err()) {
@@ -1055,7 +1071,10 @@ impl Ledger {
             // Wait until the top-ups are credited (the debits then see the funds).
             let deadline = std::time::Instant::now() + split::REBALANCE_WAIT_MAX;
             while std::time::Instant::now() < deadline {
-                let Ok(status) = self.execute_plain(lookups.clone(), Specs::new()).await else {
+                let Ok(status) = self
+                    .execute_plain(lookups.clone(), Specs::new(), false)
+                    .await
+                else {
                     break;
                 };
                 let done = status.iter().zip(&answers).all(|(s, a)| {

@@ -540,6 +540,8 @@ fn build_batch(
 ) -> Vec<(usize, Command)> {
     commands.reserve(count as usize);
     let mut follow_ups = Vec::new();
+    // Looked up once, as a client would: not once per command.
+    let usd = currency();
     for n in first..first + count {
         let units = rng.random_range(1..=TRANSFER_UNITS_MAX);
         let amount = Amount::from_minor_units(units).expect("positive");
@@ -559,7 +561,7 @@ fn build_batch(
                 id: hold.clone(),
                 account: from,
                 amount,
-                currency: currency(),
+                currency: usd,
                 expires_in_ms: Some(600_000),
             }));
             let follow_up = if rng.random_bool(2.0 / 3.0) {
@@ -579,7 +581,7 @@ fn build_batch(
             from,
             to,
             amount,
-            currency: currency(),
+            currency: usd,
         }));
     }
     follow_ups
