@@ -81,7 +81,10 @@ pub struct CreditLeg {
     /// cache together and cost one allocation and one free instead of two.
     entry: Box<[u8]>,
     key_len: usize,
-    pub record: OutboxRecord,
+    /// Boxed: a leg is moved several times between the payer's commit and the payee's
+    /// (the relay groups legs, the payee queues them as items), and it sets the size of
+    /// every item, client commands' included.
+    pub record: Box<OutboxRecord>,
     /// Found by an outbox rescan: it may already be applied, so the payee checks that
     /// the entry still exists before drafting it (a failed precondition would fail the
     /// whole commit it is part of).
@@ -96,7 +99,7 @@ impl CreditLeg {
         CreditLeg {
             entry: entry.into_boxed_slice(),
             key_len: key.len(),
-            record,
+            record: Box::new(record),
             verify,
         }
     }
@@ -250,6 +253,28 @@ pub(crate) struct Item {
     pub work: Work,
     /// Decided before any commit (bad input, or resolved as a duplicate).
     pub settled: Option<CommandResult>,
+}
+
+impl Item {
+    /// Asks the CPU to start loading every cache line of the item (see
+    /// [`draft::Draft::build`]).
+    pub(crate) fn prefetch(&self) {
+        const LINE: usize = 64;
+        let start: *const u8 = (self as *const Item).cast();
+        let lines = (start as usize % LINE + std::mem::size_of::<Item>()).div_ceil(LINE);
+        for line in 0..lines {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a prefetch reads nothing architecturally and cannot fault, even for an
+            // address past the item (the last line may start past its end).
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                    start.wrapping_add(line * LINE).cast(),
+                );
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = (start, line);
+        }
+    }
 }
 
 pub(crate) enum Origin {
@@ -727,10 +752,10 @@ impl AccountActor {
         let expired = state.due_holds(now_ms(), EXPIRIES_PER_TICK_MAX);
         let unnetted = state.next_seq - state.record_through_seq;
         if !expired.is_empty() {
-            self.enqueue_internal(expired.into_iter().map(Work::Expire).collect());
+            self.enqueue_internal(expired.into_iter().map(Work::Expire));
             self.seal(ctx);
         } else if unnetted > 0 && !self.in_flight && self.pending.is_empty() {
-            self.enqueue_internal(vec![Work::Net]);
+            self.enqueue_internal([Work::Net]);
             self.seal(ctx);
         } else if self.idle() && self.shared.retire(&self.id, &ctx.address(), true) {
             ctx.stop();
@@ -957,13 +982,14 @@ impl AccountActor {
 impl AccountActor {
     fn enqueue_credits(&mut self, legs: Vec<CreditLeg>) {
         if !legs.is_empty() {
-            self.enqueue_internal(legs.into_iter().map(Work::Credit).collect());
+            // Straight into items: one list, not a list of work and then one of items.
+            self.enqueue_internal(legs.into_iter().map(Work::Credit));
         }
     }
 
     /// Queues work of the actor's own (credits, expiries, netting) for the next commit
     /// (the caller seals).
-    fn enqueue_internal(&mut self, work: Vec<Work>) {
+    fn enqueue_internal(&mut self, work: impl IntoIterator<Item = Work>) {
         let items = work
             .into_iter()
             .map(|work| Item {
