@@ -89,6 +89,10 @@ pub struct CreditLeg {
     /// the entry still exists before drafting it (a failed precondition would fail the
     /// whole commit it is part of).
     pub verify: bool,
+    /// Made by a payer's commit in this process and handed to the relay once: a leg
+    /// delivered exactly once, so two fresh legs never repeat each other (a rescan's or a
+    /// peer's leg may repeat one; see [`draft::Draft::build`]).
+    fresh: bool,
 }
 
 impl CreditLeg {
@@ -101,7 +105,22 @@ impl CreditLeg {
             key_len: key.len(),
             record: Box::new(record),
             verify,
+            fresh: false,
         }
+    }
+
+    /// A leg written by a payer's commit in this process: delivered exactly once.
+    pub(crate) fn fresh(key: &[u8], value: &[u8], record: OutboxRecord) -> Self {
+        CreditLeg {
+            fresh: true,
+            ..CreditLeg::new(key, value, record, false)
+        }
+    }
+
+    /// Whether the leg was made by a payer's commit in this process (see
+    /// [`CreditLeg::fresh`]).
+    pub(crate) fn is_fresh(&self) -> bool {
+        self.fresh
     }
 
     /// The outbox entry's key.

@@ -214,13 +214,18 @@ impl<'a> Draft<'a> {
         let items = jobs.iter().flat_map(|job| &job.items);
         // Only client transfers enter `batch_transfers` (a payee's draft of credits has none).
         let (mut transfers, mut credits, mut holds) = (0, 0, 0);
+        // Legs not fresh (a rescan's, a peer DC's) may repeat another leg of the draft.
+        let mut credits_not_fresh = 0;
         for item in items.clone() {
             // The items were written on the caller's thread (another core): ask for all of
             // each one's cache lines now, not one line per field as the draft reaches it.
             item.prefetch();
-            match item.work {
+            match &item.work {
                 Work::Client(AccountCommand::Transfer(_)) => transfers += 1,
-                Work::Credit(_) => credits += 1,
+                Work::Credit(leg) => {
+                    credits += 1;
+                    credits_not_fresh += usize::from(!leg.is_fresh());
+                }
                 Work::Client(AccountCommand::Hold(_)) => holds += 1,
                 _ => {}
             }
@@ -228,7 +233,10 @@ impl<'a> Draft<'a> {
         self.dedup = Dedup {
             transfers: transfers > 1,
             holds: holds > 1,
-            credits: credits > 1,
+            // Fresh legs are each delivered once: among them alone nothing repeats. Two
+            // copies of one leg in a commit would both pass its precondition (checked
+            // against the state before the commit), so any other leg makes every leg count.
+            credits: credits > 1 && credits_not_fresh > 0,
         };
         if self.dedup.transfers {
             self.batch_transfers.reserve(transfers);
@@ -430,7 +438,7 @@ impl<'a> Draft<'a> {
         );
         records::encode_into(&record, &mut self.scratch.value);
         set(txn, &self.scratch.outbox_key, &self.scratch.value);
-        let leg = CreditLeg::new(&self.scratch.outbox_key, &self.scratch.value, record, false);
+        let leg = CreditLeg::fresh(&self.scratch.outbox_key, &self.scratch.value, record);
         self.delta.credits.push(leg);
         self.delta.debits += 1;
     }
@@ -753,5 +761,139 @@ pub(crate) fn transfer_retry_outcome(
         (false, _) => Err(ErrorCode::TransferExistsWithDifferentFields),
         (true, TransferOutcome::Accepted) => Ok(Outcome::TransferAccepted),
         (true, TransferOutcome::Rejected(code)) => Err(code),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::account::{Item, Origin};
+    use cells::ids::{AccountId, UserId};
+    use cells::money::Amount;
+    use cells::records::{AccountKind, AccountSpec, HotMode, OutboxKind, OutboxRecord};
+    use cells::store::embedded::{EmbeddedOptions, EmbeddedStore};
+    use cells::store::Store;
+    use std::sync::Arc;
+
+    /// A payee's loaded state (no postings, no holds) and the ledger's shared handles, on a
+    /// fresh embedded store.
+    async fn payee(dir: &std::path::Path) -> (Loaded, Shared) {
+        let store: Arc<dyn Store> =
+            EmbeddedStore::open(dir, EmbeddedOptions::default()).expect("open");
+        let config = crate::LedgerConfig {
+            arbiters: 0,
+            ..crate::LedgerConfig::default()
+        };
+        let shared = Shared::new(store, config, vec![actix::Arbiter::current()]);
+        let spec = AccountSpec {
+            id: AccountId::new("frank").expect("valid id"),
+            user: UserId::new("user-frank").expect("valid id"),
+            currency: "USD".parse().expect("known currency"),
+            kind: AccountKind::Customer,
+            overdraft_limit: 0,
+            mode: HotMode::Standard,
+        };
+        let fence = cells::ownership::Fence::read(&*shared.store, &spec.user)
+            .await
+            .expect("fence");
+        let loaded = Loaded {
+            spec_bytes: records::encode(&spec).into(),
+            slot: cells::slot::slot_of(&spec.user),
+            spec: Arc::new(spec),
+            fence: Arc::new(fence),
+            balance: 0,
+            record_balance: 0,
+            record_through_seq: 0,
+            next_seq: 0,
+            holds: HashMap::new(),
+            expiries: Default::default(),
+            frozen: 0,
+        };
+        (loaded, shared)
+    }
+
+    /// Writes the outbox entry of a transfer `id` of `units` from erin to frank, as erin's
+    /// commit would; gives its key, value and record.
+    async fn outbox_entry(
+        shared: &Shared,
+        id: &str,
+        units: u64,
+    ) -> (Vec<u8>, Vec<u8>, OutboxRecord) {
+        let record = OutboxRecord {
+            source: PostingSource::Transfer(TransferId::new(id).expect("valid id")),
+            from: AccountId::new("erin").expect("valid id"),
+            to: AccountId::new("frank").expect("valid id"),
+            amount: Amount::from_minor_units(units).expect("positive"),
+            currency: "USD".parse().expect("known currency"),
+        };
+        let erin = cells::slot::slot_of(&UserId::new("user-erin").expect("valid id"));
+        let key = shared.space.outbox(erin, OutboxKind::Transfer, id);
+        let value = records::encode(&record);
+        let mut txn = shared.store.begin().expect("begin");
+        txn.set(&key, &value).expect("set");
+        txn.commit().await.expect("committed");
+        (key, value, record)
+    }
+
+    fn credits(legs: Vec<CreditLeg>) -> Vec<Job> {
+        let items = legs
+            .into_iter()
+            .map(|leg| Item {
+                index: 0,
+                work: Work::Credit(leg),
+                settled: None,
+            })
+            .collect();
+        vec![Job {
+            origin: Origin::Internal,
+            items,
+        }]
+    }
+
+    /// Drafts and commits `jobs` on `loaded`; gives the commit's outcome and its delta.
+    async fn commit(loaded: &Loaded, shared: &Shared, jobs: &[Job]) -> (bool, Delta) {
+        let recent_final = HashMap::new();
+        let sealed = Draft::new(loaded, shared, &recent_final)
+            .build(jobs)
+            .expect("drafted");
+        (sealed.commit.await.is_ok(), sealed.outcome)
+    }
+
+    /// A leg fresh from a payer's commit and a copy of it from a rescan or a peer DC, in one
+    /// commit, credit the payee once: both would pass the commit's precondition (checked
+    /// against the state before it), so the draft must see the repeat.
+    #[actix_rt::test]
+    async fn a_fresh_leg_and_its_copy_in_one_commit_credit_once() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (loaded, shared) = payee(dir.path()).await;
+        let (key, value, record) = outbox_entry(&shared, "e1", 300).await;
+        for copy_verified in [false, true] {
+            let jobs = credits(vec![
+                CreditLeg::fresh(&key, &value, record.clone()),
+                CreditLeg::new(&key, &value, record.clone(), copy_verified),
+            ]);
+            let (committed, delta) = commit(&loaded, &shared, &jobs).await;
+            assert!(committed);
+            assert_eq!((delta.balance, delta.credits_applied), (300, 1));
+            assert_eq!(delta.next_seq, 1, "one posting");
+            // Put the entry back for the next round (the commit cleared it).
+            let (again, _, _) = outbox_entry(&shared, "e1", 300).await;
+            assert_eq!(again, key);
+        }
+    }
+
+    /// Fresh legs of different transfers in one commit are each credited.
+    #[actix_rt::test]
+    async fn fresh_legs_of_different_transfers_are_each_credited() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (loaded, shared) = payee(dir.path()).await;
+        let mut legs = Vec::new();
+        for (id, units) in [("e1", 300), ("e2", 200), ("e3", 50)] {
+            let (key, value, record) = outbox_entry(&shared, id, units).await;
+            legs.push(CreditLeg::fresh(&key, &value, record));
+        }
+        let (committed, delta) = commit(&loaded, &shared, &credits(legs)).await;
+        assert!(committed);
+        assert_eq!((delta.balance, delta.credits_applied), (550, 3));
     }
 }
