@@ -67,9 +67,12 @@ const RECENT_FINAL_HOLDS_MAX: usize = 65_536;
 pub enum AccountCommand {
     Transfer(TransferRequest),
     Hold(HoldRequest),
-    /// Release a hold; the record is what the router read (its state if no longer active).
-    Release(HoldId, Box<HoldRecord>),
-    Capture(CaptureRequest, Box<HoldRecord>),
+    /// Release a hold; the record is what the router read (its state if no longer active),
+    /// or `None` when it routed by a hold it remembered creating: if the hold is no longer
+    /// active the actor then answers `hold_not_active`, and the router runs the command
+    /// again with the record.
+    Release(HoldId, Option<Box<HoldRecord>>),
+    Capture(CaptureRequest, Option<Box<HoldRecord>>),
     Lookup,
 }
 

@@ -31,6 +31,7 @@ use crate::answers::BatchAnswers;
 use crate::config::{LedgerConfig, CREATE_ATTEMPTS_MAX};
 use crate::registry::{CreditForwarder, Shared, Specs};
 use crate::relay::{DeliverFromPeer, OutboxRelay};
+use crate::seen_holds::{HoldRoute, SeenHolds};
 use crate::split;
 use crate::stats::LedgerStats;
 
@@ -76,6 +77,94 @@ pub struct Ledger {
 /// Each account's share of a batch, as the items its actor drafts (built here, so the actor
 /// takes them without converting or copying them).
 type Routed = HashMap<AccountId, Vec<Item>>;
+
+/// What routing knows of a hold that a command releases or captures.
+enum HoldRef {
+    /// Its record, read from the store.
+    Read(HoldRecord),
+    /// Where it lies, remembered from its creation (no record read).
+    Seen(HoldRoute),
+}
+
+impl HoldRef {
+    fn account(&self) -> &AccountId {
+        match self {
+            HoldRef::Read(record) => &record.account,
+            HoldRef::Seen(route) => &route.account,
+        }
+    }
+
+    fn currency(&self) -> cells::money::Currency {
+        match self {
+            HoldRef::Read(record) => record.currency,
+            HoldRef::Seen(route) => route.currency,
+        }
+    }
+
+    /// The record for the actor, if one was read.
+    fn snapshot(self) -> Option<Box<HoldRecord>> {
+        match self {
+            HoldRef::Read(record) => Some(Box::new(record)),
+            HoldRef::Seen(_) => None,
+        }
+    }
+}
+
+/// A batch's hold commands, noted as they are routed, for [`HoldWork::settle`].
+#[derive(Default)]
+struct HoldWork {
+    /// Holds the batch creates: `(index, id, where)`.
+    created: Vec<(usize, HoldId, HoldRoute)>,
+    /// Releases and captures: `(index, hold)`.
+    finishing: Vec<(usize, HoldId)>,
+    /// Releases and captures routed with no record read, kept to run again.
+    unread: Vec<(usize, Command)>,
+}
+
+impl HoldWork {
+    fn note(&mut self, index: usize, command: &Command, holds: &HashMap<HoldId, Option<HoldRef>>) {
+        let hold = match command {
+            Command::Hold(request) => {
+                let route = HoldRoute {
+                    account: request.account.clone(),
+                    currency: request.currency,
+                };
+                self.created.push((index, request.id.clone(), route));
+                return;
+            }
+            Command::Release(id) => id,
+            Command::Capture(request) => &request.hold,
+            _ => return,
+        };
+        self.finishing.push((index, hold.clone()));
+        if let Some(Some(HoldRef::Seen(_))) = holds.get(hold) {
+            self.unread.push((index, command.clone()));
+        }
+    }
+
+    /// Remembers the holds created (answered `hold_created`: durable), forgets those
+    /// released or captured, and gives the commands routed with no record read that the
+    /// actor found inactive (`hold_not_active`), to run again on their records.
+    fn settle(self, seen: &SeenHolds, results: &[Option<CommandResult>]) -> Vec<(usize, Command)> {
+        let answered_ok = |index: usize| matches!(results[index], Some(Ok(_)));
+        seen.remember(
+            self.created
+                .into_iter()
+                .filter(|(index, _, _)| answered_ok(*index))
+                .map(|(_, id, route)| (id, route)),
+        );
+        seen.forget(
+            self.finishing
+                .iter()
+                .filter(|(index, _)| answered_ok(*index))
+                .map(|(_, id)| id),
+        );
+        self.unread
+            .into_iter()
+            .filter(|(index, _)| matches!(results[*index], Some(Err(ErrorCode::HoldNotActive))))
+            .collect()
+    }
+}
 
 /// The slots of a batch's routed accounts, as routing found them.
 #[derive(Default)]
@@ -240,12 +329,15 @@ impl Ledger {
 
     /// Runs a batch whose split accounts are already mapped onto their parts; `known`
     /// holds specs already resolved (of accounts that exist). With `known_complete`, it
-    /// holds the spec of every account the batch names, and the batch creates none.
+    /// holds the spec of every account the batch names, and the batch creates none. With
+    /// `seen_holds`, releases and captures of holds this ledger remembers creating are
+    /// routed without reading their records (see [`crate::seen_holds`]).
     async fn execute_plain(
         &self,
         commands: Vec<Command>,
         known: Specs,
         known_complete: bool,
+        seen_holds: bool,
     ) -> Result<Vec<CommandResult>, BatchError> {
         if commands.len() > BATCH_COMMANDS_MAX {
             return Err(BatchError::TooLarge {
@@ -263,10 +355,11 @@ impl Ledger {
                 Err(code) => return Ok(fill(results, code)),
             }
         };
-        let holds = match self.referenced_holds(&commands, &results).await {
+        let mut holds = match self.referenced_holds(&commands, &results, seen_holds).await {
             Ok(holds) => holds,
             Err(code) => return Ok(fill(results, code)),
         };
+        let mut hold_work = HoldWork::default();
         let mut routed = Routed::with_capacity(commands.len());
         // The slot of each account routed to, from the spec `route` read anyway; the gate
         // looks up the accounts whose spec it had not (a capture's payer the batch does
@@ -277,7 +370,8 @@ impl Ledger {
             if results[index].is_some() {
                 continue;
             }
-            match self.route(command, &specs, &holds) {
+            hold_work.note(index, &command, &holds);
+            match self.route(command, &specs, &mut holds) {
                 Ok(Route::Actor(account, command, spec)) => {
                     let item = Item {
                         index,
@@ -310,6 +404,17 @@ impl Ledger {
             .await;
         self.dispatch(routed, &mut results).await;
         drop(entered);
+        let again = hold_work.settle(&self.shared.seen_holds, &results);
+        if !again.is_empty() {
+            // Found inactive with no record read: run again on the records (which hold the
+            // final states the answers need).
+            let (indexes, commands): (Vec<usize>, Vec<Command>) = again.into_iter().unzip();
+            let answers =
+                Box::pin(self.execute_plain(commands, Specs::new(), false, false)).await?;
+            for (index, answer) in indexes.into_iter().zip(answers) {
+                results[index] = Some(answer);
+            }
+        }
         // Every command was settled before dispatch or sent to an actor; one still without
         // an answer went to an actor that stopped before answering: nothing it had not
         // answered committed without its caller hearing of it, except an unknown outcome.
@@ -458,7 +563,7 @@ impl Ledger {
         &self,
         command: Command,
         specs: &'s Specs,
-        holds: &HashMap<HoldId, Option<HoldRecord>>,
+        holds: &mut HashMap<HoldId, Option<HoldRef>>,
     ) -> Result<Route<'s>, ErrorCode> {
         // Borrowed, not cloned: an `Arc` clone here would bounce the spec's count between
         // this thread and the actor thread, per command.
@@ -468,13 +573,8 @@ impl Ledger {
                 .and_then(|spec| spec.as_deref())
                 .ok_or(ErrorCode::UnknownAccount)
         };
-        let hold = |id: &HoldId| {
-            holds
-                .get(id)
-                .cloned()
-                .flatten()
-                .ok_or(ErrorCode::UnknownHold)
-        };
+        // Taken, not cloned: a batch names each hold once (repeats are settled before).
+        let mut hold = |id: &HoldId| holds.remove(id).flatten().ok_or(ErrorCode::UnknownHold);
         match command {
             Command::CreateAccount(_) => Err(ErrorCode::Internal),
             Command::Transfer(request) => {
@@ -504,27 +604,27 @@ impl Ledger {
             }
             Command::Release(id) => {
                 let record = hold(&id)?;
-                let account = record.account.clone();
+                let account = record.account().clone();
                 let payer = spec(&account).ok();
                 Ok(Route::Actor(
                     account,
-                    AccountCommand::Release(id, Box::new(record)),
+                    AccountCommand::Release(id, record.snapshot()),
                     payer,
                 ))
             }
             Command::Capture(request) => {
                 let record = hold(&request.hold)?;
-                if record.account == request.to {
+                if *record.account() == request.to {
                     return Err(ErrorCode::SameAccount);
                 }
-                if spec(&request.to)?.currency != record.currency {
+                if spec(&request.to)?.currency != record.currency() {
                     return Err(ErrorCode::CurrencyMismatch);
                 }
-                let account = record.account.clone();
+                let account = record.account().clone();
                 let payer = spec(&account).ok();
                 Ok(Route::Actor(
                     account,
-                    AccountCommand::Capture(request, Box::new(record)),
+                    AccountCommand::Capture(request, record.snapshot()),
                     payer,
                 ))
             }
@@ -617,12 +717,14 @@ impl Ledger {
         Ok(known)
     }
 
-    /// Hold records of every hold the batch releases or captures.
+    /// What routing needs of every hold the batch releases or captures: where it lies, if
+    /// `seen` and this ledger remembers creating it, else its record (`None`: no such hold).
     async fn referenced_holds(
         &self,
         commands: &[Command],
         results: &[Option<CommandResult>],
-    ) -> Result<HashMap<HoldId, Option<HoldRecord>>, ErrorCode> {
+        seen: bool,
+    ) -> Result<HashMap<HoldId, Option<HoldRef>>, ErrorCode> {
         let ids: Vec<HoldId> = commands
             .iter()
             .zip(results)
@@ -636,6 +738,20 @@ impl Ledger {
         if ids.is_empty() {
             return Ok(HashMap::new());
         }
+        let mut holds = HashMap::with_capacity(ids.len());
+        let ids = if seen {
+            for (id, route) in self.shared.seen_holds.routes(&ids) {
+                holds.insert(id, Some(HoldRef::Seen(route)));
+            }
+            ids.into_iter()
+                .filter(|id| !holds.contains_key(id))
+                .collect()
+        } else {
+            ids
+        };
+        if ids.is_empty() {
+            return Ok(holds);
+        }
         let keys = ids.iter().map(|id| self.shared.space.hold(id)).collect();
         let values = self
             .shared
@@ -643,10 +759,9 @@ impl Ledger {
             .get_many(keys)
             .await
             .map_err(|_| ErrorCode::Unavailable)?;
-        let mut holds = HashMap::with_capacity(ids.len());
         for (id, value) in ids.into_iter().zip(values) {
             let record = match value {
-                Some(bytes) => Some(decode("hold", bytes)?),
+                Some(bytes) => Some(HoldRef::Read(decode("hold", bytes)?)),
                 None => None,
             };
             holds.insert(id, record);
@@ -873,7 +988,7 @@ impl Ledger {
                     && !commands
                         .iter()
                         .any(|c| matches!(c, Command::CreateAccount(_)));
-                let mut results = self.execute_plain(commands, known, complete).await?;
+                let mut results = self.execute_plain(commands, known, complete, true).await?;
                 self.unsplit_lookups(&mut results).await;
                 return Ok(results);
             }
@@ -888,7 +1003,7 @@ impl Ledger {
             return Err(BatchError::TooLarge { len: inner.len() });
         }
         self.rebalance_for(&inner, &splits).await;
-        let results = self.execute_plain(inner, known, false).await?;
+        let results = self.execute_plain(inner, known, false, true).await?;
         let mut answers: Vec<CommandResult> = plan
             .into_iter()
             .map(|expanded| match expanded {
@@ -1051,7 +1166,7 @@ impl Ledger {
                 continue;
             };
             let lookups = ids.iter().cloned().map(Command::LookupAccount).collect();
-            let Ok(views) = self.execute_plain(lookups, Specs::new(), false).await else {
+            let Ok(views) = self.execute_plain(lookups, Specs::new(), false, true).await else {
                 continue;
             };
             // What each part has beyond this batch's debits on it (negative: short).
@@ -1105,7 +1220,7 @@ impl Ledger {
                     _ => None,
                 })
                 .collect();
-            let Ok(answers) = self.execute_plain(moves, Specs::new(), false).await else {
+            let Ok(answers) = self.execute_plain(moves, Specs::new(), false, true).await else {
                 continue;
             };
             if answers.iter().any(|a| a.is_err()) {
@@ -1115,7 +1230,7 @@ impl Ledger {
             let deadline = std::time::Instant::now() + split::REBALANCE_WAIT_MAX;
             while std::time::Instant::now() < deadline {
                 let Ok(status) = self
-                    .execute_plain(lookups.clone(), Specs::new(), false)
+                    .execute_plain(lookups.clone(), Specs::new(), false, true)
                     .await
                 else {
                     break;

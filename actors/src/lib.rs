@@ -37,6 +37,7 @@ pub mod ledger;
 pub mod node;
 pub mod registry;
 pub mod relay;
+mod seen_holds;
 pub mod shift;
 pub mod split;
 pub mod stats;

@@ -272,6 +272,8 @@ pub struct Shared {
     relay: OnceLock<Addr<OutboxRelay>>,
     rescan_outbox: AtomicBool,
     directory: Mutex<HashMap<AccountId, Arc<AccountSpec>>>,
+    /// Holds this ledger created, by id: routed without a read of their records.
+    pub(crate) seen_holds: crate::seen_holds::SeenHolds,
     /// DC mode: the ownership table as last loaded, and where credit legs for other DCs go.
     ownership: RwLock<Arc<OwnershipTable>>,
     forwarder: OnceLock<Arc<dyn CreditForwarder>>,
@@ -326,6 +328,7 @@ impl Shared {
             // A new ledger first delivers whatever an earlier run left in the outbox.
             rescan_outbox: AtomicBool::new(true),
             directory: Mutex::new(HashMap::new()),
+            seen_holds: Default::default(),
             ownership: RwLock::new(Arc::new(OwnershipTable::empty())),
             forwarder: OnceLock::new(),
             gate: Gate::default(),

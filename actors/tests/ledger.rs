@@ -326,6 +326,77 @@ async fn expired_holds_are_released() {
     assert!(audit(store.as_ref(), ledger.keyspace()).unwrap().is_clean());
 }
 
+/// A release or capture of a hold this ledger created is routed without a read of the hold
+/// record. When the hold's actor finds the hold no longer active and no longer remembers how
+/// it ended (it was passivated and loaded again since), the ledger runs the command again on
+/// the record: a release of an expired hold is still answered `hold_released` and a capture
+/// of it `hold_not_active`; a capture of an active hold lands once, and its retry gets the
+/// original outcome.
+#[actix_rt::test]
+async fn remembered_holds_still_answer_from_their_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    let config = actors::LedgerConfig {
+        tick: std::time::Duration::from_millis(20),
+        idle_timeout: std::time::Duration::from_millis(100),
+        ..actors::LedgerConfig::default()
+    };
+    let ledger = actors::Ledger::start(store.clone(), config);
+    run(
+        &ledger,
+        vec![create_system("world"), create("gina"), create("hank")],
+    )
+    .await;
+    run(&ledger, vec![transfer("fund-g", "world", "gina", 1_000)]).await;
+    settle(&ledger).await;
+    let held = run(
+        &ledger,
+        vec![
+            hold("soon", "gina", 400, Some(60)),
+            hold("kept", "gina", 100, None),
+        ],
+    )
+    .await;
+    assert_eq!(
+        held,
+        vec![Ok(Outcome::HoldCreated), Ok(Outcome::HoldCreated)]
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while balance(&ledger, "gina").await != (1_000, 900) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hold never expired"
+        );
+        actix_rt::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // Every actor passivates: gina's next actor does not remember "soon" expiring.
+    while ledger.active_accounts() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the actors never passivated"
+        );
+        actix_rt::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // (One command on a hold per batch.) The capture is refused, so "soon" stays
+    // remembered for the release.
+    assert_eq!(
+        run(&ledger, vec![capture("soon", "hank", None)]).await,
+        vec![Err(ErrorCode::HoldNotActive)]
+    );
+    assert_eq!(
+        run(&ledger, vec![release("soon")]).await,
+        vec![Ok(Outcome::HoldReleased)]
+    );
+    let captured = run(&ledger, vec![capture("kept", "hank", None)]).await;
+    assert_eq!(captured, vec![Ok(Outcome::HoldCaptured)]);
+    let retried = run(&ledger, vec![capture("kept", "hank", None)]).await;
+    assert_eq!(retried, vec![Ok(Outcome::HoldCaptured)]);
+    settle(&ledger).await;
+    assert_eq!(balance(&ledger, "gina").await, (900, 900));
+    assert_eq!(balance(&ledger, "hank").await, (100, 100));
+    assert!(audit(store.as_ref(), ledger.keyspace()).unwrap().is_clean());
+}
+
 /// Credit legs from a peer DC go to the payee without a store read first; the payee's
 /// commit precondition alone keeps them exactly once. A duplicate of a leg already applied
 /// and a well-formed leg whose outbox entry never existed change nothing, and a transfer

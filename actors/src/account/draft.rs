@@ -283,10 +283,10 @@ impl<'a> Draft<'a> {
             Work::Client(AccountCommand::Transfer(request)) => self.transfer(txn, request),
             Work::Client(AccountCommand::Hold(request)) => self.hold(txn, request),
             Work::Client(AccountCommand::Release(hold, snapshot)) => {
-                self.release(txn, hold, snapshot)
+                self.release(txn, hold, snapshot.as_deref())
             }
             Work::Client(AccountCommand::Capture(request, snapshot)) => {
-                self.capture(txn, request, snapshot)
+                self.capture(txn, request, snapshot.as_deref())
             }
             Work::Client(AccountCommand::Lookup) => Ok(Outcome::Account(Box::new(self.view()))),
             Work::Credit(leg) => self.credit(txn, leg),
@@ -510,8 +510,9 @@ impl<'a> Draft<'a> {
         result
     }
 
-    /// The final state of a hold that is not active (or `None` if it still looks active).
-    fn final_state(&self, hold: &HoldId, snapshot: &HoldRecord) -> Option<HoldState> {
+    /// The final state of a hold that is not active (or `None` if it still looks active,
+    /// or is not known here and no record was read).
+    fn final_state(&self, hold: &HoldId, snapshot: Option<&HoldRecord>) -> Option<HoldState> {
         self.delta
             .finalized
             .iter()
@@ -519,14 +520,18 @@ impl<'a> Draft<'a> {
             .find(|(id, _)| id == hold)
             .map(|(_, state)| state.clone())
             .or_else(|| self.recent_final.get(hold).cloned())
-            .or_else(|| (snapshot.state != HoldState::Active).then(|| snapshot.state.clone()))
+            .or_else(|| {
+                snapshot
+                    .filter(|snapshot| snapshot.state != HoldState::Active)
+                    .map(|snapshot| snapshot.state.clone())
+            })
     }
 
     fn release(
         &mut self,
         txn: &mut dyn Transaction,
         hold: &HoldId,
-        snapshot: &HoldRecord,
+        snapshot: Option<&HoldRecord>,
     ) -> CommandResult {
         if self.active_hold(hold).is_some() {
             self.finish_hold(txn, hold, HoldState::Released { expired: false });
@@ -542,7 +547,7 @@ impl<'a> Draft<'a> {
         &mut self,
         txn: &mut dyn Transaction,
         request: &CaptureRequest,
-        snapshot: &HoldRecord,
+        snapshot: Option<&HoldRecord>,
     ) -> CommandResult {
         let Some(active) = self.active_hold(&request.hold) else {
             return match self.final_state(&request.hold, snapshot) {
