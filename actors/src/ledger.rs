@@ -115,8 +115,6 @@ impl HoldRef {
 struct HoldWork {
     /// Holds the batch creates: `(index, id, where)`.
     created: Vec<(usize, HoldId, HoldRoute)>,
-    /// Releases and captures: `(index, hold)`.
-    finishing: Vec<(usize, HoldId)>,
     /// Releases and captures routed with no record read, kept to run again.
     unread: Vec<(usize, Command)>,
 }
@@ -136,15 +134,14 @@ impl HoldWork {
             Command::Capture(request) => &request.hold,
             _ => return,
         };
-        self.finishing.push((index, hold.clone()));
         if let Some(Some(HoldRef::Seen(_))) = holds.get(hold) {
             self.unread.push((index, command.clone()));
         }
     }
 
-    /// Remembers the holds created (answered `hold_created`: durable), forgets those
-    /// released or captured, and gives the commands routed with no record read that the
-    /// actor found inactive (`hold_not_active`), to run again on their records.
+    /// Remembers the holds created (answered `hold_created`: durable), and gives the
+    /// commands routed with no record read that the actor found inactive
+    /// (`hold_not_active`), to run again on their records.
     fn settle(self, seen: &SeenHolds, results: &[Option<CommandResult>]) -> Vec<(usize, Command)> {
         let answered_ok = |index: usize| matches!(results[index], Some(Ok(_)));
         seen.remember(
@@ -152,12 +149,6 @@ impl HoldWork {
                 .into_iter()
                 .filter(|(index, _, _)| answered_ok(*index))
                 .map(|(_, id, route)| (id, route)),
-        );
-        seen.forget(
-            self.finishing
-                .iter()
-                .filter(|(index, _)| answered_ok(*index))
-                .map(|(_, id)| id),
         );
         self.unread
             .into_iter()

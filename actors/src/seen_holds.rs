@@ -1,7 +1,8 @@
 //! Where the holds this ledger created lie: hold id to its account and currency.
 //!
 //! Owns a bounded map, filled when a hold command is answered `hold_created` (the hold is
-//! durable) and emptied of a hold when a release or capture of it is answered. A release
+//! durable). A hold stays in it once released or captured (its account and currency still
+//! hold; forgetting each cost more than the rare command on a finished hold). A release
 //! or capture of a hold found here is routed without reading the hold record first: its
 //! account and currency never change, and the record's other use, the state of a hold that
 //! is no longer active, is asked for only when the actor finds the hold inactive (the
@@ -13,8 +14,9 @@
 //! store), or grow past [`SEEN_HOLDS_MAX`] (it is cleared whole when full: forgetting costs
 //! only the read).
 
-use std::collections::HashMap;
 use std::sync::Mutex;
+
+use foldhash::{HashMap, HashMapExt};
 
 use cells::ids::{AccountId, HoldId};
 use cells::money::Currency;
@@ -30,9 +32,16 @@ pub(crate) struct HoldRoute {
 }
 
 /// See the module docs.
-#[derive(Default)]
 pub(crate) struct SeenHolds {
     holds: Mutex<HashMap<HoldId, HoldRoute>>,
+}
+
+impl Default for SeenHolds {
+    fn default() -> Self {
+        SeenHolds {
+            holds: Mutex::new(HashMap::new()),
+        }
+    }
 }
 
 impl SeenHolds {
@@ -46,16 +55,6 @@ impl SeenHolds {
                 holds.clear();
             }
             holds.insert(id, route);
-        }
-    }
-
-    /// Forgets holds (released or captured: the next command on one reads its record).
-    pub(crate) fn forget<'a>(&self, done: impl IntoIterator<Item = &'a HoldId>) {
-        let Ok(mut holds) = self.holds.lock() else {
-            return;
-        };
-        for id in done {
-            holds.remove(id);
         }
     }
 
@@ -92,13 +91,12 @@ mod tests {
     }
 
     #[test]
-    fn remembers_forgets_and_answers_only_for_holds_it_was_told_of() {
+    fn answers_only_for_holds_it_was_told_of() {
         let seen = SeenHolds::default();
         seen.remember([hold(1), hold(2)]);
         let (one, two, three) = (hold(1).0, hold(2).0, hold(3).0);
         assert_eq!(seen.routes([&one, &three]), vec![hold(1)]);
-        seen.forget([&one]);
-        assert_eq!(seen.routes([&one, &two, &three]), vec![hold(2)]);
+        assert_eq!(seen.routes([&three, &two]), vec![hold(2)]);
     }
 
     #[test]
