@@ -77,7 +77,7 @@ pub enum AccountCommand {
 }
 
 /// A credit leg to apply: the outbox entry's key and value, and its decoded record.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct CreditLeg {
     /// The outbox entry's key, then its value, in one allocation: the payee reads both (its
     /// precondition names the value), long after the payer wrote them, so they arrive in its
@@ -134,6 +134,19 @@ impl CreditLeg {
     /// The outbox entry's value (the encoded `record`).
     pub fn value(&self) -> &[u8] {
         &self.entry[self.key_len..]
+    }
+}
+
+/// A copy is never fresh: only the leg its payer's commit made is delivered exactly once.
+impl Clone for CreditLeg {
+    fn clone(&self) -> Self {
+        CreditLeg {
+            entry: self.entry.clone(),
+            key_len: self.key_len,
+            record: self.record.clone(),
+            verify: self.verify,
+            fresh: false,
+        }
     }
 }
 
@@ -1075,8 +1088,14 @@ mod tests {
         let leg = CreditLeg::new(b"outbox/key", &value, record.clone(), false);
         assert_eq!(leg.key(), b"outbox/key");
         assert_eq!(leg.value(), value.as_slice());
-        let empty = CreditLeg::new(b"k", b"", record, true);
+        let empty = CreditLeg::new(b"k", b"", record.clone(), true);
         assert_eq!((empty.key(), empty.value()), (&b"k"[..], &b""[..]));
+        // Only the leg a payer's commit made is fresh; a copy of it is not.
+        let fresh = CreditLeg::fresh(b"outbox/key", &value, record);
+        assert!(fresh.is_fresh() && !leg.is_fresh());
+        let copy = fresh.clone();
+        assert!(!copy.is_fresh());
+        assert_eq!((copy.key(), copy.value()), (fresh.key(), fresh.value()));
     }
 
     fn indexes(jobs: &[Job]) -> Vec<usize> {
