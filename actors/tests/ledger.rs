@@ -271,17 +271,14 @@ async fn audit_reports_a_tampered_store() {
     assert!(broken.contains(&"INV-3"), "{:?}", report.discrepancies);
 }
 
-/// An expiring hold is released on its own (by the actor's tick, or by the next commit
-/// after its expiry), and the money it froze is available again.
-#[actix_rt::test]
-async fn expired_holds_are_released() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open_store(dir.path());
-    let config = actors::LedgerConfig {
-        tick: std::time::Duration::from_millis(20),
-        ..actors::LedgerConfig::default()
-    };
-    let ledger = actors::Ledger::start(store.clone(), config);
+/// A ledger on `store` with world, gina and hank, gina funded with 1,000 and holding two
+/// holds: "soon" (400, expiring in 60 ms) and "later" (100, expiring in `later_ms`).
+async fn gina_holds(
+    store: std::sync::Arc<dyn cells::store::Store>,
+    config: actors::LedgerConfig,
+    later_ms: Option<u64>,
+) -> actors::Ledger {
+    let ledger = actors::Ledger::start(store, config);
     run(
         &ledger,
         vec![create_system("world"), create("gina"), create("hank")],
@@ -293,7 +290,7 @@ async fn expired_holds_are_released() {
         &ledger,
         vec![
             hold("soon", "gina", 400, Some(60)),
-            hold("later", "gina", 100, Some(600_000)),
+            hold("later", "gina", 100, later_ms),
         ],
     )
     .await;
@@ -301,15 +298,34 @@ async fn expired_holds_are_released() {
         held,
         vec![Ok(Outcome::HoldCreated), Ok(Outcome::HoldCreated)]
     );
-    assert_eq!(balance(&ledger, "gina").await, (1_000, 500));
+    ledger
+}
+
+/// Waits (at most 10 s) until "soon" expired: gina's 400 available again.
+async fn until_soon_expired(ledger: &actors::Ledger) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while balance(&ledger, "gina").await != (1_000, 900) {
+    while balance(ledger, "gina").await != (1_000, 900) {
         assert!(
             std::time::Instant::now() < deadline,
             "the hold never expired"
         );
         actix_rt::time::sleep(std::time::Duration::from_millis(10)).await;
     }
+}
+
+/// An expiring hold is released on its own (by the actor's tick, or by the next commit
+/// after its expiry), and the money it froze is available again.
+#[actix_rt::test]
+async fn expired_holds_are_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    let config = actors::LedgerConfig {
+        tick: std::time::Duration::from_millis(20),
+        ..actors::LedgerConfig::default()
+    };
+    let ledger = gina_holds(store.clone(), config, Some(600_000)).await;
+    assert_eq!(balance(&ledger, "gina").await, (1_000, 500));
+    until_soon_expired(&ledger).await;
     let lookup = run(
         &ledger,
         vec![Command::LookupHold(HoldId::new("soon").unwrap())],
@@ -341,34 +357,10 @@ async fn remembered_holds_still_answer_from_their_records() {
         idle_timeout: std::time::Duration::from_millis(100),
         ..actors::LedgerConfig::default()
     };
-    let ledger = actors::Ledger::start(store.clone(), config);
-    run(
-        &ledger,
-        vec![create_system("world"), create("gina"), create("hank")],
-    )
-    .await;
-    run(&ledger, vec![transfer("fund-g", "world", "gina", 1_000)]).await;
-    settle(&ledger).await;
-    let held = run(
-        &ledger,
-        vec![
-            hold("soon", "gina", 400, Some(60)),
-            hold("kept", "gina", 100, None),
-        ],
-    )
-    .await;
-    assert_eq!(
-        held,
-        vec![Ok(Outcome::HoldCreated), Ok(Outcome::HoldCreated)]
-    );
+    // "later" never expires.
+    let ledger = gina_holds(store.clone(), config, None).await;
+    until_soon_expired(&ledger).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while balance(&ledger, "gina").await != (1_000, 900) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the hold never expired"
-        );
-        actix_rt::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
     // Every actor passivates: gina's next actor does not remember "soon" expiring.
     while ledger.active_accounts() > 0 {
         assert!(
@@ -387,9 +379,9 @@ async fn remembered_holds_still_answer_from_their_records() {
         run(&ledger, vec![release("soon")]).await,
         vec![Ok(Outcome::HoldReleased)]
     );
-    let captured = run(&ledger, vec![capture("kept", "hank", None)]).await;
+    let captured = run(&ledger, vec![capture("later", "hank", None)]).await;
     assert_eq!(captured, vec![Ok(Outcome::HoldCaptured)]);
-    let retried = run(&ledger, vec![capture("kept", "hank", None)]).await;
+    let retried = run(&ledger, vec![capture("later", "hank", None)]).await;
     assert_eq!(retried, vec![Ok(Outcome::HoldCaptured)]);
     settle(&ledger).await;
     assert_eq!(balance(&ledger, "gina").await, (900, 900));
