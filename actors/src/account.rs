@@ -844,10 +844,11 @@ impl Actor for AccountActor {
         // here, and the closed inbox refuses every later delivery to its sender.
         for delivery in self.live.close() {
             match delivery {
-                Delivery::Execute { items, reply } => {
-                    let results = std::iter::repeat_n(Err(code), items.len());
-                    reply.answer(items, results)
+                Delivery::Execute { items, reply } => Job {
+                    origin: Origin::Client(reply),
+                    items,
                 }
+                .fail(code),
                 Delivery::Credits(legs) => {
                     // They stay in the durable outbox.
                     self.credits_done(legs.len());
