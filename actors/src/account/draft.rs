@@ -392,7 +392,7 @@ impl<'a> Draft<'a> {
             currency: request.currency,
             outcome,
         };
-        // The key is still the transfer's: a debit writes through its own buffers.
+        // The key is still the transfer's: a debit writes its key into its own buffer.
         records::encode_into(&record, &mut self.scratch.value);
         set(txn, &self.scratch.key, &self.scratch.value);
         if self.dedup.transfers {
