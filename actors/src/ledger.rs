@@ -29,7 +29,7 @@ use cells::store::{CommitError, KeyValue, Store};
 use crate::account::{AccountCommand, CreditLeg, Delivery, Item, Work};
 use crate::answers::BatchAnswers;
 use crate::config::{LedgerConfig, CREATE_ATTEMPTS_MAX};
-use crate::registry::{CreditForwarder, Shared, Specs};
+use crate::registry::{CreditForwarder, Routing, Shared, Specs};
 use crate::relay::{DeliverFromPeer, OutboxRelay};
 use crate::seen_holds::{HoldRoute, SeenHolds};
 use crate::split;
@@ -363,7 +363,7 @@ impl Ledger {
             }
             hold_work.note(index, &command, &holds);
             match self.route(command, &specs, &mut holds) {
-                Ok(Route::Actor(account, command, spec)) => {
+                Ok(Route::Actor(account, command, routing)) => {
                     let item = Item {
                         index,
                         work: Work::Client(command),
@@ -374,8 +374,8 @@ impl Ledger {
                             items.into_mut().push(item)
                         }
                         std::collections::hash_map::Entry::Vacant(vacant) => {
-                            match spec {
-                                Some(spec) => payers.slots.push(slot_of(&spec.user)),
+                            match routing {
+                                Some(routing) => payers.slots.push(routing.slot),
                                 None => payers.unknown.push(vacant.key().clone()),
                             }
                             // Most accounts of a batch get one item: room for one (`vec!`
@@ -427,17 +427,12 @@ impl Ledger {
         payers: PayerSlots,
         results: &mut [Option<CommandResult>],
     ) -> GateGuard {
-        // Borrowed, not cloned (as in `route`): an `Arc` clone per account and batch was an
-        // atomic write to the spec's cache line and its drop another, 4 % of the driver's
-        // samples in `holds`. (An account the batch did not resolve is rare: its cached
-        // spec is copied.)
-        let spec_of = |account: &AccountId| -> Option<std::borrow::Cow<'_, AccountSpec>> {
+        // (An account the batch did not resolve, such as a capture's payer, is rare: its
+        // routing is looked up in the directory.)
+        let routing_of = |account: &AccountId| -> Option<Routing> {
             match specs.get(account) {
-                Some(Some(spec)) => Some(std::borrow::Cow::Borrowed(&**spec)),
-                _ => self
-                    .shared
-                    .cached_spec(account)
-                    .map(|spec| std::borrow::Cow::Owned((*spec).clone())),
+                Some(Some(routing)) => Some(*routing),
+                _ => self.shared.cached_routing(account),
             }
         };
         let table = self.shared.ownership();
@@ -446,14 +441,30 @@ impl Ledger {
         if let (Some(me), true) = (&self.shared.config.dc, table.version > 0) {
             // Accounts may leave `routed` here: their slots are looked up again below.
             payers = None;
-            let foreign: Vec<AccountId> = routed
-                .keys()
-                .filter(|account| {
-                    spec_of(account)
-                        .is_some_and(|spec| table.owner_of(&spec.user).map(|o| &o.dc) != Some(me))
-                })
-                .cloned()
-                .collect();
+            let mut foreign: Vec<AccountId> = Vec::new();
+            if table.users.is_empty() {
+                // Without a whitelist a user's owner is its slot's.
+                foreign.extend(
+                    routed
+                        .keys()
+                        .filter(|account| {
+                            routing_of(account).is_some_and(|routing| {
+                                table.slot_owner(routing.slot).map(|o| &o.dc) != Some(me)
+                            })
+                        })
+                        .cloned(),
+                );
+            } else {
+                // A whitelisted user's owner is its own: it takes the user's id, in the spec.
+                let accounts: Vec<AccountId> = routed.keys().cloned().collect();
+                for account in accounts {
+                    if let Ok(Some(spec)) = self.shared.spec(&account).await {
+                        if table.owner_of(&spec.user).map(|o| &o.dc) != Some(me) {
+                            foreign.push(account);
+                        }
+                    }
+                }
+            }
             for account in foreign {
                 for item in routed.remove(&account).unwrap_or_default() {
                     results[item.index] = Some(Err(ErrorCode::NotOwner));
@@ -462,7 +473,7 @@ impl Ledger {
         }
         // From `route` when it knew them all: a second lookup of every account's spec here
         // was 8 % of the driver's samples in `holds`.
-        let slot = |account: &AccountId| spec_of(account).map(|spec| slot_of(&spec.user));
+        let slot = |account: &AccountId| routing_of(account).map(|routing| routing.slot);
         let mut slots: Vec<Slot> = match payers {
             Some(PayerSlots { mut slots, unknown }) => {
                 slots.extend(unknown.iter().filter_map(slot));
@@ -486,8 +497,8 @@ impl Ledger {
                     let frozen_accounts: Vec<AccountId> = routed
                         .keys()
                         .filter(|account| {
-                            spec_of(account)
-                                .is_some_and(|spec| frozen.contains(&slot_of(&spec.user)))
+                            routing_of(account)
+                                .is_some_and(|routing| frozen.contains(&routing.slot))
                         })
                         .cloned()
                         .collect();
@@ -550,18 +561,17 @@ impl Ledger {
 
     /// Decides which actor runs `command`, or that it is a lookup served here. Takes the
     /// command: the actor gets it without a copy.
-    fn route<'s>(
+    fn route(
         &self,
         command: Command,
-        specs: &'s Specs,
+        specs: &Specs,
         holds: &mut HashMap<HoldId, Option<HoldRef>>,
-    ) -> Result<Route<'s>, ErrorCode> {
-        // Borrowed, not cloned: an `Arc` clone here would bounce the spec's count between
-        // this thread and the actor thread, per command.
-        let spec = |id: &AccountId| -> Result<&'s AccountSpec, ErrorCode> {
+    ) -> Result<Route, ErrorCode> {
+        let spec = |id: &AccountId| -> Result<Routing, ErrorCode> {
             specs
                 .get(id)
-                .and_then(|spec| spec.as_deref())
+                .copied()
+                .flatten()
                 .ok_or(ErrorCode::UnknownAccount)
         };
         // Taken, not cloned: a batch names each hold once (repeats are settled before).
@@ -643,11 +653,10 @@ impl Ledger {
                 let status = match record.outcome {
                     TransferOutcome::Rejected(code) => TransferStatus::Rejected(code),
                     TransferOutcome::Accepted => {
-                        let payer = match specs.get(&record.from).cloned().flatten() {
-                            Some(spec) => spec,
-                            None => self.load_spec(&record.from).await?,
+                        let slot = match specs.get(&record.from).copied().flatten() {
+                            Some(payer) => payer.slot,
+                            None => slot_of(&self.load_spec(&record.from).await?.user),
                         };
-                        let slot = slot_of(&payer.user);
                         let key = space.outbox(slot, OutboxKind::Transfer, id.as_str());
                         match store.get(&key).await.map_err(|_| ErrorCode::Unavailable)? {
                             Some(_) => TransferStatus::Accepted,
@@ -684,10 +693,9 @@ impl Ledger {
     }
 
     async fn load_spec(&self, account: &AccountId) -> Result<Arc<AccountSpec>, ErrorCode> {
-        let mut specs = self.shared.specs(vec![account.clone()]).await?;
-        specs
-            .remove(account)
-            .flatten()
+        self.shared
+            .spec(account)
+            .await?
             .ok_or(ErrorCode::UnknownAccount)
     }
 
@@ -945,10 +953,10 @@ fn mark_duplicate_ids(commands: &[Command], results: &mut [Option<CommandResult>
 }
 
 /// Where [`Ledger::route`] sends a command.
-enum Route<'s> {
-    /// To this account's actor, as this command; with the account's spec when it was at
+enum Route {
+    /// To this account's actor, as this command; with the account's routing when it was at
     /// hand.
-    Actor(AccountId, AccountCommand, Option<&'s AccountSpec>),
+    Actor(AccountId, AccountCommand, Option<Routing>),
     /// Nowhere: a lookup the ledger serves itself.
     Here(Command),
 }
@@ -1061,13 +1069,15 @@ impl Ledger {
         let Ok(specs) = self.shared.specs(parents).await else {
             return;
         };
-        let splits: HashMap<AccountId, Arc<AccountSpec>> = specs
-            .into_iter()
-            .filter_map(|(id, spec)| {
-                spec.filter(|s| matches!(s.mode, HotMode::Split { .. }))
-                    .map(|s| (id, s))
-            })
-            .collect();
+        let mut splits: HashMap<AccountId, Arc<AccountSpec>> = HashMap::new();
+        for (id, routing) in specs {
+            if routing.is_some_and(|routing| routing.split) {
+                let Ok(spec) = self.load_spec(&id).await else {
+                    return;
+                };
+                splits.insert(id, spec);
+            }
+        }
         if splits.is_empty() {
             return;
         }
@@ -1112,12 +1122,16 @@ impl Ledger {
         if !all_found {
             found.retain(|_, spec| spec.is_some());
         }
-        for spec in found.values().flatten() {
-            if matches!(spec.mode, HotMode::Split { .. }) {
-                splits
-                    .entry(spec.id.clone())
-                    .or_insert_with(|| Arc::clone(spec));
-            }
+        let split_accounts: Vec<&AccountId> = found
+            .iter()
+            .filter(|(id, routing)| {
+                routing.is_some_and(|routing| routing.split) && !splits.contains_key(*id)
+            })
+            .map(|(id, _)| id)
+            .collect();
+        for id in split_accounts {
+            let spec = self.load_spec(id).await?;
+            splits.insert(id.clone(), spec);
         }
         Ok((splits, (found, all_found)))
     }

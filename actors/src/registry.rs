@@ -13,8 +13,10 @@ use actix::{Actor, Addr, ArbiterHandle, WeakAddr};
 use cells::ids::{AccountId, DcId};
 use cells::keys::Keyspace;
 use cells::ledger::ErrorCode;
+use cells::money::Currency;
 use cells::ownership::OwnershipTable;
-use cells::records::{self, AccountRecord, AccountSpec};
+use cells::records::{self, AccountRecord, AccountSpec, HotMode};
+use cells::slot::{slot_of, Slot};
 use cells::store::{KeyValue, Store};
 
 use crate::account::{AccountActor, Delivery, Waker, CLIENT_ITEMS_MAX};
@@ -23,8 +25,38 @@ use crate::freeze::Gate;
 use crate::relay::OutboxRelay;
 use crate::stats::LedgerStats;
 
-/// Account specs by id (`None`: no such account), as a batch resolved them.
-pub(crate) type Specs = HashMap<AccountId, Option<Arc<AccountSpec>>>;
+/// What routing reads of each account a batch names, by id (`None`: no such account).
+pub(crate) type Specs = HashMap<AccountId, Option<Routing>>;
+
+/// What routing reads of an account's spec: a copy kept beside the account's id in the
+/// directory's entry and in a batch's [`Specs`], so that routing a command reads only the
+/// entry it found (the full spec is a pointer away, in a line that routing missed per
+/// account: the spec's reference count in the directory's lookup, its currency in
+/// `route`; both were half of those functions' samples in the `holds` benchmark).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Routing {
+    pub currency: Currency,
+    /// The slot of the account's user.
+    pub slot: Slot,
+    /// The account is split into parts (`HotMode::Split`).
+    pub split: bool,
+}
+
+impl Routing {
+    pub(crate) fn of(spec: &AccountSpec) -> Self {
+        Routing {
+            currency: spec.currency,
+            slot: slot_of(&spec.user),
+            split: matches!(spec.mode, HotMode::Split { .. }),
+        }
+    }
+}
+
+/// A directory entry: the spec, and its [`Routing`] beside it.
+struct Known {
+    routing: Routing,
+    spec: Arc<AccountSpec>,
+}
 
 /// Actors of one arbiter thread that a delivery found disarmed, to be woken on that
 /// thread by its waker task ([`wake_actors`]).
@@ -271,7 +303,7 @@ pub struct Shared {
     newcomers: Vec<Mutex<Vec<WeakAddr<AccountActor>>>>,
     relay: OnceLock<Addr<OutboxRelay>>,
     rescan_outbox: AtomicBool,
-    directory: Mutex<HashMap<AccountId, Arc<AccountSpec>>>,
+    directory: Mutex<HashMap<AccountId, Known>>,
     /// Holds this ledger created, by id: routed without a read of their records.
     pub(crate) seen_holds: crate::seen_holds::SeenHolds,
     /// DC mode: the ownership table as last loaded, and where credit legs for other DCs go.
@@ -363,7 +395,7 @@ impl Shared {
         self.forwarder.get()
     }
 
-    /// Adds to `found` the cached specs of those of `accounts` it does not hold yet, under
+    /// Adds to `found` the cached routings of those of `accounts` it does not hold yet, under
     /// one lock of the directory; returns the accounts whose spec is not cached (each once).
     pub(crate) fn cached_into<'a>(
         &self,
@@ -378,8 +410,8 @@ impl Shared {
                         continue;
                     }
                     match directory.get(account) {
-                        Some(spec) => {
-                            found.insert(account.clone(), Some(Arc::clone(spec)));
+                        Some(known) => {
+                            found.insert(account.clone(), Some(known.routing));
                         }
                         None => missing.push(account.clone()),
                     }
@@ -396,7 +428,14 @@ impl Shared {
 
     /// The cached spec of `account`, if the directory holds it.
     pub(crate) fn cached_spec(&self, account: &AccountId) -> Option<Arc<AccountSpec>> {
-        self.directory.lock().ok()?.get(account).cloned()
+        let directory = self.directory.lock().ok()?;
+        directory.get(account).map(|known| Arc::clone(&known.spec))
+    }
+
+    /// The cached routing of `account`, if the directory holds its spec.
+    pub(crate) fn cached_routing(&self, account: &AccountId) -> Option<Routing> {
+        let directory = self.directory.lock().ok()?;
+        directory.get(account).map(|known| known.routing)
     }
 
     pub(crate) fn set_relay(&self, relay: Addr<OutboxRelay>) {
@@ -548,12 +587,24 @@ impl Shared {
         (hash % self.arbiters.len() as u64) as usize
     }
 
-    /// Specs of `accounts` (`None`: no such account), from the cache or the store.
+    /// Routings of `accounts` (`None`: no such account), from the cache or the store.
     pub(crate) async fn specs(&self, accounts: Vec<AccountId>) -> Result<Specs, ErrorCode> {
         let mut found = Specs::with_capacity(accounts.len());
         let missing = self.cached_into(accounts.iter(), &mut found);
         self.read_specs(missing, &mut found).await?;
         Ok(found)
+    }
+
+    /// The spec of `account` (`None`: no such account), from the cache or the store.
+    pub(crate) async fn spec(
+        &self,
+        account: &AccountId,
+    ) -> Result<Option<Arc<AccountSpec>>, ErrorCode> {
+        if let Some(spec) = self.cached_spec(account) {
+            return Ok(Some(spec));
+        }
+        let read = self.read_records(vec![account.clone()]).await?;
+        Ok(read.into_iter().next().and_then(|(_, spec)| spec))
     }
 
     /// Reads the specs of `missing` from the store into `found` (`None`: no such account)
@@ -563,16 +614,29 @@ impl Shared {
         missing: Vec<AccountId>,
         found: &mut Specs,
     ) -> Result<(), ErrorCode> {
-        if missing.is_empty() {
-            return Ok(());
+        for (account, spec) in self.read_records(missing).await? {
+            found.insert(account, spec.map(|spec| Routing::of(&spec)));
         }
-        let keys = missing.iter().map(|a| self.space.account(a)).collect();
+        Ok(())
+    }
+
+    /// Reads the specs of `accounts` from the store (`None`: no such account), and caches
+    /// those that exist.
+    async fn read_records(
+        &self,
+        accounts: Vec<AccountId>,
+    ) -> Result<Vec<(AccountId, Option<Arc<AccountSpec>>)>, ErrorCode> {
+        if accounts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = accounts.iter().map(|a| self.space.account(a)).collect();
         let values = self
             .store
             .get_many(keys)
             .await
             .map_err(|_| ErrorCode::Unavailable)?;
-        for (account, value) in missing.into_iter().zip(values) {
+        let mut read = Vec::with_capacity(accounts.len());
+        for (account, value) in accounts.into_iter().zip(values) {
             let spec = match value {
                 Some(bytes) => {
                     let record: AccountRecord =
@@ -583,18 +647,22 @@ impl Shared {
                 }
                 None => None,
             };
-            found.insert(account, spec);
+            read.push((account, spec));
         }
-        Ok(())
+        Ok(read)
     }
 
     /// Caches an account spec (specs never change once created).
     pub(crate) fn remember(&self, spec: Arc<AccountSpec>) {
+        let known = Known {
+            routing: Routing::of(&spec),
+            spec,
+        };
         if let Ok(mut directory) = self.directory.lock() {
             if directory.len() >= DIRECTORY_ACCOUNTS_MAX {
                 directory.clear();
             }
-            directory.insert(spec.id.clone(), spec);
+            directory.insert(known.spec.id.clone(), known);
         }
     }
 }
