@@ -134,17 +134,24 @@ async fn wake_actors<A: Waker>(list: Arc<WakeList<A>>) {
 /// delivery, and released by the actor when it takes the delivery from its inbox. The
 /// same count lets an idle actor retire without racing a sender (it retires only when
 /// nothing is reserved).
+///
+/// In declaration order (`repr(C)`): what every delivery reads or writes (the count, the
+/// actor's queue length, the closed flag, the inbox) comes first, next to the `Arc`'s
+/// count, so that a delivery touches two cache lines of it, not three (the compiler's
+/// order put the flag 112 bytes in, behind the address: `Reserved::send` lost a quarter
+/// of its samples in `holds`).
+#[repr(C)]
 pub(crate) struct Live {
     /// Deliveries reserved for the actor and not yet taken from its inbox.
     pub(crate) queued: AtomicUsize,
-    /// Credit legs the relay handed this actor that it has not yet taken into a commit
-    /// (see [`crate::relay`]'s flow control).
-    pub(crate) credits: AtomicUsize,
     /// Items waiting in the actor's own queue (published by the actor).
     pub(crate) pending_items: AtomicUsize,
     /// Set when the actor stopped: its inbox takes nothing more.
     closed: AtomicBool,
     inbox: Mutex<Inbox>,
+    /// Credit legs the relay handed this actor that it has not yet taken into a commit
+    /// (see [`crate::relay`]'s flow control).
+    pub(crate) credits: AtomicUsize,
     /// The actor's address: set by the registry once the actor started, before any sender
     /// sees this. (The actor holds its `Live` too, and so its own address: it is stopped
     /// explicitly, never for want of addresses.)
