@@ -126,6 +126,16 @@ impl CreditLeg {
         self.fresh
     }
 
+    /// Asks the CPU to start loading the leg's record and entry (its item holds only
+    /// pointers to them): a payee's draft reads both, written long before by the payer.
+    pub(crate) fn prefetch(&self) {
+        prefetch_bytes(
+            (&*self.record as *const OutboxRecord).cast(),
+            std::mem::size_of::<OutboxRecord>(),
+        );
+        prefetch_bytes(self.entry.as_ptr(), self.entry.len());
+    }
+
     /// The outbox entry's key.
     pub fn key(&self) -> &[u8] {
         &self.entry[..self.key_len]
@@ -294,21 +304,25 @@ impl Item {
     /// Asks the CPU to start loading every cache line of the item (see
     /// [`draft::Draft::build`]).
     pub(crate) fn prefetch(&self) {
-        const LINE: usize = 64;
-        let start: *const u8 = (self as *const Item).cast();
-        let lines = (start as usize % LINE + std::mem::size_of::<Item>()).div_ceil(LINE);
-        for line in 0..lines {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: a prefetch reads nothing architecturally and cannot fault, even for an
-            // address past the item (the last line may start past its end).
-            unsafe {
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                    start.wrapping_add(line * LINE).cast(),
-                );
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            let _ = (start, line);
+        prefetch_bytes((self as *const Item).cast(), std::mem::size_of::<Item>());
+    }
+}
+
+/// Asks the CPU to start loading every cache line of the `len` bytes at `start`.
+fn prefetch_bytes(start: *const u8, len: usize) {
+    const LINE: usize = 64;
+    let lines = (start as usize % LINE + len).div_ceil(LINE);
+    for line in 0..lines {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a prefetch reads nothing architecturally and cannot fault, even for an
+        // address past the bytes (the last line may start past their end).
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                start.wrapping_add(line * LINE).cast(),
+            );
         }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (start, line);
     }
 }
 

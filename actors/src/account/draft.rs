@@ -223,6 +223,7 @@ impl<'a> Draft<'a> {
             match &item.work {
                 Work::Client(AccountCommand::Transfer(_)) => transfers += 1,
                 Work::Credit(leg) => {
+                    leg.prefetch();
                     credits += 1;
                     credits_not_fresh += usize::from(!leg.is_fresh());
                 }
