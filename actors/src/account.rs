@@ -21,7 +21,7 @@ mod window;
 
 use std::collections::{BTreeSet, VecDeque};
 
-use foldhash::{HashMap, HashMapExt};
+use foldhash::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,7 +34,7 @@ use cells::ledger::{
     BATCH_COMMANDS_MAX,
 };
 use cells::ownership::Fence;
-use cells::records::{AccountSpec, HoldRecord, HoldState, OutboxRecord};
+use cells::records::{AccountSpec, HoldRecord, OutboxRecord};
 use cells::slot::Slot;
 use cells::store::CommitError;
 
@@ -58,9 +58,6 @@ const _: () = assert!(EXPIRIES_PER_TICK_MAX <= BATCH_COMMANDS_MAX);
 /// Client items an account actor takes waiting for a commit (in its inbox and its queue):
 /// beyond it a delivery of client commands is answered `overloaded`.
 pub(crate) const CLIENT_ITEMS_MAX: usize = 4 * BATCH_COMMANDS_MAX;
-
-/// Holds finalized in this incarnation remembered for idempotent replies.
-const RECENT_FINAL_HOLDS_MAX: usize = 65_536;
 
 /// A command routed to the account that it debits or reads.
 #[derive(Debug, Clone)]
@@ -453,7 +450,6 @@ pub struct AccountActor {
     pending_items: usize,
     in_flight: bool,
     last_active: Instant,
-    recent_final: HashMap<HoldId, HoldState>,
     /// Shared with senders (see `registry`): the inbox and its places reserved (released
     /// here as deliveries are taken from it), the items waiting here, and credit legs the
     /// relay counted as handed to this actor and not yet taken into a commit (raised by the
@@ -481,7 +477,6 @@ impl AccountActor {
             pending_items: 0,
             in_flight: false,
             last_active: Instant::now(),
-            recent_final: HashMap::new(),
             live,
             spare_deliveries: Vec::new(),
             ticket: None,
@@ -595,7 +590,7 @@ impl AccountActor {
         // here, once per commit.
         let started = place.since();
         self.last_active = started;
-        let draft = Draft::new(state, &self.shared, &self.recent_final);
+        let draft = Draft::new(state, &self.shared);
         let Sealed { commit, outcome } = match draft.build(&jobs) {
             Ok(sealed) => sealed,
             Err(code) => {
@@ -662,17 +657,10 @@ impl AccountActor {
         let Delta {
             results,
             credits,
-            finalized,
             debits,
             credits_applied,
             ..
         } = delta;
-        for (hold, final_state) in finalized {
-            if self.recent_final.len() >= RECENT_FINAL_HOLDS_MAX {
-                self.recent_final.clear();
-            }
-            self.recent_final.insert(hold, final_state);
-        }
         let stats = &self.shared.stats;
         stats
             .debits_committed

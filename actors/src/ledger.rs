@@ -111,37 +111,51 @@ impl HoldRef {
 }
 
 /// A batch's hold commands, noted as they are routed, for [`HoldWork::settle`].
+///
+/// An actor that finds a hold inactive answers from the state it ended in when it knows
+/// it: ended in the same draft, or in the hold record routing read. It keeps no memory of
+/// the holds that ended in its earlier commits (a map per actor, filled per hold, was 4 %
+/// of the actor thread in `holds`), so a release or capture of such a hold, one routed
+/// without a read (a retry) or one whose record was read before the hold ended (a race
+/// with its first run), is answered `hold_not_active` there and runs again here on the
+/// record, read after the actor's answer: the hold's final state is in it.
 #[derive(Default)]
 struct HoldWork {
     /// Holds the batch creates: `(index, id, where)`.
     created: Vec<(usize, HoldId, HoldRoute)>,
-    /// Releases and captures routed with no record read, kept to run again.
-    unread: Vec<(usize, Command)>,
+    /// Whether releases and captures found inactive run again (not in a run again).
+    again: bool,
+    /// The batch's releases and captures, kept to run again.
+    settling: Vec<(usize, Command)>,
 }
 
 impl HoldWork {
-    fn note(&mut self, index: usize, command: &Command, holds: &HashMap<HoldId, Option<HoldRef>>) {
-        let hold = match command {
+    fn new(again: bool) -> Self {
+        HoldWork {
+            again,
+            ..HoldWork::default()
+        }
+    }
+
+    fn note(&mut self, index: usize, command: &Command) {
+        match command {
             Command::Hold(request) => {
                 let route = HoldRoute {
                     account: request.account.clone(),
                     currency: request.currency,
                 };
                 self.created.push((index, request.id.clone(), route));
-                return;
             }
-            Command::Release(id) => id,
-            Command::Capture(request) => &request.hold,
-            _ => return,
-        };
-        if let Some(Some(HoldRef::Seen(_))) = holds.get(hold) {
-            self.unread.push((index, command.clone()));
+            Command::Release(_) | Command::Capture(_) if self.again => {
+                self.settling.push((index, command.clone()));
+            }
+            _ => {}
         }
     }
 
     /// Remembers the holds created (answered `hold_created`: durable), and gives the
-    /// commands routed with no record read that the actor found inactive
-    /// (`hold_not_active`), to run again on their records.
+    /// releases and captures the actor found inactive (`hold_not_active`), to run again
+    /// on their records.
     fn settle(self, seen: &SeenHolds, results: &[Option<CommandResult>]) -> Vec<(usize, Command)> {
         let answered_ok = |index: usize| matches!(results[index], Some(Ok(_)));
         seen.remember(
@@ -150,7 +164,7 @@ impl HoldWork {
                 .filter(|(index, _, _)| answered_ok(*index))
                 .map(|(_, id, route)| (id, route)),
         );
-        self.unread
+        self.settling
             .into_iter()
             .filter(|(index, _)| matches!(results[*index], Some(Err(ErrorCode::HoldNotActive))))
             .collect()
@@ -322,7 +336,9 @@ impl Ledger {
     /// holds specs already resolved (of accounts that exist). With `known_complete`, it
     /// holds the spec of every account the batch names, and the batch creates none. With
     /// `seen_holds`, releases and captures of holds this ledger remembers creating are
-    /// routed without reading their records (see [`crate::seen_holds`]).
+    /// routed without reading their records (see [`crate::seen_holds`]), and those an actor
+    /// finds inactive run again on their records (see [`HoldWork`]; a run again has no
+    /// `seen_holds`, so it is the last).
     async fn execute_plain(
         &self,
         commands: Vec<Command>,
@@ -350,7 +366,7 @@ impl Ledger {
             Ok(holds) => holds,
             Err(code) => return Ok(fill(results, code)),
         };
-        let mut hold_work = HoldWork::default();
+        let mut hold_work = HoldWork::new(seen_holds);
         let mut routed = Routed::with_capacity(commands.len());
         // The slot of each account routed to, from the spec `route` read anyway; the gate
         // looks up the accounts whose spec it had not (a capture's payer the batch does
@@ -361,7 +377,7 @@ impl Ledger {
             if results[index].is_some() {
                 continue;
             }
-            hold_work.note(index, &command, &holds);
+            hold_work.note(index, &command);
             match self.route(command, &specs, &mut holds) {
                 Ok(Route::Actor(account, command, routing)) => {
                     let item = Item {
@@ -397,8 +413,8 @@ impl Ledger {
         drop(entered);
         let again = hold_work.settle(&self.shared.seen_holds, &results);
         if !again.is_empty() {
-            // Found inactive with no record read: run again on the records (which hold the
-            // final states the answers need).
+            // Found inactive by an actor that did not know how they ended: run again on
+            // the records (which hold the final states the answers need).
             let (indexes, commands): (Vec<usize>, Vec<Command>) = again.into_iter().unzip();
             let answers =
                 Box::pin(self.execute_plain(commands, Specs::new(), false, false)).await?;

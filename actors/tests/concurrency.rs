@@ -786,6 +786,50 @@ async fn hold_a_commit_in_flight(
     first
 }
 
+/// A capture sent twice whose hold record both batches read while it was active (the
+/// second batch's read came before the first one's commit): the actor finds the hold gone
+/// when it reaches the second, and the answer is still the original outcome, from the
+/// record read again after the actor's answer. Nothing is captured twice.
+#[test]
+fn a_capture_retried_during_its_first_commit_gets_the_original_outcome() {
+    in_system(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let store = gated_store(dir.path());
+        // The hold is created through another ledger over the same store, so that this
+        // ledger reads its record to route (it does not remember creating it).
+        let maker = Ledger::start(store.clone(), LedgerConfig::default());
+        run(&maker, vec![create_system("world"), create("shop")]).await;
+        assert_eq!(
+            run(&maker, vec![hold("hc", "world", 5, None)]).await,
+            vec![Ok(Outcome::HoldCreated)]
+        );
+        let ledger = Ledger::start(store.clone(), LedgerConfig::default());
+        store.commits.set_open(false);
+        let first = actix_rt::spawn({
+            let ledger = ledger.clone();
+            async move { run(&ledger, vec![capture("hc", "shop", None)]).await }
+        });
+        store.commits.wait_for_waiting(1).await;
+        // The first capture's commit waits at the gate: the record still says active.
+        let second = actix_rt::spawn({
+            let ledger = ledger.clone();
+            async move { run(&ledger, vec![capture("hc", "shop", None)]).await }
+        });
+        // Let the second batch read the record and reach the actor before the gate opens.
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+        store.commits.set_open(true);
+        assert_eq!(first.await.unwrap(), vec![Ok(Outcome::HoldCaptured)]);
+        assert_eq!(second.await.unwrap(), vec![Ok(Outcome::HoldCaptured)]);
+        settle(&ledger).await;
+        assert_eq!(
+            views(&ledger, &["world", "shop"]).await,
+            vec![(-5, 0, -5), (5, 0, 5)]
+        );
+        let report = assert_clean(store.as_ref(), &ledger);
+        assert_eq!(report.holds, 1);
+    });
+}
+
 /// While an account's commit is in flight, the items waiting for it are bounded
 /// (4 × `BATCH_COMMANDS_MAX`): the next command gets `overloaded` at once, leaves no trace,
 /// and succeeds when retried later.

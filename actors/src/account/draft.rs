@@ -146,7 +146,6 @@ impl Delta {
 pub(crate) struct Draft<'a> {
     base: &'a Loaded,
     shared: &'a Shared,
-    recent_final: &'a HashMap<HoldId, HoldState>,
     space: Keyspace,
     /// The wall clock in ms, read once and only by a draft that needs it (holds).
     now_ms: Option<u64>,
@@ -169,15 +168,10 @@ pub(crate) struct Draft<'a> {
 }
 
 impl<'a> Draft<'a> {
-    pub fn new(
-        base: &'a Loaded,
-        shared: &'a Shared,
-        recent_final: &'a HashMap<HoldId, HoldState>,
-    ) -> Self {
+    pub fn new(base: &'a Loaded, shared: &'a Shared) -> Self {
         Draft {
             base,
             shared,
-            recent_final,
             space: shared.space,
             now_ms: None,
             delta: Delta {
@@ -512,7 +506,8 @@ impl<'a> Draft<'a> {
     }
 
     /// The final state of a hold that is not active (or `None` if it still looks active,
-    /// or is not known here and no record was read).
+    /// or it ended before this draft and no record was read: the ledger then runs the
+    /// command again on the record, see `HoldWork`).
     fn final_state(&self, hold: &HoldId, snapshot: Option<&HoldRecord>) -> Option<HoldState> {
         self.delta
             .finalized
@@ -520,7 +515,6 @@ impl<'a> Draft<'a> {
             .rev()
             .find(|(id, _)| id == hold)
             .map(|(_, state)| state.clone())
-            .or_else(|| self.recent_final.get(hold).cloned())
             .or_else(|| {
                 snapshot
                     .filter(|snapshot| snapshot.state != HoldState::Active)
@@ -858,10 +852,7 @@ mod tests {
 
     /// Drafts and commits `jobs` on `loaded`; gives the commit's outcome and its delta.
     async fn commit(loaded: &Loaded, shared: &Shared, jobs: &[Job]) -> (bool, Delta) {
-        let recent_final = HashMap::new();
-        let sealed = Draft::new(loaded, shared, &recent_final)
-            .build(jobs)
-            .expect("drafted");
+        let sealed = Draft::new(loaded, shared).build(jobs).expect("drafted");
         (sealed.commit.await.is_ok(), sealed.outcome)
     }
 
