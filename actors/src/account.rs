@@ -362,7 +362,8 @@ impl Job {
         }
     }
 
-    fn answer(self, results: impl IntoIterator<Item = CommandResult>) {
+    /// Answers the job's items: `results` are `(index, result)` pairs, in item order.
+    fn answer(self, results: impl IntoIterator<Item = (usize, CommandResult)>) {
         if let Origin::Client(reply) = self.origin {
             // The caller may have given up; its answers are then kept for nobody.
             reply.answer(self.items, results);
@@ -370,15 +371,20 @@ impl Job {
     }
 
     fn fail(self, code: ErrorCode) {
-        let results = std::iter::repeat_n(Err(code), self.items.len());
+        let results: Vec<(usize, CommandResult)> = self
+            .items
+            .iter()
+            .map(|item| (item.index, Err(code)))
+            .collect();
         self.answer(results);
     }
 }
 
-/// Gives each job its share of a commit's results (one per item, in job order). Every
+/// Gives each job its share of a commit's results (one per item, in job order, with the
+/// item's index: see [`draft::Delta::results`]). Every
 /// job's share is consumed whether or not anyone waits for it: an internal job (credit
 /// legs, expiries) has no reply, and its results must not fall to the job after it.
-fn answer_jobs(jobs: Vec<Job>, results: Vec<CommandResult>) {
+fn answer_jobs(jobs: Vec<Job>, results: Vec<(usize, CommandResult)>) {
     debug_assert_eq!(
         results.len(),
         jobs.iter().map(|job| job.items.len()).sum::<usize>()
@@ -1153,10 +1159,10 @@ mod tests {
         assert_eq!(take_for_commit(&mut pending, client_max).1, 0);
 
         for jobs in taken {
-            let results: Vec<CommandResult> = jobs
+            let results: Vec<(usize, CommandResult)> = jobs
                 .iter()
                 .flat_map(|job| &job.items)
-                .map(|_| Ok(Outcome::TransferAccepted))
+                .map(|item| (item.index, Ok(Outcome::TransferAccepted)))
                 .collect();
             answer_jobs(jobs, results);
         }
@@ -1213,12 +1219,12 @@ mod tests {
             },
         ];
         let results = vec![
-            Ok(Outcome::AccountCreated),
-            Ok(Outcome::AccountCreated),
-            Err(ErrorCode::InsufficientFunds),
-            Ok(Outcome::TransferAccepted),
-            Ok(Outcome::AccountCreated),
-            Err(ErrorCode::CurrencyMismatch),
+            (0, Ok(Outcome::AccountCreated)),
+            (0, Ok(Outcome::AccountCreated)),
+            (5, Err(ErrorCode::InsufficientFunds)),
+            (2, Ok(Outcome::TransferAccepted)),
+            (0, Ok(Outcome::AccountCreated)),
+            (7, Err(ErrorCode::CurrencyMismatch)),
         ];
         answer_jobs(jobs, results);
         let mut answered = block_on(answers.all());

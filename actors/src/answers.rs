@@ -110,27 +110,31 @@ impl Reply {
         }
     }
 
-    /// Answers `items` with `results`, in order (an item left without a result stays
-    /// unanswered), and keeps the items for the caller to drop.
+    /// Answers `items` with `results`, `(index, result)` pairs of their indexes in order
+    /// (at most one per item: an item left without one stays unanswered), and keeps the
+    /// items for the caller to drop.
     pub(crate) fn answer(
         mut self,
         items: Vec<Item>,
-        results: impl IntoIterator<Item = CommandResult>,
+        results: impl IntoIterator<Item = (usize, CommandResult)>,
     ) {
         let Some(answers) = self.answers.take() else {
             return;
         };
         let mut state = answers.lock();
         let commands = state.commands;
-        for (item, result) in items.iter().zip(results) {
+        let mut answered = 0;
+        for (index, result) in results {
             assert!(
-                item.index < commands,
+                index < commands,
                 "an actor answers only indexes of its batch"
             );
+            answered += 1;
             // Each index is answered at most once (the caller checks), so the list never
             // outgrows the room `new` made for it.
-            state.answered.push((item.index, result));
+            state.answered.push((index, result));
         }
+        assert!(answered <= items.len(), "at most one answer per item");
         if items.capacity() > 0 {
             // One list per reply, and the replies are bounded by the batch's commands.
             state.spent.push(items);
@@ -190,18 +194,16 @@ mod tests {
 
     /// Answers `reply` with `(index, result)` pairs, handing back one item per pair.
     fn answer(reply: Reply, pairs: impl IntoIterator<Item = (usize, CommandResult)>) {
-        let (items, results): (Vec<Item>, Vec<CommandResult>) = pairs
-            .into_iter()
-            .map(|(index, result)| {
-                let item = Item {
-                    index,
-                    work: Work::Net,
-                    settled: None,
-                };
-                (item, result)
+        let pairs: Vec<(usize, CommandResult)> = pairs.into_iter().collect();
+        let items = pairs
+            .iter()
+            .map(|(index, _)| Item {
+                index: *index,
+                work: Work::Net,
+                settled: None,
             })
-            .unzip();
-        reply.answer(items, results);
+            .collect();
+        reply.answer(items, pairs);
     }
 
     /// The waiter's answers, by command index.
