@@ -778,12 +778,18 @@ async fn hold_a_commit_in_flight(
     store: &GatedStore,
 ) -> actix_rt::task::JoinHandle<Vec<CommandResult>> {
     store.commits.set_open(false);
-    let first = actix_rt::spawn({
-        let ledger = ledger.clone();
-        async move { run(&ledger, vec![hold("first", "world", 1, None)]).await }
-    });
+    let first = spawn_run(ledger, vec![hold("first", "world", 1, None)]);
     store.commits.wait_for_waiting(1).await;
     first
+}
+
+/// Runs `commands` on `ledger` in a task of its own; the handle gives the answers.
+fn spawn_run(
+    ledger: &Ledger,
+    commands: Vec<Command>,
+) -> actix_rt::task::JoinHandle<Vec<CommandResult>> {
+    let ledger = ledger.clone();
+    actix_rt::spawn(async move { run(&ledger, commands).await })
 }
 
 /// A capture sent twice whose hold record both batches read while it was active (the
@@ -805,16 +811,10 @@ fn a_capture_retried_during_its_first_commit_gets_the_original_outcome() {
         );
         let ledger = Ledger::start(store.clone(), LedgerConfig::default());
         store.commits.set_open(false);
-        let first = actix_rt::spawn({
-            let ledger = ledger.clone();
-            async move { run(&ledger, vec![capture("hc", "shop", None)]).await }
-        });
+        let first = spawn_run(&ledger, vec![capture("hc", "shop", None)]);
         store.commits.wait_for_waiting(1).await;
         // The first capture's commit waits at the gate: the record still says active.
-        let second = actix_rt::spawn({
-            let ledger = ledger.clone();
-            async move { run(&ledger, vec![capture("hc", "shop", None)]).await }
-        });
+        let second = spawn_run(&ledger, vec![capture("hc", "shop", None)]);
         // Let the second batch read the record and reach the actor before the gate opens.
         actix_rt::time::sleep(Duration::from_millis(50)).await;
         store.commits.set_open(true);
