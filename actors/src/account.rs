@@ -126,11 +126,16 @@ impl CreditLeg {
     /// Asks the CPU to start loading the leg's record and entry (its item holds only
     /// pointers to them): a payee's draft reads both, written long before by the payer.
     pub(crate) fn prefetch(&self) {
+        self.prefetch_record();
+        prefetch_bytes(self.entry.as_ptr(), self.entry.len());
+    }
+
+    /// Asks the CPU to start loading the leg's record (the relay reads its payee).
+    pub(crate) fn prefetch_record(&self) {
         prefetch_bytes(
             (&*self.record as *const OutboxRecord).cast(),
             std::mem::size_of::<OutboxRecord>(),
         );
-        prefetch_bytes(self.entry.as_ptr(), self.entry.len());
     }
 
     /// The outbox entry's key.

@@ -46,6 +46,9 @@ const RESCAN_PAUSE_LEGS: usize = RELAY_RETRY_CREDITS_MAX / 2;
 #[rtype(result = "()")]
 pub struct Deliver(pub Vec<CreditLeg>);
 
+/// Legs whose records [`OutboxRelay::route_local`] asks for ahead of the one it groups.
+const RECORDS_AHEAD: usize = 8;
+
 /// Legs grouped by payee.
 type ByPayee = HashMap<AccountId, Vec<CreditLeg>>;
 
@@ -194,7 +197,16 @@ impl OutboxRelay {
             return;
         }
         let mut by_payee = ByPayee::with_capacity(legs.len());
-        for leg in legs {
+        // Each leg's record (its payee) was written by the payer's draft, long enough ago
+        // to have left the cache: it is asked for a few legs ahead of its turn.
+        let mut legs = legs.into_iter();
+        for leg in legs.as_slice().iter().take(RECORDS_AHEAD) {
+            leg.prefetch_record();
+        }
+        while let Some(leg) = legs.next() {
+            if let Some(ahead) = legs.as_slice().get(RECORDS_AHEAD - 1) {
+                ahead.prefetch_record();
+            }
             group(&mut by_payee, leg);
         }
         self.send_grouped(by_payee);
