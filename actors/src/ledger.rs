@@ -333,8 +333,8 @@ impl Ledger {
     }
 
     /// Runs a batch whose split accounts are already mapped onto their parts; `known`
-    /// holds specs already resolved (of accounts that exist). With `known_complete`, it
-    /// holds the spec of every account the batch names, and the batch creates none. With
+    /// holds the routings already resolved (of accounts that exist). With `known_complete`,
+    /// it holds the routing of every account the batch names, and the batch creates none. With
     /// `seen_holds`, releases and captures of holds this ledger remembers creating are
     /// routed without reading their records (see [`crate::seen_holds`]), and those an actor
     /// finds inactive run again on their records (see [`HoldWork`]; a run again has no

@@ -137,8 +137,8 @@ async fn wake_actors<A: Waker>(list: Arc<WakeList<A>>) {
 ///
 /// In declaration order (`repr(C)`): what every delivery reads or writes (the count, the
 /// actor's queue length, the closed flag, the inbox) comes first, next to the `Arc`'s
-/// count, so that a delivery touches two cache lines of it, not three (the compiler's
-/// order put the flag 112 bytes in, behind the address: `Reserved::send` lost a quarter
+/// counts, in the allocation's first 88 bytes (the compiler's order put the flag 128 bytes
+/// in, behind the address, a cache line more per delivery: `Reserved::send` lost a quarter
 /// of its samples in `holds`).
 #[repr(C)]
 pub(crate) struct Live {
@@ -286,7 +286,8 @@ impl Reserved {
 }
 
 /// Asks the CPU to start loading what a delivery touches of `live`: the `Arc`'s counts
-/// (the 16 bytes before the data) through the end of the inbox, 88 bytes in all.
+/// (the 16 bytes before the data) through the end of the inbox (88 bytes as `Live` is
+/// laid out now).
 fn prefetch_live(live: &Arc<Live>) {
     const TOUCHED: usize = 16 + std::mem::offset_of!(Live, inbox) + size_of::<Mutex<Inbox>>();
     #[cfg(target_arch = "x86_64")]
