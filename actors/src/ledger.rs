@@ -473,12 +473,15 @@ impl Ledger {
             } else {
                 // A whitelisted user's owner is its own: it takes the user's id, in the spec.
                 let accounts: Vec<AccountId> = routed.keys().cloned().collect();
-                for account in accounts {
-                    if let Ok(Some(spec)) = self.shared.spec(&account).await {
-                        if table.owner_of(&spec.user).map(|o| &o.dc) != Some(me) {
-                            foreign.push(account);
-                        }
-                    }
+                if let Ok(specs) = self.shared.full_specs(accounts).await {
+                    foreign.extend(
+                        specs
+                            .into_iter()
+                            .filter(|(_, spec)| {
+                                table.owner_of(&spec.user).map(|o| &o.dc) != Some(me)
+                            })
+                            .map(|(account, _)| account),
+                    );
                 }
             }
             for account in foreign {
@@ -1085,15 +1088,14 @@ impl Ledger {
         let Ok(specs) = self.shared.specs(parents).await else {
             return;
         };
-        let mut splits: HashMap<AccountId, Arc<AccountSpec>> = HashMap::new();
-        for (id, routing) in specs {
-            if routing.is_some_and(|routing| routing.split) {
-                let Ok(spec) = self.load_spec(&id).await else {
-                    return;
-                };
-                splits.insert(id, spec);
-            }
-        }
+        let split: Vec<AccountId> = specs
+            .into_iter()
+            .filter(|(_, routing)| routing.is_some_and(|routing| routing.split))
+            .map(|(id, _)| id)
+            .collect();
+        let Ok(splits) = self.shared.full_specs(split).await else {
+            return;
+        };
         if splits.is_empty() {
             return;
         }
@@ -1138,17 +1140,14 @@ impl Ledger {
         if !all_found {
             found.retain(|_, spec| spec.is_some());
         }
-        let split_accounts: Vec<&AccountId> = found
+        let split_accounts: Vec<AccountId> = found
             .iter()
             .filter(|(id, routing)| {
                 routing.is_some_and(|routing| routing.split) && !splits.contains_key(*id)
             })
-            .map(|(id, _)| id)
+            .map(|(id, _)| id.clone())
             .collect();
-        for id in split_accounts {
-            let spec = self.load_spec(id).await?;
-            splits.insert(id.clone(), spec);
-        }
+        splits.extend(self.shared.full_specs(split_accounts).await?);
         Ok((splits, (found, all_found)))
     }
 

@@ -634,6 +634,35 @@ impl Shared {
         Ok(found)
     }
 
+    /// The specs of those of `accounts` that exist, from the cache (under one lock) or the
+    /// store (in one read): for the few places that need more than a [`Routing`].
+    pub(crate) async fn full_specs(
+        &self,
+        accounts: Vec<AccountId>,
+    ) -> Result<HashMap<AccountId, Arc<AccountSpec>>, ErrorCode> {
+        let mut found = HashMap::with_capacity(accounts.len());
+        let mut missing = Vec::new();
+        match self.directory.lock() {
+            Ok(directory) => {
+                for account in accounts {
+                    match directory.get(&account) {
+                        Some(known) => {
+                            found.insert(account, Arc::clone(&known.spec));
+                        }
+                        None => missing.push(account),
+                    }
+                }
+            }
+            Err(_) => missing = accounts,
+        }
+        for (account, spec) in self.read_records(missing).await? {
+            if let Some(spec) = spec {
+                found.insert(account, spec);
+            }
+        }
+        Ok(found)
+    }
+
     /// The spec of `account` (`None`: no such account), from the cache or the store.
     pub(crate) async fn spec(
         &self,
