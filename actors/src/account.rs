@@ -84,8 +84,9 @@ pub struct CreditLeg {
     key_len: usize,
     /// Boxed: a leg is moved several times between the payer's commit and the payee's
     /// (the relay groups legs, the payee queues them as items), and it sets the size of
-    /// every item, client commands' included. Given back to the thread's [`LegPool`] when
-    /// the leg is dropped (hence `ManuallyDrop`: the drop takes it out).
+    /// every item, client commands' included. Given back to the thread's pool of leg
+    /// allocations (`LegPool`) when the leg is dropped (hence `ManuallyDrop`: the drop takes
+    /// it out).
     pub record: std::mem::ManuallyDrop<Box<OutboxRecord>>,
     /// Found by an outbox rescan: it may already be applied, so the payee checks that
     /// the entry still exists before drafting it (a failed precondition would fail the
@@ -100,6 +101,10 @@ pub struct CreditLeg {
 /// Most allocations of each kind a thread's [`LegPool`] keeps: a burst of legs (a payee's
 /// commit drops its legs together, a payer's draft makes its own together), about 60 kB.
 const LEG_POOL_MAX: usize = 256;
+
+/// Room of the largest entry buffer the pool keeps (an outbox key and value take about 150
+/// bytes; a larger buffer is freed, so the pool holds at most 256 × 512 bytes of entries).
+const LEG_POOL_ENTRY_BYTES_MAX: usize = 512;
 
 /// The allocations of the credit legs this thread dropped last, for the next legs it makes.
 ///
@@ -122,8 +127,13 @@ thread_local! {
 
 impl CreditLeg {
     pub(crate) fn new(key: &[u8], value: &[u8], record: OutboxRecord, verify: bool) -> Self {
-        let (entry, boxed) =
-            LEG_POOL.with_borrow_mut(|pool| (pool.entries.pop(), pool.records.pop()));
+        // A thread ending (its pool gone) makes its legs in fresh allocations.
+        let (entry, boxed) = LEG_POOL
+            .try_with(|pool| match pool.try_borrow_mut() {
+                Ok(mut pool) => (pool.entries.pop(), pool.records.pop()),
+                Err(_) => (None, None),
+            })
+            .unwrap_or((None, None));
         let mut entry = entry.unwrap_or_default();
         entry.clear();
         entry.reserve_exact(key.len() + value.len());
@@ -197,7 +207,7 @@ impl Drop for CreditLeg {
             if pool.records.len() < LEG_POOL_MAX {
                 pool.records.push(record);
             }
-            if pool.entries.len() < LEG_POOL_MAX {
+            if pool.entries.len() < LEG_POOL_MAX && entry.capacity() <= LEG_POOL_ENTRY_BYTES_MAX {
                 pool.entries.push(entry);
             }
         });
@@ -1218,7 +1228,20 @@ mod tests {
                 (leg.key(), leg.value()),
                 (&[3u8; 64][..], again_value.as_slice())
             );
-            assert_eq!(**leg.record, again);
+            assert_eq!(**leg.record, again.clone());
+            // An entry buffer over the bound is freed, not kept.
+            drop(CreditLeg::new(
+                &[1; LEG_POOL_ENTRY_BYTES_MAX + 1],
+                b"v",
+                again,
+                false,
+            ));
+            drop(leg);
+            assert_eq!(
+                LEG_POOL.with_borrow(|pool| (pool.entries.len(), pool.records.len())),
+                (1, 2),
+                "the large entry went, its record and the last leg's stayed"
+            );
             // A burst of drops fills the pool to its bound, no further.
             let legs: Vec<CreditLeg> = (0..LEG_POOL_MAX + 10)
                 .map(|n| CreditLeg::new(b"k", b"v", record(&format!("t-{n}"), "d", 1), false))
