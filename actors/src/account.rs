@@ -125,15 +125,20 @@ thread_local! {
     static LEG_POOL: std::cell::RefCell<LegPool> = std::cell::RefCell::default();
 }
 
+/// Runs `f` on this thread's pool; `None` (and `f` not run) once the thread is tearing its
+/// pool down, or while the pool is in use.
+fn with_leg_pool<R>(f: impl FnOnce(&mut LegPool) -> R) -> Option<R> {
+    LEG_POOL
+        .try_with(|pool| pool.try_borrow_mut().ok().map(|mut pool| f(&mut pool)))
+        .ok()
+        .flatten()
+}
+
 impl CreditLeg {
     pub(crate) fn new(key: &[u8], value: &[u8], record: OutboxRecord, verify: bool) -> Self {
         // A thread ending (its pool gone) makes its legs in fresh allocations.
-        let (entry, boxed) = LEG_POOL
-            .try_with(|pool| match pool.try_borrow_mut() {
-                Ok(mut pool) => (pool.entries.pop(), pool.records.pop()),
-                Err(_) => (None, None),
-            })
-            .unwrap_or((None, None));
+        let (entry, boxed) =
+            with_leg_pool(|pool| (pool.entries.pop(), pool.records.pop())).unwrap_or((None, None));
         let mut entry = entry.unwrap_or_default();
         entry.clear();
         entry.reserve_exact(key.len() + value.len());
@@ -200,10 +205,7 @@ impl Drop for CreditLeg {
         let record = unsafe { std::mem::ManuallyDrop::take(&mut self.record) };
         let entry = std::mem::take(&mut self.entry);
         // A thread ending drops its pool before its last legs: those are freed as usual.
-        let _ = LEG_POOL.try_with(|pool| {
-            let Ok(mut pool) = pool.try_borrow_mut() else {
-                return;
-            };
+        with_leg_pool(|pool| {
             if pool.records.len() < LEG_POOL_MAX {
                 pool.records.push(record);
             }
@@ -376,7 +378,7 @@ impl Item {
 }
 
 /// Asks the CPU to start loading every cache line of the `len` bytes at `start`.
-fn prefetch_bytes(start: *const u8, len: usize) {
+pub(crate) fn prefetch_bytes(start: *const u8, len: usize) {
     const LINE: usize = 64;
     let lines = (start as usize % LINE + len).div_ceil(LINE);
     for line in 0..lines {

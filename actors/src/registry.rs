@@ -290,20 +290,7 @@ impl Reserved {
 /// laid out now).
 fn prefetch_live(live: &Arc<Live>) {
     const TOUCHED: usize = 16 + std::mem::offset_of!(Live, inbox) + size_of::<Mutex<Inbox>>();
-    #[cfg(target_arch = "x86_64")]
-    {
-        let start: *const u8 = Arc::as_ptr(live).cast::<u8>().wrapping_sub(16);
-        for offset in [0, 64, TOUCHED - 1] {
-            // SAFETY: a prefetch reads nothing architecturally and cannot fault.
-            unsafe {
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                    start.wrapping_add(offset).cast(),
-                );
-            }
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (live, TOUCHED);
+    crate::account::prefetch_bytes(Arc::as_ptr(live).cast::<u8>().wrapping_sub(16), TOUCHED);
 }
 
 /// Accounts [`Shared::reserve_each`] reserves per acquisition of the registry lock: few
