@@ -27,7 +27,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use actix::WeakAddr;
 use cells::ids::{AccountId, HoldId};
 use cells::ledger::{
     AccountView, CaptureRequest, CommandResult, ErrorCode, HoldRequest, TransferRequest,
@@ -39,7 +38,7 @@ use cells::slot::Slot;
 use cells::store::CommitError;
 
 use crate::answers::Reply;
-use crate::registry::{Live, Shared};
+use crate::registry::{Live, Newcomer, Shared};
 use crate::relay::Deliver;
 use draft::{Delta, Draft, Sealed};
 pub use load::LoadError;
@@ -539,6 +538,11 @@ pub struct AccountActor {
     spare_deliveries: Vec<Delivery>,
     /// Its place in the queue for the thread's commit window, while it waits for one.
     ticket: Option<window::Ticket>,
+    /// The tick period and earliest hold expiry last published in `live` (written there
+    /// only when they change as the housekeeper needs to know: at most once a period, and
+    /// when a hold expiring sooner arrives; not once a commit).
+    published_period: u64,
+    published_expiry_ms: u64,
 }
 
 /// Largest spare inbox buffer an actor keeps (in deliveries).
@@ -555,9 +559,26 @@ impl AccountActor {
             pending_items: 0,
             in_flight: false,
             last_active: Instant::now(),
-            live,
+            published_period: live.active_period.load(Ordering::Relaxed),
             spare_deliveries: Vec::new(),
             ticket: None,
+            published_expiry_ms: u64::MAX,
+            live,
+        }
+    }
+
+    /// Tells the housekeeper when the actor's earliest hold expires: always when `exact`,
+    /// else only when it is sooner than published (a later truth can wait for the tick the
+    /// published time brings, which publishes exactly).
+    fn publish_expiry(&mut self, exact: bool) {
+        let earliest = self
+            .state
+            .as_ref()
+            .and_then(|state| state.expiries.first())
+            .map_or(u64::MAX, |(at, _)| *at);
+        if earliest < self.published_expiry_ms || (exact && earliest != self.published_expiry_ms) {
+            self.published_expiry_ms = earliest;
+            self.live.next_expiry_ms.store(earliest, Ordering::Relaxed);
         }
     }
 
@@ -668,6 +689,12 @@ impl AccountActor {
         // here, once per commit.
         let started = place.since();
         self.last_active = started;
+        // Tells the housekeeper the actor is busy (see `Live::busy_in`).
+        let period = self.shared.tick_period_at(started);
+        if period != self.published_period {
+            self.published_period = period;
+            self.live.active_period.store(period, Ordering::Relaxed);
+        }
         let draft = Draft::new(state, &self.shared);
         let Sealed { commit, outcome } = match draft.build(&jobs) {
             Ok(sealed) => sealed,
@@ -732,6 +759,7 @@ impl AccountActor {
             return;
         };
         delta.apply_to(state);
+        self.publish_expiry(false);
         let Delta {
             results,
             credits,
@@ -904,6 +932,7 @@ impl Actor for AccountActor {
                     Ok(state) => {
                         actor.shared.remember(Arc::clone(&state.spec));
                         actor.state = Some(state);
+                        actor.publish_expiry(true);
                         actor.pump(ctx);
                     }
                     Err(error) => {
@@ -953,6 +982,7 @@ impl Handler<Tick> for AccountActor {
 
     fn handle(&mut self, _: Tick, ctx: &mut Self::Context) {
         self.tick(ctx);
+        self.publish_expiry(true);
         // Ticks share the mailbox with wake-ups: a delivery whose wake-up found the
         // mailbox full of ticks is taken here.
         if ctx.state() == ActorState::Running {
@@ -961,8 +991,11 @@ impl Handler<Tick> for AccountActor {
     }
 }
 
-/// Sends [`Tick`] to every live account actor of one arbiter, every
-/// [`crate::LedgerConfig::tick`].
+/// Sends [`Tick`] to the live account actors of one arbiter that may have something to do
+/// (hold expiry, netting, passivation), every [`crate::LedgerConfig::tick`]: an actor that
+/// sealed a commit in this tick period or the last one, and keeps no expiring hold, is
+/// skipped ([`crate::registry::Live::busy_in`]): its netting waits for a quiet period, its
+/// passivation for `idle_timeout`.
 ///
 /// One timer per arbiter instead of one per actor: actix polls every item of an actor's
 /// context each time the actor is woken, so a per-actor interval was polled at every
@@ -976,7 +1009,7 @@ pub(crate) struct Housekeeper {
     shared: Arc<Shared>,
     arbiter: usize,
     /// The arbiter's actors: at most the live ones and those started in one tick period.
-    actors: Vec<WeakAddr<AccountActor>>,
+    actors: Vec<Newcomer>,
 }
 
 impl Housekeeper {
@@ -989,16 +1022,32 @@ impl Housekeeper {
     }
 
     fn tick(&mut self) {
+        let period = self.shared.tick_period_at(Instant::now());
+        let now_ms = now_ms();
         self.actors.extend(self.shared.take_newcomers(self.arbiter));
-        self.actors.retain(|weak| match weak.upgrade() {
-            // Within the mailbox bound: an actor whose mailbox is full is busy (its
-            // wake-ups are queued) and gets the next tick.
-            Some(actor) if actor.connected() => {
-                let _ = actor.try_send(Tick);
-                true
+        let (mut ticked, mut skipped) = (0u64, 0u64);
+        self.actors.retain(|(weak, live)| {
+            if live.is_closed() {
+                return false;
             }
-            _ => false,
+            if live.busy_in(period, now_ms) {
+                skipped += 1;
+                return true;
+            }
+            match weak.upgrade() {
+                // Within the mailbox bound: an actor whose mailbox is full is busy (its
+                // wake-ups are queued) and gets the next tick.
+                Some(actor) if actor.connected() => {
+                    ticked += 1;
+                    let _ = actor.try_send(Tick);
+                    true
+                }
+                _ => false,
+            }
         });
+        metrics::counter!("tessera_actors_ticks_total", "sent" => "yes").increment(ticked);
+        metrics::counter!("tessera_actors_ticks_total", "sent" => "skipped_busy")
+            .increment(skipped);
     }
 }
 

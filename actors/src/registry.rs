@@ -6,8 +6,9 @@
 //! actor for an account whose actor is alive, and never grow past its limits.
 
 use foldhash::{HashMap, HashMapExt};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
+use std::time::Instant;
 
 use actix::{Actor, Addr, ArbiterHandle, WeakAddr};
 use cells::ids::{AccountId, DcId};
@@ -158,6 +159,17 @@ pub(crate) struct Live {
     addr: OnceLock<Addr<AccountActor>>,
     /// The wake list of the actor's arbiter thread.
     wakes: Arc<WakeList>,
+    /// The last tick period ([`Shared::tick_period_at`]) in which the actor sealed a
+    /// commit, published by the actor at most once a period. Its housekeeper does not tick
+    /// an actor that sealed in this period or the last one and has no expiring hold: it has
+    /// nothing to net, expire or passivate (a tick then cost a message and a turn of the
+    /// actor: about 1 % of the CPU of `bench engine` with 10,000 busy accounts).
+    pub(crate) active_period: AtomicU64,
+    /// When (wall-clock ms) the actor's earliest expiring hold expires, or `u64::MAX`:
+    /// from then on it is ticked, busy or not. Published by the actor when a hold expiring
+    /// sooner arrives, and exactly at load and at each tick: it may be earlier than the
+    /// truth (that hold was captured or released since), never later.
+    pub(crate) next_expiry_ms: AtomicU64,
 }
 
 /// Deliveries waiting for the actor, in the order they were made.
@@ -200,8 +212,10 @@ impl Inbox {
 }
 
 impl Live {
-    fn new(wakes: Arc<WakeList>) -> Self {
+    fn new(wakes: Arc<WakeList>, period: u64) -> Self {
         Live {
+            active_period: AtomicU64::new(period),
+            next_expiry_ms: AtomicU64::new(u64::MAX),
             queued: AtomicUsize::new(0),
             credits: AtomicUsize::new(0),
             pending_items: AtomicUsize::new(0),
@@ -216,6 +230,19 @@ impl Live {
         self.addr
             .get()
             .expect("the registry sets the address before any sender sees it")
+    }
+
+    /// Whether the actor stopped (its inbox is closed).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Whether the actor's housekeeper may skip it in tick period `period` at wall-clock
+    /// `now_ms`: it sealed a commit in this period or the last one, and none of its holds
+    /// is due to expire.
+    pub(crate) fn busy_in(&self, period: u64, now_ms: u64) -> bool {
+        self.next_expiry_ms.load(Ordering::Relaxed) > now_ms
+            && self.active_period.load(Ordering::Relaxed).saturating_add(1) >= period
     }
 
     pub(crate) fn inbox(&self) -> MutexGuard<'_, Inbox> {
@@ -303,6 +330,10 @@ const RESERVE_CHUNK: usize = 32;
 /// housekeeping ticks (one a tick period, skipped while the mailbox is full).
 const WAKES_QUEUED_MAX: usize = 64;
 
+/// An actor started on an arbiter, as its housekeeper keeps it: a weak address (the list
+/// keeps no actor alive) and what the actor shares with senders.
+pub(crate) type Newcomer = (WeakAddr<AccountActor>, Arc<Live>);
+
 /// What every actor of one ledger shares.
 pub struct Shared {
     pub store: Arc<dyn Store>,
@@ -315,7 +346,9 @@ pub struct Shared {
     actors: Mutex<HashMap<AccountId, Arc<Live>>>,
     /// Per arbiter: actors started since its housekeeper last looked (taken every tick, so
     /// at most the actors started in one tick period).
-    newcomers: Vec<Mutex<Vec<WeakAddr<AccountActor>>>>,
+    newcomers: Vec<Mutex<Vec<Newcomer>>>,
+    /// Where tick periods are counted from (see [`Shared::tick_period_at`]).
+    tick_origin: Instant,
     relay: OnceLock<Addr<OutboxRelay>>,
     rescan_outbox: AtomicBool,
     directory: Mutex<HashMap<AccountId, Known>>,
@@ -369,6 +402,7 @@ impl Shared {
             config,
             stats: Arc::new(LedgerStats::default()),
             newcomers: arbiters.iter().map(|_| Mutex::new(Vec::new())).collect(),
+            tick_origin: Instant::now(),
             arbiters,
             actors: Mutex::new(HashMap::new()),
             relay: OnceLock::new(),
@@ -548,7 +582,10 @@ impl Shared {
         let arbiter = &self.arbiters[index];
         let shared = Arc::clone(self);
         let id = account.clone();
-        let live = Arc::new(Live::new(Arc::clone(&self.wakes[index])));
+        let live = Arc::new(Live::new(
+            Arc::clone(&self.wakes[index]),
+            self.tick_period_at(Instant::now()),
+        ));
         let actor_live = Arc::clone(&live);
         let addr = AccountActor::start_in_arbiter(arbiter, move |ctx| {
             // Only wake-ups and ticks travel through the mailbox (deliveries go to the
@@ -557,10 +594,18 @@ impl Shared {
             AccountActor::new(id, shared, actor_live)
         });
         if let Ok(mut newcomers) = self.newcomers[index].lock() {
-            newcomers.push(addr.downgrade());
+            newcomers.push((addr.downgrade(), Arc::clone(&live)));
         }
         assert!(live.addr.set(addr).is_ok(), "set once, here");
         live
+    }
+
+    /// The tick period `at` falls in: periods of [`LedgerConfig::tick`] counted from the
+    /// ledger's start.
+    pub(crate) fn tick_period_at(&self, at: Instant) -> u64 {
+        let tick = self.config.tick.as_micros().max(1);
+        let since = at.saturating_duration_since(self.tick_origin).as_micros();
+        u64::try_from(since / tick).unwrap_or(u64::MAX)
     }
 
     /// The arbiters account actors run on.
@@ -570,7 +615,7 @@ impl Shared {
 
     /// Takes the actors started on arbiter `arbiter` since the last call (for its
     /// housekeeper, which keeps its own list: the registry's lock is not held to tick).
-    pub(crate) fn take_newcomers(&self, arbiter: usize) -> Vec<WeakAddr<AccountActor>> {
+    pub(crate) fn take_newcomers(&self, arbiter: usize) -> Vec<Newcomer> {
         match self.newcomers[arbiter].lock() {
             Ok(mut newcomers) => std::mem::take(&mut *newcomers),
             Err(_) => Vec::new(),
@@ -735,6 +780,27 @@ mod tests {
             self.0.fetch_add(1, Ordering::SeqCst);
             true
         }
+    }
+
+    /// The housekeeper skips an actor that sealed in this tick period or the last one,
+    /// unless one of its holds is due to expire; a quiet actor is ticked.
+    #[test]
+    fn an_actor_busy_this_period_or_the_last_is_skipped_unless_a_hold_is_due() {
+        let live = Live::new(Arc::new(WakeList::default()), 7);
+        let now_ms = 1_000_000;
+        assert!(live.busy_in(7, now_ms), "started this period");
+        assert!(live.busy_in(8, now_ms), "active in the last period");
+        assert!(!live.busy_in(9, now_ms), "quiet for a whole period");
+        live.next_expiry_ms.store(now_ms + 1, Ordering::Relaxed);
+        assert!(live.busy_in(8, now_ms), "its hold is not due yet");
+        live.next_expiry_ms.store(now_ms, Ordering::Relaxed);
+        assert!(!live.busy_in(8, now_ms), "its hold is due");
+        live.next_expiry_ms.store(u64::MAX, Ordering::Relaxed);
+        live.active_period.store(u64::MAX, Ordering::Relaxed);
+        assert!(
+            live.busy_in(u64::MAX, now_ms),
+            "no overflow at the end of time"
+        );
     }
 
     /// Every listed actor is woken once, a turn at a time: a task of the thread that is

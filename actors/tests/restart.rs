@@ -394,3 +394,77 @@ fn shutdown_without_settling_completes_after_restart() {
         }
     });
 }
+
+/// An `append` account's postings wait for netting; its housekeeper, which skips busy
+/// actors, still ticks it once it is quiet, and the tick nets them into the balance record.
+/// Standard accounts' records are exact after every commit.
+#[test]
+fn a_quiet_append_account_is_netted_by_its_tick() {
+    let dir = tempfile::tempdir().unwrap();
+    // Run 1: a tick that never comes, so nothing nets the append account's postings.
+    run_once(dir.path(), |store| async move {
+        let config = LedgerConfig {
+            tick: Duration::from_secs(3_600),
+            ..LedgerConfig::default()
+        };
+        let ledger = Ledger::start(Arc::clone(&store), config);
+        let mut merch = account("merch", AccountKind::Customer);
+        merch.mode = HotMode::Append;
+        let created = run(
+            &ledger,
+            vec![
+                create_system("world"),
+                create("alice"),
+                Command::CreateAccount(merch),
+            ],
+        )
+        .await;
+        assert!(ok(&created), "{created:?}");
+        let funded = run(&ledger, vec![transfer("fund", "world", "alice", 10_000)]).await;
+        assert!(ok(&funded), "{funded:?}");
+        settle(&ledger).await;
+        for i in 0..3 {
+            let paid = run(
+                &ledger,
+                vec![transfer(&format!("p{i}"), "alice", "merch", 100)],
+            )
+            .await;
+            assert!(ok(&paid), "{paid:?}");
+        }
+        settle(&ledger).await;
+        let merch = stored_account(store.as_ref(), &ledger, "merch").await;
+        assert_eq!(
+            (merch.balance, merch.balance_through_seq),
+            (0, 0),
+            "merch waits"
+        );
+        let alice = stored_account(store.as_ref(), &ledger, "alice").await;
+        assert_eq!((alice.balance, alice.balance_through_seq), (9_700, 4));
+    });
+    // Run 2: the balance is replayed exactly, and the quiet account is netted.
+    run_once(dir.path(), |store| async move {
+        let config = LedgerConfig {
+            tick: Duration::from_millis(20),
+            ..LedgerConfig::default()
+        };
+        let ledger = Ledger::start(Arc::clone(&store), config);
+        match run(&ledger, vec![lookup("merch")]).await.remove(0) {
+            Ok(Outcome::Account(view)) => assert_eq!(view.balance, 300),
+            other => panic!("lookup: {other:?}"),
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let merch = stored_account(store.as_ref(), &ledger, "merch").await;
+            if (merch.balance, merch.balance_through_seq) == (300, 3) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the quiet append account was not netted: {merch:?}"
+            );
+            actix_rt::time::sleep(Duration::from_millis(10)).await;
+        }
+        let report = audit(store.as_ref(), ledger.keyspace()).unwrap();
+        assert!(report.is_clean(), "{:?}", report.discrepancies);
+    });
+}
