@@ -676,7 +676,9 @@ impl AccountActor {
             self.shared.config.commit_window,
             &mut self.ticket,
             self.pending_items,
-            || ctx.address(),
+            // What it shares with senders (it holds its address): a clone of an `Addr`
+            // allocates twice and counts a sender in the actor's channel.
+            || Arc::clone(&self.live),
         ) else {
             return;
         };

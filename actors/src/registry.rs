@@ -70,7 +70,7 @@ struct Known {
 ///
 /// Bounded: an actor is listed when a delivery arms its inbox, and not again until it has
 /// run and disarmed it, so the list never holds more entries than there are live actors.
-pub(crate) struct WakeList<A = Addr<AccountActor>> {
+pub(crate) struct WakeList<A = Arc<Live>> {
     actors: Mutex<Vec<A>>,
     task: futures::task::AtomicWaker,
 }
@@ -306,9 +306,17 @@ impl Reserved {
             !std::mem::replace(&mut inbox.armed, true)
         };
         if wake {
-            self.live.wakes.push(self.live.addr().clone());
+            self.live.wakes.push(Arc::clone(&self.live));
         }
         Ok(())
+    }
+}
+
+/// An actor is woken through what it shares with senders: listing it costs a count on the
+/// `Arc`, where a clone of its `Addr` allocated twice and counted a sender in its channel.
+impl Waker for Arc<Live> {
+    fn wake(&self) -> bool {
+        self.addr().wake()
     }
 }
 

@@ -42,9 +42,10 @@ use std::cell::RefCell;
 use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use actix::Addr;
+use std::sync::Arc;
 
-use super::{AccountActor, Waker};
+use super::Waker;
+use crate::registry::Live;
 
 use crate::config::CommitWindow;
 
@@ -218,7 +219,7 @@ impl<W: Waker> Window<W> {
 
 thread_local! {
     /// The thread's window, made with the bounds of the first ledger that commits here.
-    static WINDOW: RefCell<Option<Window<Addr<AccountActor>>>> = const { RefCell::new(None) };
+    static WINDOW: RefCell<Option<Window<Arc<Live>>>> = const { RefCell::new(None) };
 }
 
 /// A place in the thread's window, held for the length of one commit; dropping it frees
@@ -263,14 +264,14 @@ pub(crate) fn acquire(
     bounds: CommitWindow,
     ticket: &mut Option<Ticket>,
     items: usize,
-    address: impl FnOnce() -> Addr<AccountActor>,
+    waker: impl FnOnce() -> Arc<Live>,
 ) -> Option<Place> {
     let queued_before = ticket.as_ref().map(|ticket| ticket.0);
     let mut number = queued_before;
     let acquired = WINDOW.with_borrow_mut(|window| {
         window
             .get_or_insert_with(|| Window::new(bounds))
-            .acquire(&mut number, items, address)
+            .acquire(&mut number, items, waker)
     });
     // (Outside the borrow: dropping a ticket borrows the window.)
     match (queued_before, number) {
