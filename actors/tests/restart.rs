@@ -97,28 +97,35 @@ fn ok(results: &[CommandResult]) -> bool {
     results.iter().all(Result::is_ok)
 }
 
+/// A tick period longer than any test: the idle tick never comes.
+const NEVER: Duration = Duration::from_secs(3_600);
+
+/// Starts a ledger ticking every `tick` and creates the system account "world", a
+/// standard account for each of `customers` and the `append` account "merch".
+async fn start_with_append_merch(
+    store: &Arc<dyn Store>,
+    tick: Duration,
+    customers: &[&str],
+) -> Ledger {
+    let config = LedgerConfig {
+        tick,
+        ..LedgerConfig::default()
+    };
+    let ledger = Ledger::start(Arc::clone(store), config);
+    let mut merch = account("merch", AccountKind::Customer);
+    merch.mode = HotMode::Append;
+    let mut commands = vec![create_system("world")];
+    commands.extend(customers.iter().map(|id| create(id)));
+    commands.push(Command::CreateAccount(merch));
+    let created = run(&ledger, commands).await;
+    assert!(ok(&created), "{created:?}");
+    ledger
+}
+
 /// Run 1: the history that must survive.
 async fn first_run(store: Arc<dyn Store>) -> Views {
     // A long tick: the append account is never netted by the idle tick in this run.
-    let config = LedgerConfig {
-        tick: Duration::from_secs(3_600),
-        ..LedgerConfig::default()
-    };
-    let ledger = Ledger::start(Arc::clone(&store), config);
-    let mut merch = account("merch", AccountKind::Customer);
-    merch.mode = HotMode::Append;
-    let created = run(
-        &ledger,
-        vec![
-            create_system("world"),
-            create("alice"),
-            create("bob"),
-            create("shop"),
-            Command::CreateAccount(merch),
-        ],
-    )
-    .await;
-    assert!(ok(&created), "{created:?}");
+    let ledger = start_with_append_merch(&store, NEVER, &["alice", "bob", "shop"]).await;
     let funded = run(
         &ledger,
         vec![
@@ -403,23 +410,7 @@ fn a_quiet_append_account_is_netted_by_its_tick() {
     let dir = tempfile::tempdir().unwrap();
     // Run 1: a tick that never comes, so nothing nets the append account's postings.
     run_once(dir.path(), |store| async move {
-        let config = LedgerConfig {
-            tick: Duration::from_secs(3_600),
-            ..LedgerConfig::default()
-        };
-        let ledger = Ledger::start(Arc::clone(&store), config);
-        let mut merch = account("merch", AccountKind::Customer);
-        merch.mode = HotMode::Append;
-        let created = run(
-            &ledger,
-            vec![
-                create_system("world"),
-                create("alice"),
-                Command::CreateAccount(merch),
-            ],
-        )
-        .await;
-        assert!(ok(&created), "{created:?}");
+        let ledger = start_with_append_merch(&store, NEVER, &["alice"]).await;
         let funded = run(&ledger, vec![transfer("fund", "world", "alice", 10_000)]).await;
         assert!(ok(&funded), "{funded:?}");
         settle(&ledger).await;
