@@ -23,6 +23,7 @@ pub struct EngineArgs {
     scenario: Scenario,
     #[arg(long, default_value_t = 1_000_000)]
     transfers: u64,
+    /// Accounts the run creates and pays between (2 to 1,000,000).
     #[arg(long, default_value_t = 10_000)]
     accounts: u64,
     /// Commands per batch (at most 8,190).
