@@ -38,7 +38,7 @@ use cells::slot::Slot;
 use cells::store::CommitError;
 
 use crate::answers::Reply;
-use crate::registry::{Live, Newcomer, Shared};
+use crate::registry::{Live, Shared};
 use crate::relay::Deliver;
 use draft::{Delta, Draft, Sealed};
 pub use load::LoadError;
@@ -1005,13 +1005,15 @@ impl Handler<Tick> for AccountActor {
 /// BENCHMARKS.md).
 ///
 /// Keeps its own list of the arbiter's actors (the registry hands it those started since
-/// the last tick), so ticking takes no lock the senders need; actors that stopped leave
-/// the list at the next tick. The list holds weak addresses: it keeps no actor alive.
+/// the last tick), so ticking takes no lock the senders need; actors that stopped (their
+/// inbox closed) leave the list at the next tick. It keeps what each actor shares with
+/// senders, whose address it ticks (no address is cloned or upgraded for a tick); actors
+/// stop explicitly, never for want of addresses.
 pub(crate) struct Housekeeper {
     shared: Arc<Shared>,
     arbiter: usize,
     /// The arbiter's actors: at most the live ones and those started in one tick period.
-    actors: Vec<Newcomer>,
+    actors: Vec<Arc<Live>>,
 }
 
 impl Housekeeper {
@@ -1028,7 +1030,7 @@ impl Housekeeper {
         let now_ms = now_ms();
         self.actors.extend(self.shared.take_newcomers(self.arbiter));
         let (mut ticked, mut skipped) = (0u64, 0u64);
-        self.actors.retain(|(weak, live)| {
+        self.actors.retain(|live| {
             if live.is_closed() {
                 return false;
             }
@@ -1036,16 +1038,9 @@ impl Housekeeper {
                 skipped += 1;
                 return true;
             }
-            match weak.upgrade() {
-                // Within the mailbox bound: an actor whose mailbox is full is busy (its
-                // wake-ups are queued) and gets the next tick.
-                Some(actor) if actor.connected() => {
-                    ticked += 1;
-                    let _ = actor.try_send(Tick);
-                    true
-                }
-                _ => false,
-            }
+            let runs = live.tick();
+            ticked += u64::from(runs);
+            runs
         });
         metrics::counter!("tessera_actors_ticks_total", "sent" => "yes").increment(ticked);
         metrics::counter!("tessera_actors_ticks_total", "sent" => "skipped_busy")

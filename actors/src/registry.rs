@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::Instant;
 
-use actix::{Actor, Addr, ArbiterHandle, WeakAddr};
+use actix::{Actor, Addr, ArbiterHandle};
 use cells::ids::{AccountId, DcId};
 use cells::keys::Keyspace;
 use cells::ledger::ErrorCode;
@@ -245,6 +245,15 @@ impl Live {
             && self.active_period.load(Ordering::Relaxed).saturating_add(1) >= period
     }
 
+    /// Sends the actor a housekeeping [`Tick`](crate::account::Tick); whether it still
+    /// runs (a full mailbox is busy with wake-ups, and gets the next tick).
+    pub(crate) fn tick(&self) -> bool {
+        !matches!(
+            self.addr().try_send(crate::account::Tick),
+            Err(actix::prelude::SendError::Closed(_))
+        )
+    }
+
     pub(crate) fn inbox(&self) -> MutexGuard<'_, Inbox> {
         // Every change under this lock is a push, a take or a flag: a panic cannot leave
         // the inbox half-changed.
@@ -338,10 +347,6 @@ const RESERVE_CHUNK: usize = 32;
 /// housekeeping ticks (one a tick period, skipped while the mailbox is full).
 const WAKES_QUEUED_MAX: usize = 64;
 
-/// An actor started on an arbiter, as its housekeeper keeps it: a weak address (the list
-/// keeps no actor alive) and what the actor shares with senders.
-pub(crate) type Newcomer = (WeakAddr<AccountActor>, Arc<Live>);
-
 /// What every actor of one ledger shares.
 pub struct Shared {
     pub store: Arc<dyn Store>,
@@ -354,7 +359,7 @@ pub struct Shared {
     actors: Mutex<HashMap<AccountId, Arc<Live>>>,
     /// Per arbiter: actors started since its housekeeper last looked (taken every tick, so
     /// at most the actors started in one tick period).
-    newcomers: Vec<Mutex<Vec<Newcomer>>>,
+    newcomers: Vec<Mutex<Vec<Arc<Live>>>>,
     /// Where tick periods are counted from (see [`Shared::tick_period_at`]).
     tick_origin: Instant,
     relay: OnceLock<Addr<OutboxRelay>>,
@@ -601,10 +606,11 @@ impl Shared {
             ctx.set_mailbox_capacity(WAKES_QUEUED_MAX);
             AccountActor::new(id, shared, actor_live)
         });
-        if let Ok(mut newcomers) = self.newcomers[index].lock() {
-            newcomers.push((addr.downgrade(), Arc::clone(&live)));
-        }
         assert!(live.addr.set(addr).is_ok(), "set once, here");
+        // After the address is set: the housekeeper sends to it.
+        if let Ok(mut newcomers) = self.newcomers[index].lock() {
+            newcomers.push(Arc::clone(&live));
+        }
         live
     }
 
@@ -623,7 +629,7 @@ impl Shared {
 
     /// Takes the actors started on arbiter `arbiter` since the last call (for its
     /// housekeeper, which keeps its own list: the registry's lock is not held to tick).
-    pub(crate) fn take_newcomers(&self, arbiter: usize) -> Vec<Newcomer> {
+    pub(crate) fn take_newcomers(&self, arbiter: usize) -> Vec<Arc<Live>> {
         match self.newcomers[arbiter].lock() {
             Ok(mut newcomers) => std::mem::take(&mut *newcomers),
             Err(_) => Vec::new(),

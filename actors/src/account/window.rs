@@ -40,14 +40,12 @@
 
 use std::cell::RefCell;
 use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use std::sync::Arc;
-
 use super::Waker;
-use crate::registry::Live;
-
 use crate::config::CommitWindow;
+use crate::registry::Live;
 
 /// A commit that took longer shrinks the limit (once per round).
 const LATENCY_HIGH: Duration = Duration::from_millis(5);
