@@ -202,6 +202,17 @@ pub fn point_prefixes() -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// Prefixes of the accounts' active-hold indexes of both keyspaces: an entry is set at a
+/// hold and cleared at its capture, release or expiry; an account's are range-read when it
+/// loads. The embedded store keeps them in a small B-tree of their own
+/// ([`crate::store::embedded::EmbeddedOptions::index_prefixes`]).
+pub fn index_prefixes() -> Vec<Vec<u8>> {
+    [Keyspace::Real, Keyspace::Shadow]
+        .into_iter()
+        .map(|space| pack(&(space.tag(), ACCOUNT_HOLD)))
+        .collect()
+}
+
 /// Prefixes of the records that are written once and cleared soon after: the outbox
 /// entries of both keyspaces (a credit leg lives there from the payer's commit to the
 /// payee's). The embedded store clears them without tombstones
@@ -393,6 +404,28 @@ mod tests {
         );
         let real = Keyspace::Real.accounts_prefix();
         assert!(!Keyspace::Shadow.account(&account).starts_with(&real));
+    }
+
+    /// The index prefixes cover every account's active-hold index entries, in both
+    /// keyspaces, and none of the records beside them (account records and posting blocks
+    /// belong to the memtable's main tree, transfer and hold records to its hash table).
+    #[test]
+    fn index_prefixes_cover_the_hold_indexes_only() {
+        let index = index_prefixes();
+        let covered = |key: &[u8]| index.iter().any(|prefix| key.starts_with(prefix));
+        let account = AccountId::new("alice.main").unwrap();
+        let hold = HoldId::new("h-1").unwrap();
+        let transfer = TransferId::new("t-1").unwrap();
+        for space in [Keyspace::Real, Keyspace::Shadow] {
+            assert!(covered(&space.account_hold(&account, &hold)));
+            assert!(covered(&space.account_holds_prefix(&account)));
+            assert!(!covered(&space.account(&account)));
+            assert!(!covered(&space.posting(&account, 7)));
+            assert!(!covered(&space.transfer(&transfer)));
+            assert!(!covered(&space.hold(&hold)));
+            assert!(!covered(&space.outbox_prefix()));
+        }
+        assert!(!covered(&slot_owner(Slot::new(3))));
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //! Keys under the hashed prefixes live in hash tables ([`PointTable`]) beside the ordered
 //! B-tree: the transient prefixes (the outbox) in one, the point-record prefixes (transfer
 //! and hold records) in another. Both kinds are set and looked up one key at a time, far
-//! more often than they are range-read. Range reads and checkpoints merge them in key order.
+//! more often than they are range-read. Keys under the index prefixes (the accounts'
+//! active-hold indexes) live in a second, small B-tree. Range reads and checkpoints merge
+//! them all in key order.
 
 use std::borrow::{Borrow, Cow};
 use std::cmp::Ordering;
@@ -219,12 +221,16 @@ impl Arena {
 
 /// The key prefixes a memtable keeps in hash tables instead of its B-tree.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct HashedPrefixes {
+pub(crate) struct TablePrefixes {
     /// The store's transient prefixes (the outbox): few entries alive at a time.
     pub(crate) transient: Arc<Prefixes>,
     /// The store's point prefixes (transfer and hold records): written once or a few
     /// times each, read by key, range-read only by audits.
     pub(crate) points: Arc<Prefixes>,
+    /// The store's index prefixes (accounts' active holds): set and cleared often, few
+    /// alive at a time, range-read by a short prefix. Kept in a B-tree of their own (see
+    /// [`Memtable::index`]); a key under a hashed prefix too belongs to its hash table.
+    pub(crate) index: Arc<Prefixes>,
 }
 
 /// How many point operations ahead of the current one a loop over many (a transaction's
@@ -411,8 +417,16 @@ fn merge_runs<V: Copy>(table: &PointTable<V>, a: &[KeyId], b: &[KeyId]) -> Arc<[
 
 #[derive(Debug, Default)]
 pub(crate) struct Memtable {
-    /// Every key not under a hashed prefix, in order.
+    /// Every key not under a hashed or an index prefix (and the keys of a hash table that
+    /// spilled), in order.
     map: BTreeMap<MemKey, Option<ValueRef>>,
+    /// The keys under the index prefixes (not under a hashed prefix), in order: a tree of
+    /// the few entries alive (and, once an older layer exists, the tombstones of those
+    /// cleared), whose walks stay in cache. In the big tree, among every account record and
+    /// posting block, a hold's index entry cost a walk of misses to set and another to clear:
+    /// 3.4 % of all CPU in `bench engine --scenario holds` (BENCHMARKS.md).
+    index: BTreeMap<MemKey, Option<ValueRef>>,
+    index_prefixes: Arc<Prefixes>,
     /// The transient entries ([`TRANSIENT`]: each set once, looked up once and cleared, by
     /// the hundred thousand a second, few alive at a time) and the point records
     /// ([`POINTS`]). Kept apart so that the few live outbox entries stay in cache.
@@ -425,8 +439,9 @@ pub(crate) struct Memtable {
 
 impl Memtable {
     /// An empty memtable that keeps keys under `prefixes` in its hash tables.
-    pub(crate) fn new(prefixes: HashedPrefixes) -> Self {
+    pub(crate) fn new(prefixes: TablePrefixes) -> Self {
         Memtable {
+            index_prefixes: prefixes.index,
             hashed: [
                 Hashed::new(&prefixes.transient, HASHED_ENTRIES_MAX),
                 // Bounded by the memtable's own size limit.
@@ -438,9 +453,10 @@ impl Memtable {
 
     /// An empty memtable with the same hashed prefixes (the next active one).
     pub(crate) fn successor(&self) -> Self {
-        Memtable::new(HashedPrefixes {
+        Memtable::new(TablePrefixes {
             transient: Arc::clone(&self.hashed[TRANSIENT].prefixes),
             points: Arc::clone(&self.hashed[POINTS].prefixes),
+            index: Arc::clone(&self.index_prefixes),
         })
     }
 
@@ -450,6 +466,7 @@ impl Memtable {
 
     pub(crate) fn len(&self) -> usize {
         self.map.len()
+            + self.index.len()
             + self
                 .hashed
                 .iter()
@@ -466,6 +483,23 @@ impl Memtable {
             .iter()
             .position(|hashed| hashed.prefixes.covers(key))?;
         (!self.hashed[index].spilled).then_some(index)
+    }
+
+    /// Whether `key`, in no hash table, belongs to the index tree (else to the big one). A
+    /// key under a hashed prefix never does, even once its table spilled into the big tree.
+    #[inline]
+    fn in_index(&self, key: &[u8]) -> bool {
+        self.index_prefixes.covers(key)
+            && !self.hashed.iter().any(|hashed| hashed.prefixes.covers(key))
+    }
+
+    /// The B-tree that holds `key` (one in no hash table).
+    fn tree(&self, key: &[u8]) -> &BTreeMap<MemKey, Option<ValueRef>> {
+        if self.in_index(key) {
+            &self.index
+        } else {
+            &self.map
+        }
     }
 
     /// Asks the CPU to start loading where a lookup or write of `key` begins, if `key` lives
@@ -517,26 +551,13 @@ impl Memtable {
             |_| true,
             false,
         );
-        let mut ordered = self
-            .map
+        let ordered = self.map.iter().map(|(key, value)| (key.as_slice(), *value));
+        let indexed = self
+            .index
             .iter()
-            .map(|(key, value)| (key.as_slice(), *value))
-            .peekable();
-        let mut hashed = hashed.into_iter().peekable();
-        // The two maps hold disjoint keys: take the smaller head each time.
-        std::iter::from_fn(move || {
-            let from_hashed = match (ordered.peek(), hashed.peek()) {
-                (Some(a), Some(b)) => compare_keys(b.0, a.0) == Ordering::Less,
-                (None, Some(_)) => true,
-                _ => false,
-            };
-            if from_hashed {
-                hashed.next()
-            } else {
-                ordered.next()
-            }
-        })
-        .map(|(key, value)| (key, self.value(value)))
+            .map(|(key, value)| (key.as_slice(), *value));
+        merge_disjoint(merge_disjoint(ordered, indexed), hashed.into_iter())
+            .map(|(key, value)| (key, self.value(value)))
     }
 
     /// The entries whose keys start with `prefix`, a transient prefix (in no particular
@@ -562,7 +583,7 @@ impl Memtable {
     pub(crate) fn lookup(&self, key: &[u8]) -> Option<Option<&[u8]>> {
         let value = match self.hashed_of(key) {
             Some(index) => self.hashed[index].table.get(key),
-            None => self.map.get(KeyBytes::new(key)),
+            None => self.tree(key).get(KeyBytes::new(key)),
         };
         value.map(|value| self.value(*value))
     }
@@ -580,6 +601,7 @@ impl Memtable {
     fn insert(&mut self, key: &[u8], value: Option<&[u8]>) {
         use std::collections::btree_map;
         let hashed_index = self.hashed_of(key);
+        let in_index = hashed_index.is_none() && self.in_index(key);
         let values = &mut self.values;
         let added = if let Some(index) = hashed_index {
             let hashed = &mut self.hashed[index];
@@ -598,7 +620,12 @@ impl Memtable {
             }
             added
         } else {
-            match self.map.entry(MemKey::new(key)) {
+            let tree = if in_index {
+                &mut self.index
+            } else {
+                &mut self.map
+            };
+            match tree.entry(MemKey::new(key)) {
                 btree_map::Entry::Occupied(entry) => {
                     overwrite_entry(values, entry.into_mut(), value)
                 }
@@ -614,6 +641,8 @@ impl Memtable {
     fn remove(&mut self, key: &[u8]) {
         let removed = if let Some(index) = self.hashed_of(key) {
             self.hashed[index].table_mut().remove(key).is_some()
+        } else if self.in_index(key) {
+            self.index.remove(KeyBytes::new(key)).is_some()
         } else {
             self.map.remove(KeyBytes::new(key)).is_some()
         };
@@ -637,11 +666,22 @@ impl Memtable {
             ))
         };
         let ordered = range.map(|(key, value)| (key.as_slice(), *value));
-        let mut sources: Vec<Source<'a>> = Vec::with_capacity(2);
+        let mut sources: Vec<Source<'a>> = Vec::with_capacity(3);
         if reverse {
             sources.push(Box::new(ordered.rev().map(entry)));
         } else {
             sources.push(Box::new(ordered.map(entry)));
+        }
+        if !self.index.is_empty() {
+            let indexed = self
+                .index
+                .range::<KeyBytes, _>(bounds)
+                .map(|(key, value)| (key.as_slice(), *value));
+            if reverse {
+                sources.push(Box::new(indexed.rev().map(entry)));
+            } else {
+                sources.push(Box::new(indexed.map(entry)));
+            }
         }
         for (index, hashed) in self.hashed.iter().enumerate() {
             if hashed.table.is_empty() || !hashed.prefixes.iter().any(|p| overlaps(p, begin, end)) {
@@ -704,6 +744,27 @@ impl Memtable {
 /// (550–560 ms), asked for a spill, and waited out the move of every record into the
 /// B-tree (a page of 820–860 ms).
 const SORT_CACHE_ENTRIES_MIN: usize = if cfg!(test) { 8 } else { 4_096 };
+
+/// Two iterators of disjoint keys, each in key order, merged in key order.
+fn merge_disjoint<'a, V>(
+    a: impl Iterator<Item = (&'a [u8], V)>,
+    b: impl Iterator<Item = (&'a [u8], V)>,
+) -> impl Iterator<Item = (&'a [u8], V)> {
+    let mut a = a.peekable();
+    let mut b = b.peekable();
+    std::iter::from_fn(move || {
+        let from_b = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) => compare_keys(y.0, x.0) == Ordering::Less,
+            (None, Some(_)) => true,
+            _ => false,
+        };
+        if from_b {
+            b.next()
+        } else {
+            a.next()
+        }
+    })
+}
 
 /// The rows of a hash map (the group overlay, a memtable's transient keys) whose keys pass
 /// `keep`, gathered and sorted by key (reversed when `reverse`).
@@ -956,10 +1017,12 @@ impl Tables {
         transient: Transient,
         pinned: Option<Pinned>,
         point_prefixes: Vec<Vec<u8>>,
+        index_prefixes: Vec<Vec<u8>>,
     ) -> Self {
-        let hashed = HashedPrefixes {
+        let hashed = TablePrefixes {
             transient: Arc::new(transient.prefixes.clone()),
             points: Arc::new(Prefixes::new(point_prefixes)),
+            index: Arc::new(Prefixes::new(index_prefixes)),
         };
         Tables {
             active: Memtable::new(hashed),
@@ -1289,11 +1352,13 @@ mod tests {
     }
 
     /// A memtable whose hash tables hold the keys starting with `h` (transient) and `p`
-    /// (point records).
-    fn prefixes() -> super::HashedPrefixes {
-        super::HashedPrefixes {
+    /// (point records), and whose index tree holds those starting with `i` (`h` is an index
+    /// prefix too: its keys stay in their hash table).
+    fn prefixes() -> super::TablePrefixes {
+        super::TablePrefixes {
             transient: std::sync::Arc::new(Prefixes::new(vec![b"h".to_vec()])),
             points: std::sync::Arc::new(Prefixes::new(vec![b"p".to_vec()])),
+            index: std::sync::Arc::new(Prefixes::new(vec![b"i".to_vec(), b"h".to_vec()])),
         }
     }
 
@@ -1316,13 +1381,14 @@ mod tests {
         }
 
         /// Overwrites in place (a value no longer than the one it replaces) and appended
-        /// ones read back exactly as a model map says, in the B-tree and in both hash
-        /// tables, through lookups and the ordered entries.
+        /// ones, and removals, read back exactly as a model map says, in both B-trees and
+        /// both hash tables, through lookups, the ordered entries and range reads; the index
+        /// tree holds exactly the keys under an index prefix and no hashed one.
         #[test]
         fn overwrites_read_back_as_written(
             ops in proptest::collection::vec(
                 (
-                    0usize..3,
+                    0usize..4,
                     0u8..6,
                     proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)),
                 ),
@@ -1332,11 +1398,44 @@ mod tests {
             let mut memtable = Memtable::new(prefixes());
             let mut model: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
             for (kind, index, value) in ops {
-                let key = vec![b"hpo"[kind], index];
-                memtable.insert(&key, value.as_deref());
-                model.insert(key, value);
+                let key = vec![b"hpoi"[kind], index];
+                if index == 5 {
+                    // Some removals too.
+                    memtable.remove(&key);
+                    model.remove(&key);
+                } else {
+                    memtable.insert(&key, value.as_deref());
+                    model.insert(key, value);
+                }
                 for (key, value) in &model {
                     prop_assert_eq!(memtable.lookup(key), Some(value.as_deref()));
+                }
+                prop_assert_eq!(
+                    memtable.index.len(),
+                    model.keys().filter(|key| key[0] == b'i').count()
+                );
+                prop_assert_eq!(memtable.len(), model.len());
+                for (begin, end) in [(&b"a"[..], &b"z"[..]), (b"i", b"j"), (b"h\x02", b"p\x03")] {
+                    for reverse in [false, true] {
+                        // A merged read drops tombstones.
+                        let mut rows: Vec<(Vec<u8>, Vec<u8>)> = super::MergeIter::new(
+                            memtable.range_sources(begin, end, reverse),
+                            reverse,
+                        )
+                        .map(|row| {
+                            let (key, value) = row.expect("memory rows");
+                            (key.into_owned(), value.into_owned())
+                        })
+                        .collect();
+                        if reverse {
+                            rows.reverse();
+                        }
+                        let expected: Vec<(Vec<u8>, Vec<u8>)> = model
+                            .range(begin.to_vec()..end.to_vec())
+                            .filter_map(|(key, value)| Some((key.clone(), value.clone()?)))
+                            .collect();
+                        prop_assert_eq!(rows, expected);
+                    }
                 }
                 let entries: Vec<(Vec<u8>, Option<Vec<u8>>)> = memtable
                     .entries()

@@ -48,6 +48,10 @@
 //!    instead of a walk that misses the caches several times. Range reads over the point
 //!    records use a key order the memtable builds on the first large one and keeps across
 //!    inserts (later reads sort only the new keys); a removal drops it.
+//! 7. Keys under the index prefixes ([`EmbeddedOptions::index_prefixes`]: the accounts'
+//!    active-hold indexes) live in a second, small B-tree of each memtable: set at a hold
+//!    and cleared at its capture, their walks stay in cache instead of missing down the
+//!    tree of every account record and posting block; range reads merge both trees.
 //!
 //! # Why fjall ingestion for checkpoints
 //! A frozen memtable is already sorted, so fjall's bulk ingestion writes it straight into
@@ -175,6 +179,14 @@ pub struct EmbeddedOptions {
     /// new since the last such read): about 150 ms for a million. Any prefixes are correct;
     /// they only change what costs what. Default: [`crate::keys::point_prefixes`].
     pub point_prefixes: Vec<Vec<u8>>,
+    /// Prefixes of small ordered indexes (Tessera's accounts' active holds: set at a hold,
+    /// cleared at its capture or release, range-read per account at its load). Memtables
+    /// keep these keys (unless under a transient or point prefix too) in a B-tree of their
+    /// own, which holds the few live ones (and tombstones, once an older layer exists):
+    /// its walks stay in cache, where the memtable's main tree holds every account record
+    /// and posting block. Any prefixes are correct; they only change what costs what.
+    /// Default: [`crate::keys::index_prefixes`].
+    pub index_prefixes: Vec<Vec<u8>>,
     /// Most time the committer waits, after a group's sync began, before syncing the next
     /// group; the wait grows only after slow syncs and decays while syncs are fast (see
     /// [`pacer`]). Zero (the default) turns pacing off. At most [`pacer::GAP_MAX_LIMIT`].
@@ -195,6 +207,7 @@ impl Default for EmbeddedOptions {
             transient_prefixes: crate::keys::transient_prefixes(),
             pinned_prefixes: crate::keys::pinned_prefixes(),
             point_prefixes: crate::keys::point_prefixes(),
+            index_prefixes: crate::keys::index_prefixes(),
             sync_gap_max: std::time::Duration::ZERO,
         }
     }
@@ -295,6 +308,7 @@ impl EmbeddedStore {
             transient,
             pinned,
             options.point_prefixes.clone(),
+            options.index_prefixes.clone(),
         );
         let replay = wal::replay(dir, position, &mut tables, &keyspace)?;
         let elapsed = started.elapsed();

@@ -543,9 +543,9 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
     /// Transient prefixes (clears without tombstones), pinned prefixes (keys kept in
-    /// memory beside the layers; past `PINNED_KEYS_MAX`, 16 in tests, pinning stops) and
-    /// point prefixes (keys in the memtables' hash tables) cover none, some or all of the
-    /// model's keys; checkpoints run beside the commits and reopens
+    /// memory beside the layers; past `PINNED_KEYS_MAX`, 16 in tests, pinning stops),
+    /// point prefixes (keys in the memtables' hash tables) and index prefixes (keys in the
+    /// memtables' second B-tree) cover none, some or all of the model's keys; checkpoints run beside the commits and reopens
     /// rebuild what the store knows of the checkpoint's transient and pinned keys.
     #[test]
     fn random_transactions_match_a_model(
@@ -558,10 +558,12 @@ proptest! {
         ],
         pinned_prefixes in pinned_prefixes(),
         point_prefixes in point_prefixes(),
+        index_prefixes in index_prefixes(),
     ) {
         let dir = tempfile::tempdir().expect("dir");
         let options = EmbeddedOptions { memtable_bytes_max: 2048, wal_bytes_max: 4096,
-            transient_prefixes, pinned_prefixes, point_prefixes, ..tiny_options() };
+            transient_prefixes, pinned_prefixes, point_prefixes, index_prefixes,
+            ..tiny_options() };
         let mut store = open(dir.path(), options.clone());
         let mut model = BTreeMap::new();
         for (operations, reopen) in &transactions {
@@ -597,6 +599,16 @@ fn point_prefixes() -> impl Strategy<Value = Vec<Vec<u8>>> {
     prop_oneof![
         Just(Vec::new()),
         Just(vec![vec![b'm', 5], vec![b'm', 17], vec![b'm', 20]]),
+        Just(vec![b"m".to_vec()]),
+    ]
+}
+
+/// Index prefixes for the model tests (keys kept in the memtables' index B-tree): none, a
+/// few keys (some also under the point prefixes' few keys, which keep them), or all.
+fn index_prefixes() -> impl Strategy<Value = Vec<Vec<u8>>> {
+    prop_oneof![
+        Just(Vec::new()),
+        Just(vec![vec![b'm', 4], vec![b'm', 5], vec![b'm', 11]]),
         Just(vec![b"m".to_vec()]),
     ]
 }
@@ -662,10 +674,12 @@ proptest! {
         ],
         pinned_prefixes in pinned_prefixes(),
         point_prefixes in point_prefixes(),
+        index_prefixes in index_prefixes(),
     ) {
         let dir = tempfile::tempdir().expect("dir");
         let options = EmbeddedOptions { memtable_bytes_max: 2048, wal_bytes_max: 4096,
-            transient_prefixes, pinned_prefixes, point_prefixes, ..tiny_options() };
+            transient_prefixes, pinned_prefixes, point_prefixes, index_prefixes,
+            ..tiny_options() };
         let store = open(dir.path(), options);
         let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
         for wave in &waves {
