@@ -493,9 +493,11 @@ impl Memtable {
             && !self.hashed.iter().any(|hashed| hashed.prefixes.covers(key))
     }
 
-    /// The B-tree that holds `key` (one in no hash table).
+    /// The B-tree to look for `key` in (one in no hash table), to read or remove it. While
+    /// the index tree is empty that is the big one whatever the key (an index key is in
+    /// neither), which spares most lookups the prefix test.
     fn tree(&self, key: &[u8]) -> &BTreeMap<MemKey, Option<ValueRef>> {
-        if self.in_index(key) {
+        if !self.index.is_empty() && self.in_index(key) {
             &self.index
         } else {
             &self.map
@@ -641,7 +643,7 @@ impl Memtable {
     fn remove(&mut self, key: &[u8]) {
         let removed = if let Some(index) = self.hashed_of(key) {
             self.hashed[index].table_mut().remove(key).is_some()
-        } else if self.in_index(key) {
+        } else if !self.index.is_empty() && self.in_index(key) {
             self.index.remove(KeyBytes::new(key)).is_some()
         } else {
             self.map.remove(KeyBytes::new(key)).is_some()
