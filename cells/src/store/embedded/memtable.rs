@@ -219,7 +219,8 @@ impl Arena {
     }
 }
 
-/// The key prefixes a memtable keeps in hash tables instead of its B-tree.
+/// The key prefixes that place a memtable's keys outside its main B-tree: in its hash
+/// tables, or in its index tree.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct TablePrefixes {
     /// The store's transient prefixes (the outbox): few entries alive at a time.
@@ -438,7 +439,7 @@ pub(crate) struct Memtable {
 }
 
 impl Memtable {
-    /// An empty memtable that keeps keys under `prefixes` in its hash tables.
+    /// An empty memtable that keeps keys under `prefixes` in its hash tables and index tree.
     pub(crate) fn new(prefixes: TablePrefixes) -> Self {
         Memtable {
             index_prefixes: prefixes.index,
@@ -451,7 +452,7 @@ impl Memtable {
         }
     }
 
-    /// An empty memtable with the same hashed prefixes (the next active one).
+    /// An empty memtable with the same prefixes (the next active one).
     pub(crate) fn successor(&self) -> Self {
         Memtable::new(TablePrefixes {
             transient: Arc::clone(&self.hashed[TRANSIENT].prefixes),
