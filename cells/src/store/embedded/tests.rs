@@ -545,8 +545,9 @@ proptest! {
     /// Transient prefixes (clears without tombstones), pinned prefixes (keys kept in
     /// memory beside the layers; past `PINNED_KEYS_MAX`, 16 in tests, pinning stops),
     /// point prefixes (keys in the memtables' hash tables) and index prefixes (keys in the
-    /// memtables' second B-tree) cover none, some or all of the model's keys; checkpoints run beside the commits and reopens
-    /// rebuild what the store knows of the checkpoint's transient and pinned keys.
+    /// memtables' second B-tree) cover none, some or all of the model's keys; checkpoints
+    /// run beside the commits and reopens rebuild what the store knows of the checkpoint's
+    /// transient and pinned keys.
     #[test]
     fn random_transactions_match_a_model(
         transactions in prop::collection::vec(
