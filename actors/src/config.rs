@@ -13,6 +13,8 @@ pub const RELAY_MAILBOX_CAPACITY: usize = 4_096;
 /// Credit legs the relay keeps for retry when a payee is overloaded; beyond it the relay
 /// drops them from memory and rescans the durable outbox instead.
 pub const RELAY_RETRY_CREDITS_MAX: usize = 1_000_000;
+/// Default of [`LedgerConfig::active_accounts_max`].
+pub const ACTIVE_ACCOUNTS_MAX_DEFAULT: usize = 1_000_000;
 /// Account specs cached by the directory.
 pub const DIRECTORY_ACCOUNTS_MAX: usize = 1_000_000;
 /// Attempts at creating a batch of accounts before giving up with `unavailable`.
@@ -106,7 +108,7 @@ impl Default for LedgerConfig {
         LedgerConfig {
             keyspace: Keyspace::Real,
             arbiters: 1,
-            active_accounts_max: 1_000_000,
+            active_accounts_max: ACTIVE_ACCOUNTS_MAX_DEFAULT,
             idle_timeout: Duration::from_secs(30),
             netting_postings: 10_000,
             tick: Duration::from_secs(1),

@@ -43,7 +43,7 @@ pub const IN_FLIGHT_MAX: usize = 64;
 pub const RATE_MAX: u64 = 100_000_000;
 /// Most accounts a run creates: the ledger's default cap on live account actors
 /// (`LedgerConfig::active_accounts_max`), beyond which activations are refused `overloaded`.
-pub const ACCOUNTS_MAX: u64 = 1_000_000;
+pub const ACCOUNTS_MAX: u64 = actors::config::ACTIVE_ACCOUNTS_MAX_DEFAULT as u64;
 /// A paced batch that starts this much after its slot counts as late.
 const LATE_AFTER: Duration = Duration::from_millis(1);
 

@@ -494,15 +494,12 @@ impl Memtable {
             && !self.hashed.iter().any(|hashed| hashed.prefixes.covers(key))
     }
 
-    /// The B-tree to look for `key` in (one in no hash table), to read or remove it. While
-    /// the index tree is empty that is the big one whatever the key (an index key is in
-    /// neither), which spares most lookups the prefix test.
-    fn tree(&self, key: &[u8]) -> &BTreeMap<MemKey, Option<ValueRef>> {
-        if !self.index.is_empty() && self.in_index(key) {
-            &self.index
-        } else {
-            &self.map
-        }
+    /// Whether to look for `key` (one in no hash table) in the index tree, to read or
+    /// remove it, rather than the big one. While the index tree is empty the big one will
+    /// do whatever the key (an index key is in neither), which spares most lookups the
+    /// prefix test.
+    fn look_in_index(&self, key: &[u8]) -> bool {
+        !self.index.is_empty() && self.in_index(key)
     }
 
     /// Asks the CPU to start loading where a lookup or write of `key` begins, if `key` lives
@@ -586,7 +583,8 @@ impl Memtable {
     pub(crate) fn lookup(&self, key: &[u8]) -> Option<Option<&[u8]>> {
         let value = match self.hashed_of(key) {
             Some(index) => self.hashed[index].table.get(key),
-            None => self.tree(key).get(KeyBytes::new(key)),
+            None if self.look_in_index(key) => self.index.get(KeyBytes::new(key)),
+            None => self.map.get(KeyBytes::new(key)),
         };
         value.map(|value| self.value(*value))
     }
@@ -644,7 +642,7 @@ impl Memtable {
     fn remove(&mut self, key: &[u8]) {
         let removed = if let Some(index) = self.hashed_of(key) {
             self.hashed[index].table_mut().remove(key).is_some()
-        } else if !self.index.is_empty() && self.in_index(key) {
+        } else if self.look_in_index(key) {
             self.index.remove(KeyBytes::new(key)).is_some()
         } else {
             self.map.remove(KeyBytes::new(key)).is_some()
