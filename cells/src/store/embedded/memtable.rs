@@ -239,6 +239,17 @@ pub(crate) struct TablePrefixes {
 /// memory latency, few enough that the lines are still in L1 when used.
 pub(crate) const PREFETCH_AHEAD: usize = 8;
 
+/// Where a key lives in one memtable ([`Memtable::place`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// In the hash table `Memtable::hashed[table]`, where its hash is `hash`.
+    Hashed { table: usize, hash: u64 },
+    /// In the index tree.
+    Index,
+    /// In the big tree.
+    Map,
+}
+
 /// Which hash table of a memtable holds a key (an index into `Memtable::hashed`).
 const TRANSIENT: usize = 0;
 const POINTS: usize = 1;
@@ -510,9 +521,44 @@ impl Memtable {
         }
     }
 
-    fn prefetch_write(&self, write: &Write<'_>) {
-        if let Write::Set(key, _) | Write::Clear(key) = write {
-            self.prefetch(key);
+    /// Where `key` lives in this memtable (its hash, if in a hash table), for a write of it
+    /// shortly after: a transaction's writes are classified and hashed once, when they are
+    /// prefetched, not again when they are applied.
+    fn place(&self, key: &[u8]) -> Place {
+        match self.hashed_of(key) {
+            Some(table) => Place::Hashed {
+                table,
+                hash: self.hashed[table].table.hash(key),
+            },
+            None if self.in_index(key) => Place::Index,
+            None => Place::Map,
+        }
+    }
+
+    /// A write, with where its key lives (a range clear: nowhere in particular), once its
+    /// hash-table slot is on its way into the cache.
+    fn plan<'a>(&self, write: Write<'a>) -> (Write<'a>, Place) {
+        let place = match write {
+            Write::Set(key, _) | Write::Clear(key) => self.place(key),
+            Write::ClearRange(..) => Place::Map,
+        };
+        self.prefetch_place(place);
+        (write, place)
+    }
+
+    /// [`Memtable::prefetch`] of the key at `place`.
+    fn prefetch_place(&self, place: Place) {
+        if let Place::Hashed { table, hash } = place {
+            self.hashed[table].table.prefetch_hashed(hash);
+        }
+    }
+
+    /// `place` as it stands now: a hash table that spilled since `place` was taken holds
+    /// no key any more (its keys went to the big tree, and only a spill moves a key).
+    fn current(&self, place: Place) -> Place {
+        match place {
+            Place::Hashed { table, .. } if self.hashed[table].spilled => Place::Map,
+            place => place,
         }
     }
 
@@ -599,16 +645,23 @@ impl Memtable {
         }
     }
 
+    /// [`Memtable::insert_at`], placing `key` itself (tests).
+    #[cfg(test)]
     fn insert(&mut self, key: &[u8], value: Option<&[u8]>) {
+        self.insert_at(key, self.place(key), value);
+    }
+
+    /// Sets `key` (whose [`Memtable::place`] was `place`) to `value` (`None`: a tombstone).
+    fn insert_at(&mut self, key: &[u8], place: Place, value: Option<&[u8]>) {
         use std::collections::btree_map;
-        let hashed_index = self.hashed_of(key);
-        let in_index = hashed_index.is_none() && self.in_index(key);
+        let place = self.current(place);
+        debug_assert_eq!(place, self.place(key), "the place is this key's");
         let values = &mut self.values;
-        let added = if let Some(index) = hashed_index {
+        let added = if let Place::Hashed { table: index, hash } = place {
             let hashed = &mut self.hashed[index];
             let (old, inserted) = hashed
                 .table
-                .upsert(key, || value.map(|value| values.push(value)));
+                .upsert_hashed(key, hash, || value.map(|value| values.push(value)));
             let added = match inserted {
                 Some(id) => {
                     hashed.log_insert(id);
@@ -621,7 +674,7 @@ impl Memtable {
             }
             added
         } else {
-            let tree = if in_index {
+            let tree = if place == Place::Index {
                 &mut self.index
             } else {
                 &mut self.map
@@ -639,13 +692,27 @@ impl Memtable {
         self.bytes += added;
     }
 
+    /// [`Memtable::remove_at`], placing `key` itself (tests).
+    #[cfg(test)]
     fn remove(&mut self, key: &[u8]) {
-        let removed = if let Some(index) = self.hashed_of(key) {
-            self.hashed[index].table_mut().remove(key).is_some()
-        } else if self.look_in_index(key) {
-            self.index.remove(KeyBytes::new(key)).is_some()
-        } else {
-            self.map.remove(KeyBytes::new(key)).is_some()
+        self.remove_at(key, self.place(key));
+    }
+
+    /// Removes `key` (whose [`Memtable::place`] was `place`), value or tombstone: the older
+    /// layers' value of it shows again.
+    fn remove_at(&mut self, key: &[u8], place: Place) {
+        let place = self.current(place);
+        debug_assert_eq!(place, self.place(key), "the place is this key's");
+        let removed = match place {
+            Place::Hashed { table, hash } => self.hashed[table]
+                .table_mut()
+                .remove_hashed(key, hash)
+                .is_some(),
+            // While the index tree is empty, the removal has nothing to find there.
+            Place::Index => {
+                !self.index.is_empty() && self.index.remove(KeyBytes::new(key)).is_some()
+            }
+            Place::Map => self.map.remove(KeyBytes::new(key)).is_some(),
         };
         if removed {
             self.bytes -= key.len() + ENTRY_OVERHEAD_BYTES;
@@ -1105,33 +1172,36 @@ impl Tables {
         writes: &WriteBatch,
     ) -> Result<(), StoreError> {
         self.active.spill_if_wanted();
-        // The hash-table slots of the writes a few ahead are loaded while this one applies.
-        let mut ahead = writes.iter();
-        for write in ahead.by_ref().take(PREFETCH_AHEAD) {
-            self.active.prefetch_write(&write);
+        // The writes a few ahead are parsed, placed and their hash-table slots loaded while
+        // this one applies: each write is parsed, classified and hashed once.
+        let mut writes = writes.iter();
+        let mut ahead: [Option<(Write<'_>, Place)>; PREFETCH_AHEAD] = [None; PREFETCH_AHEAD];
+        for slot in &mut ahead {
+            *slot = writes.next().map(|write| self.active.plan(write));
         }
-        for write in writes.iter() {
-            if let Some(next) = ahead.next() {
-                self.active.prefetch_write(&next);
-            }
+        let mut next = 0;
+        while let Some((write, place)) = ahead[next].take() {
+            ahead[next] = writes.next().map(|write| self.active.plan(write));
+            next = (next + 1) % PREFETCH_AHEAD;
             match write {
                 Write::Set(key, value) => {
                     self.pin(key, Some(value));
-                    self.active.insert(key, Some(value));
+                    self.active.insert_at(key, place, Some(value));
                 }
-                Write::Clear(key) => self.clear(key),
+                Write::Clear(key) => self.clear(key, place),
                 Write::ClearRange(begin, end) => self.clear_range(checkpoint, begin, end)?,
             }
         }
         Ok(())
     }
 
-    fn clear(&mut self, key: &[u8]) {
+    /// Clears `key`, whose place in the active memtable is `place`.
+    fn clear(&mut self, key: &[u8], place: Place) {
         self.pin(key, None);
         if self.older_layers_empty() || self.only_active_may_hold(key) {
-            self.active.remove(key);
+            self.active.remove_at(key, place);
         } else {
-            self.active.insert(key, None);
+            self.active.insert_at(key, place, None);
         }
     }
 
@@ -1167,7 +1237,8 @@ impl Tables {
             .map(|row| row.map(|(key, _)| key.into_owned()))
             .collect::<Result<_, _>>()?;
         for key in visible {
-            self.clear(&key);
+            let place = self.active.place(&key);
+            self.clear(&key, place);
         }
         Ok(())
     }

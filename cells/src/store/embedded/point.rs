@@ -134,7 +134,9 @@ impl<V: Copy> PointTable<V> {
         self.len == 0
     }
 
-    fn hash(&self, key: &[u8]) -> u64 {
+    /// `key`'s hash in this table, for the `_hashed` operations (a caller that works on
+    /// one key several times hashes it once).
+    pub(crate) fn hash(&self, key: &[u8]) -> u64 {
         self.hasher.hash_one(key) | 1
     }
 
@@ -176,7 +178,11 @@ impl<V: Copy> PointTable<V> {
     /// Asks the CPU to start loading the slot where `key`'s search begins, so that a lookup
     /// or insert of it shortly after does not wait the full memory latency.
     pub(crate) fn prefetch(&self, key: &[u8]) {
-        let hash = self.hash(key);
+        self.prefetch_hashed(self.hash(key));
+    }
+
+    /// [`PointTable::prefetch`] of the key whose [`PointTable::hash`] is `hash`.
+    pub(crate) fn prefetch_hashed(&self, hash: u64) {
         let shard = &self.shards[shard_of(hash)];
         let at = home(hash) & shard.mask();
         let slot: *const Option<Slot<V>> = &shard.slots[at];
@@ -190,14 +196,29 @@ impl<V: Copy> PointTable<V> {
         let _ = slot;
     }
 
-    /// The value of `key`, inserted as `vacant()` if absent; and, if it was inserted, the
-    /// new key's id.
+    /// [`PointTable::upsert_hashed`], hashing `key` itself (tests).
+    #[cfg(test)]
     pub(crate) fn upsert(
         &mut self,
         key: &[u8],
         vacant: impl FnOnce() -> V,
     ) -> (&mut V, Option<KeyId>) {
-        let hash = self.hash(key);
+        self.upsert_hashed(key, self.hash(key), vacant)
+    }
+
+    /// The value of `key` (whose [`PointTable::hash`] is `hash`), inserted as `vacant()` if
+    /// absent; and, if it was inserted, the new key's id.
+    pub(crate) fn upsert_hashed(
+        &mut self,
+        key: &[u8],
+        hash: u64,
+        vacant: impl FnOnce() -> V,
+    ) -> (&mut V, Option<KeyId>) {
+        debug_assert_eq!(
+            hash,
+            self.hash(key),
+            "the hash is this table's, of this key"
+        );
         let (shard_index, mut at) = match self.search(key, hash) {
             Ok((shard, at)) => {
                 let slot = self.shards[shard].slots[at].as_mut().expect("found");
@@ -236,11 +257,22 @@ impl<V: Copy> PointTable<V> {
         }
     }
 
-    /// Removes `key`; returns its value if it was present. The entries after it in its
-    /// probe run move back (no deletion markers: a later search stops at the first empty
-    /// slot as if the key had never been inserted).
+    /// [`PointTable::remove_hashed`], hashing `key` itself (tests).
+    #[cfg(test)]
     pub(crate) fn remove(&mut self, key: &[u8]) -> Option<V> {
-        let (shard_index, found) = self.find(key, self.hash(key))?;
+        self.remove_hashed(key, self.hash(key))
+    }
+
+    /// Removes `key` (whose [`PointTable::hash`] is `hash`); returns its value if it was
+    /// present. The entries after it in its probe run move back (no deletion markers: a
+    /// later search stops at the first empty slot as if the key had never been inserted).
+    pub(crate) fn remove_hashed(&mut self, key: &[u8], hash: u64) -> Option<V> {
+        debug_assert_eq!(
+            hash,
+            self.hash(key),
+            "the hash is this table's, of this key"
+        );
+        let (shard_index, found) = self.find(key, hash)?;
         let shard = &mut self.shards[shard_index];
         let mask = shard.mask();
         let removed = shard.slots[found].take().expect("found");
