@@ -12,7 +12,7 @@ use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::sync::Arc;
 
 use actix::{Actor, Arbiter, ArbiterHandle};
-use cells::ids::{AccountId, HoldId, UserId};
+use cells::ids::{AccountId, HoldId, TransferId, UserId};
 use cells::keys::Keyspace;
 use cells::ledger::{
     validate_account_spec, Command, CommandResult, ErrorCode, HoldView, Outcome, TransferStatus,
@@ -955,14 +955,23 @@ fn named_accounts(command: &Command) -> impl Iterator<Item = &AccountId> {
 
 /// Marks every repeat of an id within the batch (the first occurrence runs).
 fn mark_duplicate_ids(commands: &[Command], results: &mut [Option<CommandResult>]) {
-    let mut seen: HashSet<(u8, &str)> = HashSet::with_capacity(commands.len());
+    /// An id that must not repeat in a batch, by kind (a release and a capture of one hold
+    /// are one kind: both end it). Hashes the ids' own hashes, not their texts.
+    #[derive(PartialEq, Eq, Hash)]
+    enum Unique<'a> {
+        Account(&'a AccountId),
+        Transfer(&'a TransferId),
+        Hold(&'a HoldId),
+        Settle(&'a HoldId),
+    }
+    let mut seen: HashSet<Unique<'_>> = HashSet::with_capacity(commands.len());
     for (index, command) in commands.iter().enumerate() {
         let key = match command {
-            Command::CreateAccount(spec) => (0, spec.id.as_str()),
-            Command::Transfer(request) => (1, request.id.as_str()),
-            Command::Hold(request) => (2, request.id.as_str()),
-            Command::Release(id) => (3, id.as_str()),
-            Command::Capture(request) => (3, request.hold.as_str()),
+            Command::CreateAccount(spec) => Unique::Account(&spec.id),
+            Command::Transfer(request) => Unique::Transfer(&request.id),
+            Command::Hold(request) => Unique::Hold(&request.id),
+            Command::Release(id) => Unique::Settle(id),
+            Command::Capture(request) => Unique::Settle(&request.hold),
             _ => continue,
         };
         if !seen.insert(key) {

@@ -39,9 +39,11 @@
 //! actor unwoken when a place frees.
 
 use std::cell::RefCell;
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use foldhash::{HashSet, HashSetExt};
 
 use super::Waker;
 use crate::config::CommitWindow;
