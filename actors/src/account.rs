@@ -433,6 +433,16 @@ impl Job {
         }
     }
 
+    /// Asks for the lines of the first items of a job whose items are dropped here when it
+    /// is answered (an internal one's: credit legs), written long enough ago to have left
+    /// the cache. A client job's go back to its caller unread.
+    fn prefetch_dropped(&self) {
+        if let Origin::Internal = self.origin {
+            let items = &self.items[..self.items.len().min(JOB_PREFETCH_ITEMS)];
+            prefetch_bytes(items.as_ptr().cast(), std::mem::size_of_val(items));
+        }
+    }
+
     /// Answers the job's items: `results` are `(index, result)` pairs, in item order.
     fn answer(self, results: impl IntoIterator<Item = (usize, CommandResult)>) {
         if let Origin::Client(reply) = self.origin {
@@ -461,12 +471,24 @@ fn answer_jobs(jobs: Vec<Job>, results: Vec<(usize, CommandResult)>) {
         jobs.iter().map(|job| job.items.len()).sum::<usize>()
     );
     let mut results = results.into_iter();
-    for job in jobs {
+    let mut jobs = jobs.into_iter();
+    for job in jobs.as_slice().iter().take(JOBS_AHEAD) {
+        job.prefetch_dropped();
+    }
+    while let Some(job) = jobs.next() {
+        if let Some(ahead) = jobs.as_slice().get(JOBS_AHEAD - 1) {
+            ahead.prefetch_dropped();
+        }
         let mut share = results.by_ref().take(job.items.len());
         job.answer(&mut share);
         share.for_each(drop);
     }
 }
+
+/// Jobs whose items [`answer_jobs`] asks for ahead of their drop.
+const JOBS_AHEAD: usize = 4;
+/// Items of one job prefetched at most.
+const JOB_PREFETCH_ITEMS: usize = 4;
 
 /// Takes the jobs of the next commit off the front of `pending`, in order: at most
 /// [`BATCH_COMMANDS_MAX`] items, of which at most `client_max` client commands. A job that
