@@ -376,6 +376,29 @@ impl Item {
     }
 }
 
+/// Consumes `values` in order, each by `each`, having called `prefetch` on the value
+/// `ahead` places further on first (and on the first `ahead` before starting): for values
+/// whose memory was written long enough ago to have left the cache, and which lie apart,
+/// so that the loads overlap instead of waiting for one miss after another.
+pub(crate) fn each_prefetching_ahead<T>(
+    values: Vec<T>,
+    ahead: usize,
+    prefetch: impl Fn(&T),
+    mut each: impl FnMut(T),
+) {
+    assert!(ahead > 0, "prefetch at least one value ahead");
+    let mut values = values.into_iter();
+    for value in values.as_slice().iter().take(ahead) {
+        prefetch(value);
+    }
+    while let Some(value) = values.next() {
+        if let Some(later) = values.as_slice().get(ahead - 1) {
+            prefetch(later);
+        }
+        each(value);
+    }
+}
+
 /// Asks the CPU to start loading every cache line of the `len` bytes at `start`.
 pub(crate) fn prefetch_bytes(start: *const u8, len: usize) {
     const LINE: usize = 64;
@@ -471,18 +494,11 @@ fn answer_jobs(jobs: Vec<Job>, results: Vec<(usize, CommandResult)>) {
         jobs.iter().map(|job| job.items.len()).sum::<usize>()
     );
     let mut results = results.into_iter();
-    let mut jobs = jobs.into_iter();
-    for job in jobs.as_slice().iter().take(JOBS_AHEAD) {
-        job.prefetch_dropped();
-    }
-    while let Some(job) = jobs.next() {
-        if let Some(ahead) = jobs.as_slice().get(JOBS_AHEAD - 1) {
-            ahead.prefetch_dropped();
-        }
+    each_prefetching_ahead(jobs, JOBS_AHEAD, Job::prefetch_dropped, |job| {
         let mut share = results.by_ref().take(job.items.len());
         job.answer(&mut share);
         share.for_each(drop);
-    }
+    });
 }
 
 /// Jobs whose items [`answer_jobs`] asks for ahead of their drop.
@@ -1195,6 +1211,41 @@ mod tests {
     use crate::answers::BatchAnswers;
     use cells::ledger::Outcome;
     use futures::executor::block_on;
+
+    /// Every value is consumed once, in order, and asked for once, `ahead` values before
+    /// its turn (or up front, for the first `ahead`).
+    #[test]
+    fn values_are_consumed_in_order_each_asked_for_ahead_of_its_turn() {
+        for len in 0..12 {
+            for ahead in 1..6 {
+                let events = std::cell::RefCell::new(Vec::new());
+                each_prefetching_ahead(
+                    (0..len).collect::<Vec<usize>>(),
+                    ahead,
+                    |value| events.borrow_mut().push(('p', *value)),
+                    |value| events.borrow_mut().push(('e', value)),
+                );
+                let events = events.into_inner();
+                let at = |event: (char, usize)| events.iter().position(|e| *e == event);
+                let consumed: Vec<usize> = events
+                    .iter()
+                    .filter(|(kind, _)| *kind == 'e')
+                    .map(|(_, value)| *value)
+                    .collect();
+                assert_eq!(consumed, (0..len).collect::<Vec<_>>());
+                assert_eq!(events.len(), 2 * len, "each value asked for once");
+                for value in 0..len {
+                    let asked = at(('p', value)).expect("asked for");
+                    let taken = at(('e', value)).expect("consumed");
+                    // Asked for before the turn of the value `ahead` places earlier (the
+                    // first `ahead`: before any turn).
+                    let earlier = value.saturating_sub(ahead);
+                    let due = at(('e', earlier)).expect("consumed");
+                    assert!(asked < taken && asked < due, "{len} {ahead} {value}");
+                }
+            }
+        }
+    }
 
     fn item(index: usize, work: Work) -> Item {
         Item {

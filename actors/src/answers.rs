@@ -166,16 +166,7 @@ fn drop_spent(spent: Vec<Vec<Item>>) {
         let items = &items[..items.len().min(SPENT_PREFETCH_ITEMS)];
         crate::account::prefetch_bytes(items.as_ptr().cast(), std::mem::size_of_val(items));
     };
-    let mut lists = spent.into_iter();
-    for items in lists.as_slice().iter().take(SPENT_AHEAD) {
-        prefetch(items);
-    }
-    while let Some(items) = lists.next() {
-        if let Some(ahead) = lists.as_slice().get(SPENT_AHEAD - 1) {
-            prefetch(ahead);
-        }
-        drop(items);
-    }
+    crate::account::each_prefetching_ahead(spent, SPENT_AHEAD, prefetch, drop);
 }
 
 /// See [`BatchAnswers::all`].

@@ -27,7 +27,7 @@ use cells::records::{self, OutboxRecord};
 use cells::slot::Slot;
 use cells::store::{prefix_end, KeyValue, RangeRequest};
 
-use crate::account::{CreditLeg, Delivery};
+use crate::account::{each_prefetching_ahead, CreditLeg, Delivery};
 use crate::config::{DIRECTORY_ACCOUNTS_MAX, RELAY_MAILBOX_CAPACITY, RELAY_RETRY_CREDITS_MAX};
 use crate::registry::{Reserved, Shared};
 
@@ -199,16 +199,9 @@ impl OutboxRelay {
         let mut by_payee = ByPayee::with_capacity(legs.len());
         // Each leg's record (its payee) was written by the payer's draft, long enough ago
         // to have left the cache: it is asked for a few legs ahead of its turn.
-        let mut legs = legs.into_iter();
-        for leg in legs.as_slice().iter().take(RECORDS_AHEAD) {
-            leg.prefetch_record();
-        }
-        while let Some(leg) = legs.next() {
-            if let Some(ahead) = legs.as_slice().get(RECORDS_AHEAD - 1) {
-                ahead.prefetch_record();
-            }
-            group(&mut by_payee, leg);
-        }
+        each_prefetching_ahead(legs, RECORDS_AHEAD, CreditLeg::prefetch_record, |leg| {
+            group(&mut by_payee, leg)
+        });
         self.send_grouped(by_payee);
     }
 
