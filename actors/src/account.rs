@@ -374,7 +374,18 @@ impl Item {
     pub(crate) fn prefetch(&self) {
         prefetch_bytes((self as *const Item).cast(), std::mem::size_of::<Item>());
     }
+
+    /// Asks the CPU to start loading the lines of the first [`ITEMS_PREFETCHED_MAX`] of
+    /// `items` (a list about to be dropped: see [`each_prefetching_ahead`]).
+    pub(crate) fn prefetch_first(items: &[Item]) {
+        let items = &items[..items.len().min(ITEMS_PREFETCHED_MAX)];
+        prefetch_bytes(items.as_ptr().cast(), std::mem::size_of_val(items));
+    }
 }
+
+/// Items of one list [`Item::prefetch_first`] asks for at most (most lists an actor
+/// answers hold one to four).
+const ITEMS_PREFETCHED_MAX: usize = 4;
 
 /// Consumes `values` in order, each by `each`, having called `prefetch` on the value
 /// `ahead` places further on first (and on the first `ahead` before starting): for values
@@ -461,8 +472,7 @@ impl Job {
     /// the cache. A client job's go back to its caller unread.
     fn prefetch_dropped(&self) {
         if let Origin::Internal = self.origin {
-            let items = &self.items[..self.items.len().min(JOB_PREFETCH_ITEMS)];
-            prefetch_bytes(items.as_ptr().cast(), std::mem::size_of_val(items));
+            Item::prefetch_first(&self.items);
         }
     }
 
@@ -503,8 +513,6 @@ fn answer_jobs(jobs: Vec<Job>, results: Vec<(usize, CommandResult)>) {
 
 /// Jobs whose items [`answer_jobs`] asks for ahead of their drop.
 const JOBS_AHEAD: usize = 4;
-/// Items of one job prefetched at most.
-const JOB_PREFETCH_ITEMS: usize = 4;
 
 /// Takes the jobs of the next commit off the front of `pending`, in order: at most
 /// [`BATCH_COMMANDS_MAX`] items, of which at most `client_max` client commands. A job that

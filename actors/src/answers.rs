@@ -154,18 +154,13 @@ impl Drop for Reply {
 
 /// Item lists whose lines are asked for ahead of their drop (see [`drop_spent`]).
 const SPENT_AHEAD: usize = 4;
-/// Items of one list prefetched at most (most lists hold one to four).
-const SPENT_PREFETCH_ITEMS: usize = 4;
 
 /// Drops the item lists the actors handed back, asking for the lines of each list a few
 /// lists ahead of its drop: each list lies apart from the others and was written long
 /// enough ago to have left the cache, and a drop reads every item (its ids may own memory),
 /// so the drops otherwise wait for one miss after another.
 fn drop_spent(spent: Vec<Vec<Item>>) {
-    let prefetch = |items: &Vec<Item>| {
-        let items = &items[..items.len().min(SPENT_PREFETCH_ITEMS)];
-        crate::account::prefetch_bytes(items.as_ptr().cast(), std::mem::size_of_val(items));
-    };
+    let prefetch = |items: &Vec<Item>| Item::prefetch_first(items);
     crate::account::each_prefetching_ahead(spent, SPENT_AHEAD, prefetch, drop);
 }
 

@@ -708,10 +708,7 @@ impl Memtable {
                 .table_mut()
                 .remove_hashed(key, hash)
                 .is_some(),
-            // While the index tree is empty, the removal has nothing to find there.
-            Place::Index => {
-                !self.index.is_empty() && self.index.remove(KeyBytes::new(key)).is_some()
-            }
+            Place::Index => self.index.remove(KeyBytes::new(key)).is_some(),
             Place::Map => self.map.remove(KeyBytes::new(key)).is_some(),
         };
         if removed {
